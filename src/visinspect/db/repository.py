@@ -1,0 +1,61 @@
+"""The queries the API needs, nothing else. Functions take a session and only flush."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from visinspect.db.models import PredictionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionFilter:
+    class_name: str | None = None
+    image_sha256: str | None = None
+    created_after: datetime | None = None  # inclusive
+    created_before: datetime | None = None  # exclusive
+
+
+def add_prediction(session: Session, record: PredictionRecord) -> PredictionRecord:
+    """Insert and flush so the id is known; the caller's transaction commits it."""
+    session.add(record)
+    session.flush()
+    return record
+
+
+def get_prediction(session: Session, prediction_id: int) -> PredictionRecord | None:
+    return session.get(PredictionRecord, prediction_id)
+
+
+def list_predictions(
+    session: Session, where: PredictionFilter, limit: int, offset: int
+) -> tuple[list[PredictionRecord], int]:
+    """One page, newest first (id breaks ties), and the number of rows matching the filter."""
+    page = (
+        _filtered(select(PredictionRecord), where)
+        .order_by(PredictionRecord.created_at.desc(), PredictionRecord.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    total = session.scalar(_filtered(select(func.count(PredictionRecord.id)), where))
+    return list(session.scalars(page)), int(total or 0)
+
+
+def count_predictions(session: Session) -> int:
+    return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)
+
+
+def _filtered(statement: Select[Any], where: PredictionFilter) -> Select[Any]:
+    if where.class_name is not None:
+        statement = statement.where(PredictionRecord.class_name == where.class_name)
+    if where.image_sha256 is not None:
+        statement = statement.where(PredictionRecord.image_sha256 == where.image_sha256.lower())
+    if where.created_after is not None:
+        statement = statement.where(PredictionRecord.created_at >= where.created_after)
+    if where.created_before is not None:
+        statement = statement.where(PredictionRecord.created_at < where.created_before)
+    return statement

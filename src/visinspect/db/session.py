@@ -1,0 +1,88 @@
+"""Engine, sessions, and the one place where driver errors become `DatabaseUnavailable`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
+from sqlalchemy.orm import sessionmaker
+
+from visinspect.config import Settings
+from visinspect.errors import DatabaseUnavailable
+
+T = TypeVar("T")
+
+
+def create_db_engine(settings: Settings) -> Engine:
+    """An engine that fails fast: bounded connect and pool waits, dead connections pinged out."""
+    url = make_url(settings.database_url)
+    timeout = settings.database_connect_timeout_s
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": timeout})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_size,
+        pool_timeout=timeout,
+        connect_args={"connect_timeout": max(1, round(timeout)), "application_name": "visinspect"},
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Database:
+    """Owns the engine; runs blocking ORM work in a worker thread, one transaction per call."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.url.get_backend_name()
+
+    def describe(self) -> str:
+        """The URL without its password, safe for logs."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(session, *args)` in a thread; committed when it returns, rolled back if it raises."""
+        return await anyio.to_thread.run_sync(self._transaction, work, *args)
+
+    def _transaction(self, work: Callable[..., T], *args: Any) -> T:
+        try:
+            with self.sessions.begin() as session:
+                return work(session, *args)
+        except (OperationalError, TimeoutError) as exc:
+            raise DatabaseUnavailable(_describe_failure(exc)) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise DatabaseUnavailable(_describe_failure(exc)) from exc
+            raise
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a round trip succeeds."""
+        self._transaction(lambda session: session.execute(text("SELECT 1")))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _describe_failure(exc: Exception) -> str:
+    original = getattr(exc, "orig", None) or exc
+    first_line = (
+        str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+    )
+    return f"the database is unavailable: {first_line[:300]}"

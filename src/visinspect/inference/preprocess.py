@@ -1,0 +1,190 @@
+"""Bytes -> validated RGB image -> normalised tensor, exactly as the weights' reference transform.
+
+Every limit on what an upload may contain is checked here, before any pixel is decoded: an image is
+opened lazily (header only), its format, frame count and pixel count are checked, and only then is
+it decoded. Conversion to RGB handles what `Image.convert("RGB")` gets wrong: 16-bit samples (Pillow
+would clip them to white), alpha (composited on white instead of dropping to whatever colour lies
+under transparent pixels) and CMYK with an embedded ICC profile.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import torch
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from visinspect.config import Architecture
+from visinspect.errors import (
+    AnimatedImage,
+    CorruptImage,
+    EmptyImage,
+    ImageTooLarge,
+    NotAnImage,
+    UnsupportedImageFormat,
+)
+
+# Formats a camera, phone or scanner produces; everything else Pillow can parse is refused with 415.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# Everything Pillow may raise while parsing a hostile file; none of it is a server fault.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocessing:
+    """The reference evaluation transform of a set of weights."""
+
+    resize_size: int  # shorter side after resizing
+    crop_size: int  # centre crop, square
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: Image.Resampling
+
+
+PREPROCESSING: MappingProxyType[Architecture, Preprocessing] = MappingProxyType(
+    {
+        # torchvision EfficientNet_B0_Weights.IMAGENET1K_V1.transforms()
+        Architecture.EFFICIENTNET_B0: Preprocessing(
+            256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), Image.Resampling.BICUBIC
+        ),
+        # TF Lite0 checkpoints are trained on inputs scaled to [-1, 1].
+        Architecture.EFFICIENTNET_LITE0: Preprocessing(
+            256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), Image.Resampling.BICUBIC
+        ),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    tensor: torch.Tensor  # 3 x crop x crop, float32, normalised
+    width: int  # as uploaded, after EXIF orientation
+    height: int
+    format: str
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) and validate format, frames and size; nothing is decoded yet."""
+    if not data:
+        raise EmptyImage("the uploaded file is empty")
+    try:
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except UnidentifiedImageError:
+        raise _unidentified(data) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard fires above its ceiling, before ours can look at the header.
+        raise ImageTooLarge(f"image exceeds the limit of {max_pixels} pixels ({exc})") from None
+    except _DECODE_ERRORS as exc:
+        raise CorruptImage(f"the image header cannot be read: {exc}") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise CorruptImage(f"the image claims a size of {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+            "(MAX_IMAGE_PIXELS)"
+        )
+    if _is_animated(image):
+        raise AnimatedImage(f"animated {image.format} images are not supported; send one frame")
+    return image
+
+
+def _unidentified(data: bytes) -> Exception:
+    """Tell a real image in a format we refuse from something that is not an image at all."""
+    try:
+        with Image.open(io.BytesIO(data)) as other:
+            found = other.format
+    except Exception:  # any parser failure means the same thing here: not an image
+        return NotAnImage(
+            "the uploaded file is not an image (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)"
+        )
+    return UnsupportedImageFormat(
+        f"{found} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}"
+    )
+
+
+def _is_animated(image: Image.Image) -> bool:
+    try:
+        return bool(getattr(image, "is_animated", False))
+    except _DECODE_ERRORS as exc:
+        raise CorruptImage(f"the image frames cannot be read: {exc}") from None
+
+
+def decode_rgb(image: Image.Image) -> Image.Image:
+    """Decode the pixels, apply EXIF orientation, convert to 8-bit RGB."""
+    try:
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from None
+    except _DECODE_ERRORS as exc:
+        raise CorruptImage(f"the image data is truncated or corrupt: {exc}") from None
+    return to_rgb(oriented)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_rgb(image)
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "CMYK" and image.info.get("icc_profile"):
+        return _cmyk_with_profile_to_rgb(image)
+    return image.convert("RGB")
+
+
+def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
+    """Scale 0..65535 to 0..255 (Pillow's own conversion clips everything above 255 to white)."""
+    samples = np.asarray(image).astype(np.uint32)
+    eight_bit = ((np.clip(samples, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(eight_bit, mode="L").convert("RGB")
+
+
+def _cmyk_with_profile_to_rgb(image: Image.Image) -> Image.Image:
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+        converted = ImageCms.profileToProfile(
+            image, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image.convert("RGB")  # a broken profile: fall back to Pillow's naive formula
+    assert converted is not None  # inPlace=False always returns an image
+    return converted
+
+
+def to_tensor(image: Image.Image, spec: Preprocessing) -> torch.Tensor:
+    """torchvision's Resize(shorter side) + CenterCrop + ToTensor + Normalize, vectorised."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
+    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+    resized = image.resize(new_size, spec.interpolation)
+    top = round((new_size[1] - spec.crop_size) / 2.0)
+    left = round((new_size[0] - spec.crop_size) / 2.0)
+    cropped = resized.crop((left, top, left + spec.crop_size, top + spec.crop_size))
+    pixels = np.asarray(cropped, dtype=np.float32)  # H x W x 3, a fresh array we may modify
+    std = np.asarray(spec.std, dtype=np.float32)
+    scale = (1.0 / 255.0 / std).astype(np.float32)
+    offset = (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
+    pixels *= scale
+    pixels -= offset
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def preprocess(data: bytes, spec: Preprocessing, max_pixels: int) -> DecodedImage:
+    """The whole path from upload bytes to the network's input; raises InvalidImage subclasses."""
+    image = open_image(data, max_pixels)
+    image_format = image.format or "unknown"
+    rgb = decode_rgb(image)
+    return DecodedImage(
+        tensor=to_tensor(rgb, spec), width=rgb.width, height=rgb.height, format=image_format
+    )

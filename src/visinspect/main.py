@@ -1,0 +1,79 @@
+"""The application factory. The lifespan builds the long-lived parts, in order, and tears them down.
+
+Start-up order: logging -> database engine -> schema (migrations, or create_all in development) ->
+model. If any step fails the process exits with one clear log line instead of serving half-ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+import structlog
+from fastapi import FastAPI
+
+from visinspect import __version__
+from visinspect.api.errors import install_error_handlers
+from visinspect.api.limits import DeclaredSizeLimitMiddleware
+from visinspect.api.routes import health, predict, predictions
+from visinspect.config import Settings
+from visinspect.db.schema import create_all_for_development, upgrade_to_head
+from visinspect.db.session import Database, create_db_engine
+from visinspect.inference.model import load_classifier
+from visinspect.inference.runner import InferenceRunner
+from visinspect.logging import RequestContextMiddleware, configure_logging
+
+log = structlog.get_logger("visinspect")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    app = FastAPI(
+        title="Visual Inspection Service",
+        version=__version__,
+        summary="ImageNet top-k classification with a pretrained EfficientNet; every prediction stored.",
+        lifespan=_lifespan,
+        max_body_size=settings.max_upload_bytes,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(predict.router)
+    app.include_router(predictions.router)
+    app.include_router(health.router)
+    app.add_middleware(DeclaredSizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestContextMiddleware)  # outermost: every response gets its id
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    database = Database(create_db_engine(settings))
+    log.info("startup.begin", database=database.describe(), model_arch=settings.model_arch.value)
+    try:
+        await anyio.to_thread.run_sync(_prepare_schema, database, settings)
+        classifier = await anyio.to_thread.run_sync(load_classifier, settings)
+    except BaseException:
+        database.dispose()
+        raise
+    app.state.database = database
+    app.state.runner = InferenceRunner(classifier, settings.max_image_pixels)
+    log.info(
+        "startup.ready", model_name=classifier.model_name, model_version=classifier.model_version
+    )
+    try:
+        yield
+    finally:
+        log.info("shutdown.begin")
+        app.state.runner.close()
+        database.dispose()
+        log.info("shutdown.complete")
+
+
+def _prepare_schema(database: Database, settings: Settings) -> None:
+    if settings.database_create_all:
+        create_all_for_development(database.engine)
+    else:
+        upgrade_to_head(database.engine)

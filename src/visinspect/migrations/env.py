@@ -1,0 +1,44 @@
+"""Alembic environment: uses the connection the service hands over, or DATABASE_URL on the CLI."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection
+
+from visinspect.config import Settings
+from visinspect.db.models import Base
+from visinspect.db.session import create_db_engine
+
+target_metadata = Base.metadata
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = create_db_engine(Settings())
+    try:
+        with engine.connect() as new_connection:
+            _run(new_connection)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    context.configure(url=Settings().database_url, target_metadata=target_metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    run_migrations_online()
