@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from visinspect import __version__
 from visinspect.api.errors import install_error_handlers
-from visinspect.api.limits import DeclaredSizeLimitMiddleware
+from visinspect.api.limits import BodySizeLimitMiddleware
 from visinspect.api.routes import health, predict, predictions
 from visinspect.config import Settings
 from visinspect.db.schema import create_all_for_development, upgrade_to_head
@@ -35,14 +35,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="ImageNet top-k classification with a pretrained EfficientNet; every prediction stored.",
         lifespan=_lifespan,
-        max_body_size=settings.max_upload_bytes,
     )
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(predictions.router)
     app.include_router(health.router)
-    app.add_middleware(DeclaredSizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware)  # outermost: every response gets its id
     return app
 

@@ -1,0 +1,168 @@
+"""Readiness and liveness; a real database outage; the event loop stays free during inference."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.conftest import (
+    TEST_DATABASE_URL,
+    fresh_postgres_database,
+    make_settings,
+    rows_with_request_id,
+    running_app,
+)
+from visinspect.db.schema import alembic_config
+
+
+def test_ready_names_every_check(client: TestClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["failing"] == []
+    assert set(body["checks"]) == {"model", "database", "schema"}
+    assert body["model_name"] == "efficientnet_lite0"
+    assert body["schema_revision"]
+
+
+def test_liveness(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "alive"}
+
+
+def test_openapi_documents_the_api(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    predict = schema["paths"]["/predict"]["post"]
+    for status in ("200", "400", "413", "415", "422", "503"):
+        assert status in predict["responses"], status
+    assert predict["responses"]["415"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ErrorResponse"
+    )
+    assert "examples" in schema["components"]["schemas"]["PredictionOut"]
+    assert {"/predictions", "/predictions/{prediction_id}", "/health", "/health/live"} <= set(
+        schema["paths"]
+    )
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+@pytest.fixture
+def outage_client() -> Iterator[tuple[TestClient, str]]:
+    with fresh_postgres_database() as url, running_app(make_settings(url)) as client:
+        yield client, make_url(url).database or ""
+
+
+def _set_connections_allowed(database: str, allowed: bool) -> None:
+    """A real outage for one database: refuse new connections and cut the existing ones."""
+    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
+        if not allowed:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                {"d": database},
+            )
+    admin.dispose()
+
+
+def test_database_outage_gives_503_and_recovers_without_restart(
+    outage_client: tuple[TestClient, str], photos: Path
+) -> None:
+    client, database = outage_client
+    coffee = (photos / "coffee.png").read_bytes()
+    assert client.post("/predict", files={"file": ("c.png", coffee)}).status_code == 200
+
+    _set_connections_allowed(database, False)
+    try:
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["failing"] == ["database", "schema"]
+        assert "unavailable" in health.json()["checks"]["database"]["detail"]
+
+        lost_id = uuid.uuid4().hex
+        refused = client.post(
+            "/predict", files={"file": ("c.png", coffee)}, headers={"X-Request-ID": lost_id}
+        )
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "database_unavailable"
+        assert refused.headers["retry-after"]
+        assert client.get("/predictions").status_code == 503
+    finally:
+        _set_connections_allowed(database, True)
+
+    assert client.get("/health").status_code == 200
+    recovered = client.post("/predict", files={"file": ("c.png", coffee)})
+    assert recovered.status_code == 200
+    assert rows_with_request_id(client, lost_id) == []  # the 503 stored nothing
+    assert len(rows_with_request_id(client, recovered.json()["request_id"])) == 1
+
+
+def test_schema_behind_head_is_not_ready(tmp_path: Path) -> None:
+    from alembic import command
+
+    with running_app(make_settings(f"sqlite:///{tmp_path / 'behind.db'}")) as client:
+        config = alembic_config()
+        with client.app.state.database.engine.begin() as conn:  # type: ignore[attr-defined]
+            config.attributes["connection"] = conn
+            command.downgrade(config, "base")
+        body = client.get("/health").json()
+        assert body["failing"] == ["schema"]
+        assert "code expects" in body["checks"]["schema"]["detail"]
+
+
+class GatedNetwork(torch.nn.Module):
+    """Wraps the real network; holds each forward pass until the test opens the gate."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        self.release.wait(timeout=60)
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
+def test_health_answers_while_an_image_is_being_classified(
+    sqlite_client: TestClient, photos: Path
+) -> None:
+    classifier = sqlite_client.app.state.runner.classifier  # type: ignore[attr-defined]
+    original = classifier.network
+    gate = GatedNetwork(original)
+    classifier.network = gate
+    result: dict[str, httpx.Response] = {}
+
+    def classify() -> None:
+        result["predict"] = sqlite_client.post(
+            "/predict", files={"file": ("c.png", (photos / "coffee.png").read_bytes())}
+        )
+
+    worker = threading.Thread(target=classify)
+    try:
+        worker.start()
+        assert gate.entered.wait(timeout=30), "the forward pass never started"
+        # The forward pass is now parked inside the model thread. If it ran on the event loop,
+        # this request could not be answered until the gate opened.
+        health = sqlite_client.get("/health")
+        live = sqlite_client.get("/health/live")
+        assert not gate.release.is_set()
+        assert "predict" not in result
+        assert health.status_code == 200 and live.status_code == 200
+    finally:
+        gate.release.set()
+        worker.join(timeout=60)
+        classifier.network = original
+    assert result["predict"].status_code == 200
+    assert result["predict"].json()["predictions"][0]["class_name"] == "espresso"

@@ -1,0 +1,158 @@
+"""The real pretrained network on real photographs, and the weights-loading rules."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tests.conftest import PHOTOS
+from visinspect.config import Architecture, Settings
+from visinspect.inference.architectures import EfficientNetB0
+from visinspect.inference.model import (
+    LITE0_WEIGHTS_SHA256,
+    Classifier,
+    ModelLoadError,
+    load_classifier,
+    load_labels,
+    resolve_weights,
+)
+from visinspect.inference.preprocess import PREPROCESSING, preprocess
+
+# Top-1 of the shipped Lite0 weights under their reference transform (shared/notes/model-weights.md).
+EXPECTED_TOP1 = {
+    "coffee.png": {"espresso"},
+    "camera.png": {"tripod"},
+    "chelsea.png": {"tiger cat", "Egyptian cat", "tabby"},
+    "rocket.jpg": {"missile", "projectile"},
+    "motorcycle_left.png": {"moped"},
+}
+
+
+def settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def classify(classifier: Classifier, name: str, top_k: int = 3) -> list[tuple[str, float]]:
+    decoded = preprocess((PHOTOS / name).read_bytes(), classifier.preprocessing, 10**8)
+    predictions = classifier.predict(decoded.tensor.unsqueeze(0), top_k)[0]
+    return [(p.class_name, p.confidence) for p in predictions]
+
+
+def test_labels_are_human_readable_imagenet_names() -> None:
+    labels = load_labels()
+    assert len(labels) == 1000
+    assert labels[817] == "sports car"
+    assert labels[967] == "espresso"
+    assert labels[0] == "tench"
+    assert not any(label.startswith("n0") for label in labels)
+
+
+@pytest.mark.parametrize("photo", sorted(EXPECTED_TOP1))
+def test_real_photos_get_their_known_class(classifier: Classifier, photo: str) -> None:
+    top = classify(classifier, photo)
+    assert top[0][0] in EXPECTED_TOP1[photo], top
+    confidences = [c for _, c in top]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+def test_confident_photos_are_confident(classifier: Classifier) -> None:
+    assert classify(classifier, "coffee.png")[0][1] > 0.9
+    assert classify(classifier, "camera.png")[0][1] > 0.9
+
+
+def test_softmax_is_over_all_1000_classes(classifier: Classifier) -> None:
+    everything = classify(classifier, "coffee.png", top_k=1000)
+    assert len(everything) == 1000
+    assert sum(c for _, c in everything) == pytest.approx(1.0, abs=1e-4)
+    assert len({name for name, _ in everything}) >= 998  # 'crane' and 'maillot' appear twice
+
+
+def test_model_is_in_eval_mode_and_deterministic(classifier: Classifier) -> None:
+    assert not classifier.network.training
+    assert classify(classifier, "chelsea.png") == classify(classifier, "chelsea.png")
+
+
+def test_default_model_tells_the_truth_about_itself(classifier: Classifier) -> None:
+    assert classifier.model_name == "efficientnet_lite0"
+    assert classifier.model_version == f"sha256:{LITE0_WEIGHTS_SHA256[:16]}"
+    assert classifier.weights.sha256 == LITE0_WEIGHTS_SHA256
+
+
+def test_weights_with_wrong_checksum_are_refused(tmp_path: Path) -> None:
+    default_path, _ = resolve_weights(settings())
+    tampered = tmp_path / "efficientnet-lite0-57934424.pth"
+    shutil.copyfile(default_path, tampered)
+    with tampered.open("r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ModelLoadError, match="refusing to load"):
+        load_classifier(settings(model_weights=tampered))
+
+
+def test_missing_weights_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_classifier(
+            settings(model_weights=tmp_path / "nope.pth", model_weights_sha256="0" * 64)
+        )
+
+
+def test_weights_without_any_expected_hash_are_refused(tmp_path: Path) -> None:
+    unnamed = tmp_path / "weights.pth"
+    unnamed.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="MODEL_WEIGHTS_SHA256"):
+        load_classifier(settings(model_weights=unnamed))
+
+
+def test_b0_requires_a_weights_file() -> None:
+    with pytest.raises(ValidationError, match="MODEL_WEIGHTS"):
+        settings(model_arch="efficientnet_b0")
+
+
+def test_b0_module_has_torchvisions_parameter_count() -> None:
+    # torchvision documents efficientnet_b0 IMAGENET1K_V1 as num_params=5288548 with 360 state keys.
+    network = EfficientNetB0()
+    assert sum(p.numel() for p in network.parameters()) == 5_288_548
+    keys = list(network.state_dict())
+    assert len(keys) == 360
+    assert keys[0] == "features.0.0.weight"
+    assert "features.1.0.block.1.fc1.weight" in keys  # squeeze-excitation of the first block
+    assert keys[-2:] == ["classifier.1.weight", "classifier.1.bias"]
+
+
+def test_torchvision_format_b0_file_loads_through_the_setting(tmp_path: Path) -> None:
+    """The loading path for a user's genuine torchvision file, exercised with a file of the same
+    format. No registry ships genuine B0 weights, so these are untrained: this proves naming,
+    checksum and strict loading, not accuracy."""
+    torch.manual_seed(0)
+    state = EfficientNetB0().state_dict()
+    raw = tmp_path / "b0.pth"
+    torch.save(state, raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    named = tmp_path / f"efficientnet_b0_rwightman-{digest[:8]}.pth"
+    raw.rename(named)
+
+    loaded = load_classifier(settings(model_arch="efficientnet_b0", model_weights=named))
+
+    assert loaded.model_name == "efficientnet_b0"
+    assert loaded.model_version == f"sha256:{digest[:16]}"
+    assert loaded.preprocessing == PREPROCESSING[Architecture.EFFICIENTNET_B0]
+    assert loaded.preprocessing.mean == (0.485, 0.456, 0.406)
+    for name, tensor in loaded.network.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_lite0_weights_do_not_pass_as_b0() -> None:
+    default_path, _ = resolve_weights(settings())
+    with pytest.raises(ModelLoadError, match="do not fit efficientnet_b0"):
+        load_classifier(
+            settings(
+                model_arch="efficientnet_b0",
+                model_weights=default_path,
+                model_weights_sha256=LITE0_WEIGHTS_SHA256,
+            )
+        )

@@ -1,0 +1,252 @@
+"""Decoding and preprocessing: reference transform, colour modes, orientation, hostile files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tests.conftest import PHOTOS
+from visinspect.config import Architecture
+from visinspect.errors import (
+    AnimatedImage,
+    CorruptImage,
+    EmptyImage,
+    ImageTooLarge,
+    InvalidImage,
+    NotAnImage,
+    UnsupportedImageFormat,
+)
+from visinspect.inference.model import Classifier
+from visinspect.inference.preprocess import PREPROCESSING, preprocess, to_tensor
+
+LITE0 = PREPROCESSING[Architecture.EFFICIENTNET_LITE0]
+LIMIT = 64_000_000
+
+
+def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def photo(name: str) -> Image.Image:
+    with Image.open(PHOTOS / name) as image:
+        image.load()
+        return image
+
+
+def top1(classifier: Classifier, data: bytes) -> str:
+    decoded = preprocess(data, classifier.preprocessing, LIMIT)
+    return classifier.predict(decoded.tensor.unsqueeze(0), 1)[0][0].class_name
+
+
+def reference_tensor(image: Image.Image) -> torch.Tensor:
+    """torchvision's Resize(256, BICUBIC) + CenterCrop(224) + Normalize, written out longhand."""
+    w, h = image.size
+    if w <= h:
+        size = (256, int(256 * h / w))
+    else:
+        size = (int(256 * w / h), 256)
+    resized = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    left, top = int(round((size[0] - 224) / 2.0)), int(round((size[1] - 224) / 2.0))
+    crop = np.array(resized.crop((left, top, left + 224, top + 224)), dtype=np.float64) / 255.0
+    normalised = (crop - np.array(LITE0.mean)) / np.array(LITE0.std)
+    return torch.from_numpy(normalised.transpose(2, 0, 1)).float()
+
+
+# --- the reference transform -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["coffee.png", "chelsea.png", "rocket.jpg", "camera.png"])
+def test_matches_the_reference_transform(name: str) -> None:
+    image = photo(name)
+    ours = to_tensor(image.convert("RGB"), LITE0)
+    assert ours.shape == (3, 224, 224)
+    assert ours.dtype == torch.float32
+    assert torch.allclose(ours, reference_tensor(image), atol=1e-5)
+
+
+def test_portrait_and_landscape_are_cropped_from_the_centre() -> None:
+    wide = Image.new("RGB", (1000, 300), "red")
+    wide.paste(Image.new("RGB", (300, 300), "blue"), (350, 0))
+    tensor = to_tensor(wide, LITE0)
+    # The whole 224 crop lies inside the blue square: R = -1, B = +1 after normalisation.
+    assert torch.allclose(tensor[0], torch.full((224, 224), -1.0), atol=0.02)
+    assert torch.allclose(tensor[2], torch.full((224, 224), 1.0), atol=0.02)
+
+
+# --- colour modes and orientation --------------------------------------------------------------
+
+
+def test_exif_orientation_is_applied(classifier: Classifier) -> None:
+    upright = photo("coffee.png").convert("RGB")
+    # Store the pixels rotated and tell viewers (EXIF 6 = rotate 90 CW) how to undo it.
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+
+    decoded = preprocess(data, LITE0, LIMIT)
+
+    assert (decoded.width, decoded.height) == upright.size
+    expected = to_tensor(Image.open(io.BytesIO(encode(upright, "JPEG", quality=95))), LITE0)
+    assert (decoded.tensor - expected).abs().mean() < 0.05
+    assert top1(classifier, data) == "espresso"
+
+
+def test_grayscale_becomes_three_equal_channels(classifier: Classifier) -> None:
+    data = (PHOTOS / "camera.png").read_bytes()
+    assert Image.open(io.BytesIO(data)).mode == "L"
+    tensor = preprocess(data, LITE0, LIMIT).tensor
+    assert torch.equal(tensor[0], tensor[1])
+    assert torch.equal(tensor[1], tensor[2])
+    assert top1(classifier, data) == "tripod"
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(classifier: Classifier) -> None:
+    eight = np.asarray(photo("camera.png"), dtype=np.uint16)
+    sixteen = Image.fromarray(eight * 257)  # full 16-bit range
+    data = encode(sixteen, "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+
+    tensor = preprocess(data, LITE0, LIMIT).tensor
+
+    expected = preprocess((PHOTOS / "camera.png").read_bytes(), LITE0, LIMIT).tensor
+    assert torch.allclose(tensor, expected, atol=1e-5)
+    assert top1(classifier, data) == "tripod"
+
+
+def test_palette_image(classifier: Classifier) -> None:
+    data = encode(photo("coffee.png").convert("RGB").quantize(256), "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "P"
+    assert top1(classifier, data) == "espresso"
+
+
+def test_transparent_pixels_become_white_not_black() -> None:
+    clear = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    tensor = preprocess(encode(clear, "PNG"), LITE0, LIMIT).tensor
+    assert torch.allclose(tensor, torch.ones_like(tensor))  # white = +1 for Lite0
+
+
+def test_rgba_photo(classifier: Classifier) -> None:
+    rgba = photo("coffee.png").convert("RGBA")
+    assert top1(classifier, encode(rgba, "PNG")) == "espresso"
+
+
+def test_cmyk_jpeg(classifier: Classifier) -> None:
+    data = encode(photo("coffee.png").convert("CMYK"), "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    assert top1(classifier, data) == "espresso"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_supported_format(classifier: Classifier, fmt: str) -> None:
+    image = photo("coffee.png").convert("RGB")
+    decoded = preprocess(encode(image, fmt), LITE0, LIMIT)
+    assert decoded.format == fmt
+    assert (decoded.width, decoded.height) == (600, 400)
+    assert top1(classifier, encode(image, fmt)) == "espresso"
+
+
+# --- what must be refused, and how --------------------------------------------------------------
+
+
+def test_empty_file() -> None:
+    with pytest.raises(EmptyImage):
+        preprocess(b"", LITE0, LIMIT)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"hello, world\n" * 10, b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", b'{"image": "nope"}', b"\x00" * 100],
+)
+def test_not_an_image(data: bytes) -> None:
+    with pytest.raises(NotAnImage, match="not an image"):
+        preprocess(data, LITE0, LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "ICO", "PCX", "TGA"])
+def test_unsupported_format_is_named(fmt: str) -> None:
+    data = encode(photo("coffee.png").convert("RGB").resize((64, 64)), fmt)
+    with pytest.raises((UnsupportedImageFormat, NotAnImage)) as caught:
+        preprocess(data, LITE0, LIMIT)
+    if fmt != "TGA":  # TGA has no magic number, so nothing can tell it from random bytes
+        assert isinstance(caught.value, UnsupportedImageFormat)
+        assert fmt in caught.value.message
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_truncated_image(fmt: str) -> None:
+    data = encode(photo("coffee.png").convert("RGB"), fmt)
+    with pytest.raises(CorruptImage):
+        preprocess(data[: len(data) // 2], LITE0, LIMIT)
+
+
+def test_corrupt_header() -> None:
+    data = bytearray(encode(photo("coffee.png"), "PNG"))
+    data[16:24] = b"\xff" * 8  # IHDR width/height out of range
+    with pytest.raises(InvalidImage):
+        preprocess(bytes(data), LITE0, LIMIT)
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    # 1-bit PNG of 20000 x 20000 = 400 megapixels in about 50 kB.
+    bomb = encode(Image.new("1", (20_000, 20_000)), "PNG", optimize=True)
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageTooLarge):
+        preprocess(bomb, LITE0, LIMIT)
+
+
+def test_pixel_limit_is_the_setting() -> None:
+    data = encode(Image.new("RGB", (100, 100)), "PNG")
+    with pytest.raises(ImageTooLarge, match="10000 pixels; the limit is 9999"):
+        preprocess(data, LITE0, 9_999)
+    assert preprocess(data, LITE0, 10_000).width == 100
+
+
+def test_animated_gif_is_refused() -> None:
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(AnimatedImage):
+        preprocess(buffer.getvalue(), LITE0, LIMIT)
+
+
+# --- fuzzing: anything at all in, a tensor or an InvalidImage out --------------------------------
+
+_VALID_PNG = encode(photo("coffee.png").convert("RGB").resize((60, 40)), "PNG")
+_VALID_JPEG = encode(photo("coffee.png").convert("RGB").resize((60, 40)), "JPEG")
+
+
+def _check(data: bytes) -> None:
+    try:
+        decoded = preprocess(data, LITE0, 4_000_000)
+    except InvalidImage:
+        return
+    assert decoded.tensor.shape == (3, 224, 224)
+    assert torch.isfinite(decoded.tensor).all()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+def test_fuzz_arbitrary_bytes(data: bytes) -> None:
+    _check(data)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.sampled_from([_VALID_PNG, _VALID_JPEG]),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+    cut=st.integers(0, 10_000),
+)
+def test_fuzz_mutated_real_images(base: bytes, edits: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(base)
+    for position, value in edits:
+        data[position % len(data)] = value
+    _check(bytes(data[: max(1, len(data) - cut % len(data))]))
