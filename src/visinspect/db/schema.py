@@ -6,6 +6,7 @@ Migrations are the only source of the schema. `create_all` exists for developmen
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
 import structlog
@@ -44,8 +45,18 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade_to_head(engine: Engine) -> str:
-    """Run `alembic upgrade head` (idempotent) under a database-wide lock; return the revision."""
+@dataclass(frozen=True, slots=True)
+class Migration:
+    before: str | None
+    after: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def upgrade_to_head(engine: Engine) -> Migration:
+    """Run `alembic upgrade head` (idempotent) under a database-wide lock."""
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
@@ -64,7 +75,7 @@ def upgrade_to_head(engine: Engine) -> str:
                 )
                 connection.commit()
     log.info("db.migrated", revision_before=before, revision=after, changed=before != after)
-    return after or ""
+    return Migration(before, after)
 
 
 def create_all_for_development(engine: Engine) -> None:
