@@ -32,7 +32,8 @@ TEST_DATABASE_URL = os.environ.get(
 
 def _skimage_data() -> Path:
     spec = find_spec("skimage")
-    assert spec is not None and spec.submodule_search_locations, "scikit-image is a dev dependency"
+    assert spec is not None, "scikit-image is a dev dependency"
+    assert spec.submodule_search_locations
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 

@@ -52,7 +52,8 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
         schema["paths"]
     )
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
 
 
 @pytest.fixture
@@ -65,7 +66,9 @@ def _set_connections_allowed(database: str, allowed: bool) -> None:
     """A real outage for one database: refuse new connections and cut the existing ones."""
     admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
+        conn.execute(
+            text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
+        )
         if not allowed:
             conn.execute(
                 text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
@@ -159,7 +162,8 @@ def test_health_answers_while_an_image_is_being_classified(
         live = sqlite_client.get("/health/live")
         assert not gate.release.is_set()
         assert "predict" not in result
-        assert health.status_code == 200 and live.status_code == 200
+        assert health.status_code == 200
+        assert live.status_code == 200
     finally:
         gate.release.set()
         worker.join(timeout=60)

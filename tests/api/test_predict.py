@@ -34,7 +34,7 @@ def test_predicts_and_stores_exactly_one_matching_row(client: TestClient, photos
     assert status == 200, body
     assert body["model_name"] == "efficientnet_lite0"
     assert body["model_version"].startswith("sha256:57934424")
-    assert [p["class_name"] for p in body["predictions"]][0] == "espresso"
+    assert next(p["class_name"] for p in body["predictions"]) == "espresso"
     assert len(body["predictions"]) == 3
     assert body["predictions"][0] == {
         "class_id": 967,
@@ -51,10 +51,12 @@ def test_predicts_and_stores_exactly_one_matching_row(client: TestClient, photos
     assert len(rows) == 1
     row = rows[0]
     assert row.id == body["id"]
-    assert row.class_name == "espresso" and row.class_id == 967
+    assert row.class_name == "espresso"
+    assert row.class_id == 967
     assert row.confidence == pytest.approx(body["predictions"][0]["confidence"])
     assert row.top_k == body["predictions"]
-    assert row.model_name == body["model_name"] and row.model_version == body["model_version"]
+    assert row.model_name == body["model_name"]
+    assert row.model_version == body["model_version"]
     assert row.image_sha256 == body["image_sha256"]
     assert row.image_bytes == (photos / "coffee.png").stat().st_size
     assert row.created_at.tzinfo is not None
@@ -147,9 +149,10 @@ def test_not_multipart_at_all(client: TestClient) -> None:
 def test_request_id_is_generated_or_echoed(client: TestClient) -> None:
     generated = client.get("/health/live").headers["x-request-id"]
     assert len(generated) == 32
-    assert client.get("/health/live", headers={"X-Request-ID": "abc-123"}).headers[
-        "x-request-id"
-    ] == "abc-123"
+    assert (
+        client.get("/health/live", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
     # An id that is unsafe to log or to put in a header is replaced, not echoed.
     replaced = client.get("/health/live", headers={"X-Request-ID": "x" * 500})
     assert replaced.headers["x-request-id"] != "x" * 500

@@ -58,7 +58,11 @@ def test_upgrade_is_idempotent_and_recorded(empty_engine: Engine) -> None:
     first = upgrade_to_head(empty_engine)
     second = upgrade_to_head(empty_engine)
     assert (first.before, first.after, first.changed) == (None, head_revision(), True)
-    assert (second.before, second.after, second.changed) == (head_revision(), head_revision(), False)
+    assert (second.before, second.after, second.changed) == (
+        head_revision(),
+        head_revision(),
+        False,
+    )
     with empty_engine.connect() as conn:
         assert conn.scalar(text("SELECT version_num FROM alembic_version")) == head_revision()
 

@@ -49,12 +49,9 @@ def top1(classifier: Classifier, data: bytes) -> str:
 def reference_tensor(image: Image.Image) -> torch.Tensor:
     """torchvision's Resize(256, BICUBIC) + CenterCrop(224) + Normalize, written out longhand."""
     w, h = image.size
-    if w <= h:
-        size = (256, int(256 * h / w))
-    else:
-        size = (int(256 * w / h), 256)
+    size = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
     resized = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    left, top = int(round((size[0] - 224) / 2.0)), int(round((size[1] - 224) / 2.0))
+    left, top = round((size[0] - 224) / 2.0), round((size[1] - 224) / 2.0)
     crop = np.array(resized.crop((left, top, left + 224, top + 224)), dtype=np.float64) / 255.0
     normalised = (crop - np.array(LITE0.mean)) / np.array(LITE0.std)
     return torch.from_numpy(normalised.transpose(2, 0, 1)).float()
