@@ -17,6 +17,7 @@ from visinspect import __version__
 from visinspect.api.errors import install_error_handlers
 from visinspect.api.limits import BodySizeLimitMiddleware
 from visinspect.api.routes import health, predict, predictions
+from visinspect.api.routes.docs import mount_docs
 from visinspect.config import Settings
 from visinspect.db.schema import create_all_for_development, upgrade_to_head
 from visinspect.db.session import Database, create_db_engine
@@ -35,12 +36,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="ImageNet top-k classification with a pretrained EfficientNet; every prediction stored.",
         lifespan=_lifespan,
+        docs_url=None,  # served by api/routes/docs.py without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(predictions.router)
     app.include_router(health.router)
+    mount_docs(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware)  # outermost: every response gets its id
     return app

@@ -54,6 +54,10 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     docs = client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+    assert "cdn" not in docs.text.lower()  # works offline: every asset is served by the app
+    script = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200
+    assert len(script.content) > 100_000
 
 
 @pytest.fixture
