@@ -6,16 +6,20 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run test lint typecheck pytest postgres clean
+.PHONY: run test containers lint typecheck pytest postgres clean
 
 run: $(VENV)/.installed
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect serve
 
 test: $(VENV)/.installed-dev postgres lint typecheck pytest
 
+# The container deliverables (Dockerfile, compose, Kubernetes), built and run for real; needs root.
+containers: $(VENV)/.installed-dev postgres
+	bash scripts/container-ci.sh
+
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

@@ -1,4 +1,4 @@
-"""`visinspect serve | db upgrade | db current`: the console entry point.
+"""`visinspect serve | db wait | db upgrade | db current`: the console entry point.
 
 `serve` checks what can be checked before the server starts (weights checksum, migrations), so a
 broken deployment stops with one clear log line and exit code 1 instead of a traceback.
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import structlog
 import uvicorn
 from pydantic import ValidationError
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from visinspect.config import Settings
@@ -38,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("startup.failed", part="model", reason=str(exc))
         return 1
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        log.error("startup.failed", part="database", reason=reason)
+        log.error("startup.failed", part="database", reason=_first_line(exc))
         return 1
     return result
 
@@ -55,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database schema").add_subparsers(
         required=True, metavar="ACTION"
     )
+    wait = db.add_parser("wait", help="wait until the database answers (bounded retries)")
+    wait.add_argument("--attempts", type=int, default=30, help="default 30")
+    wait.add_argument("--interval", type=float, default=2.0, help="seconds between, default 2")
+    wait.set_defaults(handler=_db_wait)
     db.add_parser("upgrade", help="alembic upgrade head").set_defaults(handler=_db_upgrade)
     db.add_parser("current", help="print the current and head revisions").set_defaults(
         handler=_db_current
@@ -78,6 +83,42 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         proxy_headers=True,
     )
     return 0
+
+
+def _db_wait(settings: Settings, args: argparse.Namespace) -> int:
+    """Containers start before their database; give it a bounded time to come up."""
+    engine = create_db_engine(settings)
+    try:
+        for attempt in range(1, args.attempts + 1):
+            try:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+            except SQLAlchemyError as exc:
+                log.warning(
+                    "db.wait",
+                    attempt=attempt,
+                    attempts=args.attempts,
+                    database=engine.url.render_as_string(hide_password=True),
+                    reason=_first_line(exc),
+                )
+                if attempt < args.attempts:
+                    time.sleep(args.interval)
+                continue
+            log.info("db.reachable", attempt=attempt)
+            return 0
+    finally:
+        engine.dispose()
+    log.error(
+        "startup.failed",
+        part="database",
+        reason=f"no answer after {args.attempts} attempts {args.interval}s apart",
+    )
+    return 1
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    text_of_error = str(getattr(exc, "orig", None) or exc).strip()
+    return text_of_error.splitlines()[0] if text_of_error else type(exc).__name__
 
 
 def _db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
