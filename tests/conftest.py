@@ -8,6 +8,7 @@ at the end, so runs never see each other's rows.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,9 @@ from visinspect.db.models import PredictionRecord
 from visinspect.inference.model import Classifier, load_classifier
 from visinspect.main import create_app
 
+# One ONNX export per test session, not one per app the tests start.
+os.environ.setdefault("MODEL_CACHE_DIR", tempfile.mkdtemp(prefix="visinspect-model-cache-"))
+
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -40,6 +44,11 @@ def _skimage_data() -> Path:
 PHOTOS = _skimage_data()
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def photos() -> Path:
     """Folder of real photographs shipped in scikit-image's wheel (coffee.png, chelsea.png, ...)."""
@@ -48,7 +57,14 @@ def photos() -> Path:
 
 @pytest.fixture(scope="session")
 def classifier() -> Classifier:
+    """The service's default: ONNX Runtime, exported from the PyTorch model."""
     return load_classifier(Settings(_env_file=None))  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def torch_classifier() -> Classifier:
+    """The reference: eager PyTorch."""
+    return load_classifier(Settings(_env_file=None, inference_backend="pytorch"))  # type: ignore[call-arg]
 
 
 @contextmanager

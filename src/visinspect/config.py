@@ -22,6 +22,13 @@ class Architecture(StrEnum):
     EFFICIENTNET_B0 = "efficientnet_b0"
 
 
+class Backend(StrEnum):
+    """Runtimes that execute the network; all give the same answers (tests/inference)."""
+
+    ONNXRUNTIME = "onnxruntime"
+    PYTORCH = "pytorch"
+
+
 class Settings(BaseSettings):
     """Typed view of the environment. Nothing else in the package reads `os.environ`."""
 
@@ -53,7 +60,31 @@ class Settings(BaseSettings):
         pattern=r"^[0-9a-fA-F]{64}$",
         description="Expected SHA-256 of MODEL_WEIGHTS; else the hash prefix in its file name is used.",
     )
-    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    torch_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="Intra-op threads of one forward pass (PyTorch or ONNX Runtime).",
+    )
+    inference_backend: Backend = Field(
+        default=Backend.ONNXRUNTIME,
+        description="onnxruntime (fastest; exported from the PyTorch model) or pytorch (reference).",
+    )
+    model_cache_dir: Path | None = Field(
+        default_factory=lambda: Path.home() / ".cache" / "visinspect",
+        description="Where the ONNX export is cached (keyed by weights hash); empty = no cache.",
+    )
+    max_batch_size: int = Field(default=16, ge=1, le=256)
+    batch_max_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="Extra wait for a fuller batch; 0 = batch only what queued up meanwhile.",
+    )
+    max_queue: int = Field(
+        default=64, ge=1, le=100_000, description="Images waiting for the model; more = 503."
+    )
+    decode_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
 
     default_top_k: int = Field(default=3, ge=1, le=1000)
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
@@ -64,6 +95,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("model_cache_dir", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("database_url")
     @classmethod

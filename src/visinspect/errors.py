@@ -58,3 +58,9 @@ class PredictionNotFound(VisinspectError):
 
 class InvalidTimeRange(VisinspectError):
     code = "invalid_time_range"
+
+
+class Overloaded(VisinspectError):
+    """The inference queue is full, or the service is stopping: retry later."""
+
+    code = "overloaded"

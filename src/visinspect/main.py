@@ -21,6 +21,7 @@ from visinspect.api.routes.docs import mount_docs
 from visinspect.config import Settings
 from visinspect.db.schema import create_all_for_development, upgrade_to_head
 from visinspect.db.session import Database, create_db_engine
+from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.model import load_classifier
 from visinspect.inference.runner import InferenceRunner
 from visinspect.logging import RequestContextMiddleware, configure_logging
@@ -61,18 +62,33 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except BaseException:
         database.dispose()
         raise
+    batcher = MicroBatcher(
+        classifier, settings.max_batch_size, settings.batch_max_wait_ms, settings.max_queue
+    )
+    batcher.start()
     app.state.database = database
-    app.state.runner = InferenceRunner(classifier, settings.max_image_pixels)
+    app.state.runner = InferenceRunner(
+        classifier, batcher, settings.max_image_pixels, settings.decode_threads
+    )
     log.info(
-        "startup.ready", model_name=classifier.model_name, model_version=classifier.model_version
+        "startup.ready",
+        model_name=classifier.model_name,
+        model_version=classifier.model_version,
+        backend=classifier.backend_name,
     )
     try:
         yield
     finally:
+        # uvicorn runs this only after in-flight requests finished (or its timeout passed).
         log.info("shutdown.begin")
-        app.state.runner.close()
+        await batcher.close()
         database.dispose()
-        log.info("shutdown.complete")
+        log.info(
+            "shutdown.complete",
+            batches=batcher.stats.batches,
+            images=batcher.stats.images,
+            largest_batch=batcher.stats.largest,
+        )
 
 
 def _prepare_schema(database: Database, settings: Settings) -> None:

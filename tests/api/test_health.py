@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -22,6 +22,7 @@ from tests.conftest import (
     running_app,
 )
 from visinspect.db.schema import alembic_config
+from visinspect.inference.backends import InferenceBackend
 
 
 def test_ready_names_every_check(client: TestClient) -> None:
@@ -126,29 +127,28 @@ def test_schema_behind_head_is_not_ready(tmp_path: Path) -> None:
         assert "code expects" in body["checks"]["schema"]["detail"]
 
 
-class GatedNetwork(torch.nn.Module):
-    """Wraps the real network; holds each forward pass until the test opens the gate."""
+class GatedBackend:
+    """Wraps the real backend; holds each forward pass until the test opens the gate."""
 
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
+    def __init__(self, inner: InferenceBackend) -> None:
         self.inner = inner
+        self.name = inner.name
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, batch: np.ndarray) -> np.ndarray:
         self.entered.set()
         self.release.wait(timeout=60)
-        out: torch.Tensor = self.inner(x)
-        return out
+        return self.inner.logits(batch)
 
 
 def test_health_answers_while_an_image_is_being_classified(
     sqlite_client: TestClient, photos: Path
 ) -> None:
     classifier = sqlite_client.app.state.runner.classifier  # type: ignore[attr-defined]
-    original = classifier.network
-    gate = GatedNetwork(original)
-    classifier.network = gate
+    original = classifier.backend
+    gate = GatedBackend(original)
+    classifier.backend = gate
     result: dict[str, httpx.Response] = {}
 
     def classify() -> None:
@@ -171,6 +171,6 @@ def test_health_answers_while_an_image_is_being_classified(
     finally:
         gate.release.set()
         worker.join(timeout=60)
-        classifier.network = original
+        classifier.backend = original
     assert result["predict"].status_code == 200
     assert result["predict"].json()["predictions"][0]["class_name"] == "espresso"

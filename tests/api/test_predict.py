@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +216,44 @@ def test_unknown_route_and_method_use_the_error_body(client: TestClient) -> None
     wrong = client.get("/predict")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_full_inference_queue_answers_503_at_once_and_stores_nothing(
+    tmp_path: Path, photos: Path
+) -> None:
+    from tests.api.test_health import GatedBackend
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'q.db'}", max_queue=1, max_batch_size=1)
+    coffee = (photos / "coffee.png").read_bytes()
+    with running_app(settings) as client:
+        classifier = client.app.state.runner.classifier  # type: ignore[attr-defined]
+        gate = GatedBackend(classifier.backend)
+        classifier.backend = gate
+        results: list[int] = []
+
+        def post() -> None:
+            results.append(client.post("/predict", files={"file": ("c.png", coffee)}).status_code)
+
+        running = threading.Thread(target=post)
+        running.start()
+        assert gate.entered.wait(30)  # one image inside the model
+        queued = threading.Thread(target=post)
+        queued.start()
+        deadline = time.monotonic() + 30
+        while client.app.state.runner.batcher.queued < 1 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        request_id = uuid.uuid4().hex
+        refused = client.post(
+            "/predict", files={"file": ("c.png", coffee)}, headers={"X-Request-ID": request_id}
+        )
+        gate.release.set()
+        running.join(30)
+        queued.join(30)
+        classifier.backend = gate.inner
+
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert refused.headers["retry-after"]
+        assert rows_with_request_id(client, request_id) == []
+        assert sorted(results) == [200, 200]
+        assert count_rows(client) == 2

@@ -6,6 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from tests.conftest import PHOTOS
 from visinspect.config import Architecture, Settings
 from visinspect.inference.architectures import EfficientNetB0
+from visinspect.inference.backends import TorchBackend
 from visinspect.inference.model import (
     LITE0_WEIGHTS_SHA256,
     Classifier,
@@ -39,7 +41,7 @@ def settings(**values: object) -> Settings:
 
 def classify(classifier: Classifier, name: str, top_k: int = 3) -> list[tuple[str, float]]:
     decoded = preprocess((PHOTOS / name).read_bytes(), classifier.preprocessing, 10**8)
-    predictions = classifier.predict(decoded.tensor.unsqueeze(0), top_k)[0]
+    predictions = classifier.predict(decoded.pixels[None], [top_k])[0]
     return [(p.class_name, p.confidence) for p in predictions]
 
 
@@ -72,9 +74,33 @@ def test_softmax_is_over_all_1000_classes(classifier: Classifier) -> None:
     assert len({name for name, _ in everything}) >= 998  # 'crane' and 'maillot' appear twice
 
 
-def test_model_is_in_eval_mode_and_deterministic(classifier: Classifier) -> None:
-    assert not classifier.network.training
+def test_model_is_in_eval_mode_and_deterministic(
+    classifier: Classifier, torch_classifier: Classifier
+) -> None:
+    assert isinstance(torch_classifier.backend, TorchBackend)
+    assert not torch_classifier.backend.network.training
     assert classify(classifier, "chelsea.png") == classify(classifier, "chelsea.png")
+
+
+def test_default_backend_is_onnxruntime(classifier: Classifier) -> None:
+    assert classifier.backend_name == "onnxruntime"
+
+
+def test_a_batch_gives_each_image_its_own_answer(classifier: Classifier) -> None:
+    names = ["coffee.png", "camera.png", "chelsea.png"]
+    batch = np.stack(
+        [
+            preprocess((PHOTOS / n).read_bytes(), classifier.preprocessing, 10**8).pixels
+            for n in names
+        ]
+    )
+    results = classifier.predict(batch, [1, 2, 3])
+    assert [len(r) for r in results] == [1, 2, 3]
+    assert [r[0].class_name for r in results[:2]] == ["espresso", "tripod"]
+    for name, result in zip(names, results, strict=True):
+        alone = classify(classifier, name, top_k=len(result))
+        assert [p.class_name for p in result] == [n for n, _ in alone]
+        assert [p.confidence for p in result] == pytest.approx([c for _, c in alone], abs=1e-5)
 
 
 def test_default_model_tells_the_truth_about_itself(classifier: Classifier) -> None:
@@ -136,13 +162,16 @@ def test_torchvision_format_b0_file_loads_through_the_setting(tmp_path: Path) ->
     named = tmp_path / f"efficientnet_b0_rwightman-{digest[:8]}.pth"
     raw.rename(named)
 
-    loaded = load_classifier(settings(model_arch="efficientnet_b0", model_weights=named))
+    loaded = load_classifier(
+        settings(model_arch="efficientnet_b0", model_weights=named, inference_backend="pytorch")
+    )
 
     assert loaded.model_name == "efficientnet_b0"
     assert loaded.model_version == f"sha256:{digest[:16]}"
     assert loaded.preprocessing == PREPROCESSING[Architecture.EFFICIENTNET_B0]
     assert loaded.preprocessing.mean == (0.485, 0.456, 0.406)
-    for name, tensor in loaded.network.state_dict().items():
+    assert isinstance(loaded.backend, TorchBackend)
+    for name, tensor in loaded.backend.network.state_dict().items():
         assert torch.equal(tensor, state[name]), name
 
 

@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -23,7 +22,7 @@ from visinspect.errors import (
     UnsupportedImageFormat,
 )
 from visinspect.inference.model import Classifier
-from visinspect.inference.preprocess import PREPROCESSING, preprocess, to_tensor
+from visinspect.inference.preprocess import PREPROCESSING, preprocess, to_pixels
 
 LITE0 = PREPROCESSING[Architecture.EFFICIENTNET_LITE0]
 LIMIT = 64_000_000
@@ -43,10 +42,10 @@ def photo(name: str) -> Image.Image:
 
 def top1(classifier: Classifier, data: bytes) -> str:
     decoded = preprocess(data, classifier.preprocessing, LIMIT)
-    return classifier.predict(decoded.tensor.unsqueeze(0), 1)[0][0].class_name
+    return classifier.predict(decoded.pixels[None], [1])[0][0].class_name
 
 
-def reference_tensor(image: Image.Image) -> torch.Tensor:
+def reference_pixels(image: Image.Image) -> np.ndarray:
     """torchvision's Resize(256, BICUBIC) + CenterCrop(224) + Normalize, written out longhand."""
     w, h = image.size
     size = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
@@ -54,7 +53,7 @@ def reference_tensor(image: Image.Image) -> torch.Tensor:
     left, top = round((size[0] - 224) / 2.0), round((size[1] - 224) / 2.0)
     crop = np.array(resized.crop((left, top, left + 224, top + 224)), dtype=np.float64) / 255.0
     normalised = (crop - np.array(LITE0.mean)) / np.array(LITE0.std)
-    return torch.from_numpy(normalised.transpose(2, 0, 1)).float()
+    return normalised.transpose(2, 0, 1).astype(np.float32)
 
 
 # --- the reference transform -------------------------------------------------------------------
@@ -63,19 +62,20 @@ def reference_tensor(image: Image.Image) -> torch.Tensor:
 @pytest.mark.parametrize("name", ["coffee.png", "chelsea.png", "rocket.jpg", "camera.png"])
 def test_matches_the_reference_transform(name: str) -> None:
     image = photo(name)
-    ours = to_tensor(image.convert("RGB"), LITE0)
+    ours = to_pixels(image.convert("RGB"), LITE0)
     assert ours.shape == (3, 224, 224)
-    assert ours.dtype == torch.float32
-    assert torch.allclose(ours, reference_tensor(image), atol=1e-5)
+    assert ours.dtype == np.float32
+    assert ours.flags.c_contiguous
+    assert np.allclose(ours, reference_pixels(image), atol=1e-5)
 
 
 def test_portrait_and_landscape_are_cropped_from_the_centre() -> None:
     wide = Image.new("RGB", (1000, 300), "red")
     wide.paste(Image.new("RGB", (300, 300), "blue"), (350, 0))
-    tensor = to_tensor(wide, LITE0)
+    pixels = to_pixels(wide, LITE0)
     # The whole 224 crop lies inside the blue square: R = -1, B = +1 after normalisation.
-    assert torch.allclose(tensor[0], torch.full((224, 224), -1.0), atol=0.02)
-    assert torch.allclose(tensor[2], torch.full((224, 224), 1.0), atol=0.02)
+    assert np.allclose(pixels[0], -1.0, atol=0.02)
+    assert np.allclose(pixels[2], 1.0, atol=0.02)
 
 
 # --- colour modes and orientation --------------------------------------------------------------
@@ -92,17 +92,17 @@ def test_exif_orientation_is_applied(classifier: Classifier) -> None:
     decoded = preprocess(data, LITE0, LIMIT)
 
     assert (decoded.width, decoded.height) == upright.size
-    expected = to_tensor(Image.open(io.BytesIO(encode(upright, "JPEG", quality=95))), LITE0)
-    assert (decoded.tensor - expected).abs().mean() < 0.05
+    expected = to_pixels(Image.open(io.BytesIO(encode(upright, "JPEG", quality=95))), LITE0)
+    assert np.abs(decoded.pixels - expected).mean() < 0.05
     assert top1(classifier, data) == "espresso"
 
 
 def test_grayscale_becomes_three_equal_channels(classifier: Classifier) -> None:
     data = (PHOTOS / "camera.png").read_bytes()
     assert Image.open(io.BytesIO(data)).mode == "L"
-    tensor = preprocess(data, LITE0, LIMIT).tensor
-    assert torch.equal(tensor[0], tensor[1])
-    assert torch.equal(tensor[1], tensor[2])
+    pixels = preprocess(data, LITE0, LIMIT).pixels
+    assert np.array_equal(pixels[0], pixels[1])
+    assert np.array_equal(pixels[1], pixels[2])
     assert top1(classifier, data) == "tripod"
 
 
@@ -112,10 +112,10 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(classifier: Classifier) -> 
     data = encode(sixteen, "PNG")
     assert Image.open(io.BytesIO(data)).mode.startswith("I")
 
-    tensor = preprocess(data, LITE0, LIMIT).tensor
+    pixels = preprocess(data, LITE0, LIMIT).pixels
 
-    expected = preprocess((PHOTOS / "camera.png").read_bytes(), LITE0, LIMIT).tensor
-    assert torch.allclose(tensor, expected, atol=1e-5)
+    expected = preprocess((PHOTOS / "camera.png").read_bytes(), LITE0, LIMIT).pixels
+    assert np.allclose(pixels, expected, atol=1e-5)
     assert top1(classifier, data) == "tripod"
 
 
@@ -127,8 +127,8 @@ def test_palette_image(classifier: Classifier) -> None:
 
 def test_transparent_pixels_become_white_not_black() -> None:
     clear = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
-    tensor = preprocess(encode(clear, "PNG"), LITE0, LIMIT).tensor
-    assert torch.allclose(tensor, torch.ones_like(tensor))  # white = +1 for Lite0
+    pixels = preprocess(encode(clear, "PNG"), LITE0, LIMIT).pixels
+    assert np.allclose(pixels, 1.0)  # white = +1 for Lite0
 
 
 def test_rgba_photo(classifier: Classifier) -> None:
@@ -226,8 +226,8 @@ def _check(data: bytes) -> None:
         decoded = preprocess(data, LITE0, 4_000_000)
     except InvalidImage:
         return
-    assert decoded.tensor.shape == (3, 224, 224)
-    assert torch.isfinite(decoded.tensor).all()
+    assert decoded.pixels.shape == (3, 224, 224)
+    assert np.isfinite(decoded.pixels).all()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -247,3 +247,40 @@ def test_fuzz_mutated_real_images(base: bytes, edits: list[tuple[int, int]], cut
     for position, value in edits:
         data[position % len(data)] = value
     _check(bytes(data[: max(1, len(data) - cut % len(data))]))
+
+
+# --- reduced-scale JPEG decoding -------------------------------------------------------------------
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_answer(
+    classifier: Classifier,
+) -> None:
+    big = photo("coffee.png").convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
+    data = encode(big, "JPEG", quality=90)
+
+    reduced = preprocess(data, LITE0, LIMIT)
+    full = preprocess(data, LITE0, LIMIT, reduced_decode=False)
+
+    assert (reduced.width, reduced.height) == (4000, 3000)  # the upload's size, not the decode's
+    assert np.abs(reduced.pixels - full.pixels).mean() < 0.02
+    assert top1(classifier, data) == "espresso"
+    probabilities = [
+        {p.class_name: p.confidence for p in classifier.predict(d.pixels[None], [5])[0]}
+        for d in (reduced, full)
+    ]
+    assert abs(probabilities[0]["espresso"] - probabilities[1]["espresso"]) < 0.02
+
+
+def test_reduced_decode_keeps_the_exif_orientation() -> None:
+    stored = Image.new("RGB", (3000, 4000), (20, 120, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = preprocess(encode(stored, "JPEG", exif=exif.tobytes()), LITE0, LIMIT)
+    assert (decoded.width, decoded.height) == (4000, 3000)
+
+
+def test_small_jpegs_are_decoded_in_full() -> None:
+    data = encode(photo("coffee.png").convert("RGB"), "JPEG", quality=95)  # 600 x 400
+    reduced = preprocess(data, LITE0, LIMIT)
+    full = preprocess(data, LITE0, LIMIT, reduced_decode=False)
+    assert np.array_equal(reduced.pixels, full.pixels)

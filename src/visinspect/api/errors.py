@@ -32,6 +32,7 @@ STATUS_BY_ERROR: dict[type[errors.VisinspectError], int] = {
     errors.PredictionNotFound: 404,
     errors.InvalidTimeRange: 422,
     errors.DatabaseUnavailable: 503,
+    errors.Overloaded: 503,
 }
 RETRY_AFTER_SECONDS = "5"
 _HTTP_CODES = {

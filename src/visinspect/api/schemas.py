@@ -34,6 +34,7 @@ class PredictionOut(BaseModel):
                     "request_id": "3f1c9a6e0c8e4d4bb3d5b8d1b0a2e7f1",
                     "model_name": "efficientnet_lite0",
                     "model_version": "sha256:579344248a93e230",
+                    "backend": "onnxruntime",
                     "predictions": _PREDICTIONS_EXAMPLE,
                     "image_sha256": "2b7e1510b2f6a3c0a0f8a8f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1",
                     "image_width": 400,
@@ -51,6 +52,7 @@ class PredictionOut(BaseModel):
     request_id: str = Field(description="Same as the X-Request-ID response header")
     model_name: str = Field(description="Architecture that produced the prediction")
     model_version: str = Field(description="sha256 prefix of the exact weights file used")
+    backend: str = Field(description="Runtime that executed the network: onnxruntime or pytorch")
     predictions: list[ClassScore] = Field(description="Top-k classes, most confident first")
     image_sha256: str
     image_width: int = Field(description="Width after EXIF orientation")
@@ -68,6 +70,7 @@ class PredictionOut(BaseModel):
                 "request_id": record.request_id,
                 "model_name": record.model_name,
                 "model_version": record.model_version,
+                "backend": record.inference_backend,
                 "predictions": record.top_k,
                 "image_sha256": record.image_sha256,
                 "image_width": record.image_width,
@@ -112,6 +115,7 @@ class ReadinessOut(BaseModel):
     checks: dict[str, CheckResult] = Field(description="model, database, schema")
     model_name: str | None = None
     model_version: str | None = None
+    backend: str | None = None
     schema_revision: str | None = None
 
 
@@ -127,7 +131,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Body over MAX_UPLOAD_BYTES, or image over MAX_IMAGE_PIXELS",
         415: "Not an image, an unsupported format, or an animated image",
         422: "Invalid parameters, missing `file` field, or a truncated/corrupt image",
-        503: "The database is unavailable; nothing was stored. Retry later.",
+        503: "Database unavailable or inference queue full; nothing was stored. Retry later.",
     }
     return {
         status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses

@@ -56,6 +56,7 @@ class PredictionRecord(Base):
     request_id: Mapped[str] = mapped_column(String(128), nullable=False)
     model_name: Mapped[str] = mapped_column(String(64), nullable=False)
     model_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    inference_backend: Mapped[str] = mapped_column(String(32), nullable=False)
     class_id: Mapped[int] = mapped_column(Integer, nullable=False)
     class_name: Mapped[str] = mapped_column(String(128), nullable=False)
     confidence: Mapped[float] = mapped_column(nullable=False)

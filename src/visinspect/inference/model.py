@@ -5,16 +5,27 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import structlog
 import torch
 from torch import nn
 
-from visinspect.config import Architecture, Settings
+from visinspect.config import Architecture, Backend, Settings
 from visinspect.inference.architectures import build_network
+from visinspect.inference.backends import (
+    EQUIVALENCE_TOLERANCE,
+    InferenceBackend,
+    OnnxRuntimeBackend,
+    TorchBackend,
+    max_confidence_difference,
+    onnx_model,
+    softmax,
+)
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing
 
 log = structlog.get_logger("visinspect.model")
@@ -110,19 +121,19 @@ def _load_network(arch: Architecture, weights: WeightsInfo) -> nn.Module:
 
 
 class Classifier:
-    """A loaded network with its labels and preprocessing; one instance per process.
+    """A verified network running on one backend, with its labels and preprocessing.
 
-    `predict` is blocking and CPU-bound: callers run it off the event loop.
+    `predict` is blocking and CPU-bound: callers run it off the event loop, one call at a time.
     """
 
     def __init__(
         self,
-        network: nn.Module,
+        backend: InferenceBackend,
         arch: Architecture,
         weights: WeightsInfo,
         labels: tuple[str, ...],
     ) -> None:
-        self.network = network
+        self.backend = backend
         self.arch = arch
         self.weights = weights
         self.labels = labels
@@ -137,38 +148,69 @@ class Classifier:
         """Identifies the exact weights: two records with equal versions came from equal files."""
         return f"sha256:{self.weights.sha256[:16]}"
 
-    def predict(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction]]:
-        """Softmax over all 1000 classes, then the `top_k` best per image, best first."""
-        with torch.inference_mode():
-            probabilities = torch.softmax(self.network(batch), dim=1)
-            values, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
-        return [
-            [
-                Prediction(class_id=int(i), class_name=self.labels[int(i)], confidence=float(v))
-                for v, i in zip(row_values, row_indices, strict=True)
-            ]
-            for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True)
-        ]
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def predict(self, batch: np.ndarray, top_ks: Sequence[int]) -> list[list[Prediction]]:
+        """Softmax over all 1000 classes, then each image's `top_k` best, most confident first."""
+        probabilities = softmax(self.backend.logits(batch))
+        results = []
+        for row, top_k in zip(probabilities, top_ks, strict=True):
+            best = np.argsort(-row, kind="stable")[:top_k]
+            results.append([Prediction(int(i), self.labels[int(i)], float(row[i])) for i in best])
+        return results
 
 
 def load_classifier(settings: Settings) -> Classifier:
-    """Verify the weights file, build the network, warm it up once; raise ModelLoadError if not."""
+    """Verify the weights, build the network and its backend, prove the backend gives PyTorch's
+    answers, warm it up; raise ModelLoadError if any of it fails."""
     started = time.perf_counter()
     torch.set_num_threads(settings.torch_threads)
     path, expected = resolve_weights(settings)
     weights = verify_weights(path, expected)
-    classifier = Classifier(
-        _load_network(settings.model_arch, weights), settings.model_arch, weights, load_labels()
-    )
-    size = classifier.preprocessing.crop_size
-    classifier.predict(torch.zeros(1, 3, size, size), top_k=1)  # first call allocates; pay it now
+    network = _load_network(settings.model_arch, weights)
+    crop = PREPROCESSING[settings.model_arch].crop_size
+    backend = _build_backend(settings, network, weights, crop)
+    classifier = Classifier(backend, settings.model_arch, weights, load_labels())
+    classifier.predict(_probe_batch(crop), [1, 1])  # first call allocates; pay it now
     log.info(
         "model.loaded",
         model_name=classifier.model_name,
         model_version=classifier.model_version,
+        backend=classifier.backend_name,
         weights=str(path),
         weights_sha256=weights.sha256,
         torch_threads=torch.get_num_threads(),
         load_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return classifier
+
+
+def _build_backend(
+    settings: Settings, network: nn.Module, weights: WeightsInfo, crop: int
+) -> InferenceBackend:
+    reference = TorchBackend(network)
+    if settings.inference_backend is Backend.PYTORCH:
+        return reference
+    tag = f"{settings.model_arch.value}-{weights.sha256[:16]}"
+    model = onnx_model(network, crop, settings.model_cache_dir, tag)
+    backend = OnnxRuntimeBackend(model, settings.torch_threads)
+    difference = max_confidence_difference(backend, reference, _probe_batch(crop))
+    if difference > EQUIVALENCE_TOLERANCE:
+        raise ModelLoadError(
+            f"{backend.name} differs from PyTorch by {difference:.2e} in confidence "
+            f"(limit {EQUIVALENCE_TOLERANCE}); set INFERENCE_BACKEND=pytorch"
+        )
+    log.info("model.backend_verified", backend=backend.name, max_confidence_diff=difference)
+    return backend
+
+
+def _probe_batch(crop: int) -> np.ndarray:
+    """A fixed, image-like input (smooth gradients in [-1, 1]) for warm-up and start-up checks;
+    the test suite repeats the equivalence check on real photographs."""
+    ramp = np.linspace(-1.0, 1.0, crop, dtype=np.float32)
+    first = np.stack(
+        [np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp), -np.add.outer(ramp, ramp) / 2]
+    )
+    return np.stack([first, first[::-1].copy()]).astype(np.float32)

@@ -10,11 +10,11 @@ under transparent pixels) and CMYK with an embedded ICC profile.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
-import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from visinspect.config import Architecture
@@ -62,7 +62,7 @@ PREPROCESSING: MappingProxyType[Architecture, Preprocessing] = MappingProxyType(
 
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
-    tensor: torch.Tensor  # 3 x crop x crop, float32, normalised
+    pixels: np.ndarray  # float32, 3 x crop x crop, normalised: the network's input
     width: int  # as uploaded, after EXIF orientation
     height: int
     format: str
@@ -115,9 +115,20 @@ def _is_animated(image: Image.Image) -> bool:
         raise CorruptImage(f"the image frames cannot be read: {exc}") from None
 
 
-def decode_rgb(image: Image.Image) -> Image.Image:
-    """Decode the pixels, apply EXIF orientation, convert to 8-bit RGB."""
+def decode_rgb(image: Image.Image, shorter_side: int | None = None) -> Image.Image:
+    """Decode the pixels, apply EXIF orientation, convert to 8-bit RGB.
+
+    With `shorter_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) that still
+    leaves at least that many pixels on its shorter side: a 12-megapixel photo then costs about
+    what a 640x480 one does, and the resize that follows sees nearly the same pixels.
+    """
     try:
+        if shorter_side is not None and image.format == "JPEG":
+            scale = shorter_side / min(image.size)
+            if scale < 0.5:
+                image.draft(
+                    image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale))
+                )
         image.load()
         oriented = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as exc:
@@ -161,8 +172,9 @@ def _cmyk_with_profile_to_rgb(image: Image.Image) -> Image.Image:
     return converted
 
 
-def to_tensor(image: Image.Image, spec: Preprocessing) -> torch.Tensor:
-    """torchvision's Resize(shorter side) + CenterCrop + ToTensor + Normalize, vectorised."""
+def to_pixels(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """torchvision's Resize(shorter side) + CenterCrop + ToTensor + Normalize, vectorised:
+    float32, 3 x crop x crop, C-contiguous (one copy from Pillow, one transpose)."""
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
@@ -177,14 +189,30 @@ def to_tensor(image: Image.Image, spec: Preprocessing) -> torch.Tensor:
     offset = (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
     pixels *= scale
     pixels -= offset
-    return torch.from_numpy(pixels).permute(2, 0, 1)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def preprocess(data: bytes, spec: Preprocessing, max_pixels: int) -> DecodedImage:
-    """The whole path from upload bytes to the network's input; raises InvalidImage subclasses."""
+def preprocess(
+    data: bytes, spec: Preprocessing, max_pixels: int, reduced_decode: bool = True
+) -> DecodedImage:
+    """The whole path from upload bytes to the network's input; raises InvalidImage subclasses.
+
+    `reduced_decode=False` decodes every pixel: the reference transform, for equivalence tests.
+    """
     image = open_image(data, max_pixels)
     image_format = image.format or "unknown"
-    rgb = decode_rgb(image)
+    width, height = _oriented_size(image)
+    rgb = decode_rgb(image, spec.resize_size if reduced_decode else None)
     return DecodedImage(
-        tensor=to_tensor(rgb, spec), width=rgb.width, height=rgb.height, format=image_format
+        pixels=to_pixels(rgb, spec), width=width, height=height, format=image_format
     )
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    """Size as displayed: EXIF orientations 5 to 8 swap width and height."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except _DECODE_ERRORS:
+        orientation = 1
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

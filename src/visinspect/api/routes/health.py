@@ -53,6 +53,7 @@ async def ready(request: Request, database: DatabaseDep, settings: SettingsDep) 
         checks=checks,
         model_name=runner.classifier.model_name if runner else None,
         model_version=runner.classifier.model_version if runner else None,
+        backend=runner.classifier.backend_name if runner else None,
         schema_revision=revision,
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)

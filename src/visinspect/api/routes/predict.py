@@ -13,7 +13,7 @@ from visinspect.api.deps import DatabaseDep, RunnerDep, SettingsDep
 from visinspect.api.schemas import PredictionOut, error_responses
 from visinspect.db import repository
 from visinspect.db.models import PredictionRecord
-from visinspect.inference.runner import Classification
+from visinspect.inference.runner import Classification, InferenceRunner
 from visinspect.logging import request_id_from
 
 router = APIRouter(tags=["predict"])
@@ -49,15 +49,7 @@ async def predict(
     started = time.perf_counter()
     classification = await runner.classify(data, top_k or settings.default_top_k)
     latency_ms = (time.perf_counter() - started) * 1000
-    record = _new_record(
-        request,
-        runner.classifier.model_name,
-        runner.classifier.model_version,
-        classification,
-        file,
-        len(data),
-        latency_ms,
-    )
+    record = _new_record(request, runner, classification, file, len(data), latency_ms)
     stored = await database.run(repository.add_prediction, record)
     top = classification.predictions[0]
     log.info(
@@ -66,6 +58,7 @@ async def predict(
         class_name=top.class_name,
         confidence=round(top.confidence, 4),
         latency_ms=round(latency_ms, 2),
+        decode_ms=round(classification.decode_ms, 2),
         inference_ms=round(classification.inference_ms, 2),
     )
     return PredictionOut.from_record(stored)
@@ -73,8 +66,7 @@ async def predict(
 
 def _new_record(
     request: Request,
-    model_name: str,
-    model_version: str,
+    runner: InferenceRunner,
     classification: Classification,
     upload: UploadFile,
     size: int,
@@ -84,8 +76,9 @@ def _new_record(
     return PredictionRecord(
         created_at=datetime.now(UTC),
         request_id=request_id_from(request.scope),
-        model_name=model_name,
-        model_version=model_version,
+        model_name=runner.classifier.model_name,
+        model_version=runner.classifier.model_version,
+        inference_backend=runner.classifier.backend_name,
         class_id=top.class_id,
         class_name=top.class_name,
         confidence=top.confidence,

@@ -1,0 +1,138 @@
+"""Micro-batching: concurrent requests share forward passes, a lone one never waits, a full queue
+is refused at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from tests.conftest import PHOTOS
+from visinspect.errors import Overloaded
+from visinspect.inference.batcher import MicroBatcher
+from visinspect.inference.model import Classifier
+from visinspect.inference.preprocess import preprocess
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingBackend:
+    """The real backend, plus a record of batch sizes and an optional gate to hold a pass."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.inner = classifier.backend
+        self.name = self.inner.name
+        self.sizes: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(batch))
+        self.entered.set()
+        self.release.wait(timeout=60)
+        return self.inner.logits(batch)
+
+
+@pytest.fixture
+def recording(classifier: Classifier) -> RecordingBackend:
+    recorder = RecordingBackend(classifier)
+    original = classifier.backend
+    classifier.backend = recorder
+    yield recorder  # type: ignore[misc]
+    recorder.release.set()
+    classifier.backend = original
+
+
+def pixels(classifier: Classifier, name: str) -> np.ndarray:
+    return preprocess((PHOTOS / name).read_bytes(), classifier.preprocessing, 10**8).pixels
+
+
+async def test_lone_request_is_a_batch_of_one(
+    classifier: Classifier, recording: RecordingBackend
+) -> None:
+    batcher = MicroBatcher(classifier, max_batch_size=16, max_wait_ms=0, max_queue=8)
+    batcher.start()
+    try:
+        result = await batcher.classify(pixels(classifier, "coffee.png"), 3)
+    finally:
+        await batcher.close()
+    assert result[0].class_name == "espresso"
+    assert recording.sizes == [1]
+
+
+async def test_requests_that_queue_up_share_one_pass(
+    classifier: Classifier, recording: RecordingBackend
+) -> None:
+    batcher = MicroBatcher(classifier, max_batch_size=16, max_wait_ms=0, max_queue=32)
+    batcher.start()
+    coffee, cat = pixels(classifier, "coffee.png"), pixels(classifier, "chelsea.png")
+    recording.release.clear()
+    try:
+        first = asyncio.ensure_future(batcher.classify(coffee, 1))
+        await asyncio.to_thread(recording.entered.wait, 30)  # the first pass is now running
+        rest = [asyncio.ensure_future(batcher.classify(im, 2)) for im in [coffee, cat] * 5]
+        await asyncio.sleep(0.05)  # all ten are queued behind the running pass
+        recording.release.set()
+        results = await asyncio.gather(first, *rest)
+    finally:
+        await batcher.close()
+    assert recording.sizes == [1, 10]
+    assert batcher.stats.largest == 10
+    assert [r[0].class_name for r in results[1:3]] == ["espresso", "tiger cat"]
+    assert all(len(r) == 2 for r in results[1:])
+
+
+async def test_batch_size_is_capped(classifier: Classifier, recording: RecordingBackend) -> None:
+    batcher = MicroBatcher(classifier, max_batch_size=4, max_wait_ms=0, max_queue=32)
+    batcher.start()
+    image = pixels(classifier, "coffee.png")
+    recording.release.clear()
+    try:
+        first = asyncio.ensure_future(batcher.classify(image, 1))
+        await asyncio.to_thread(recording.entered.wait, 30)
+        rest = [asyncio.ensure_future(batcher.classify(image, 1)) for _ in range(9)]
+        await asyncio.sleep(0.05)
+        recording.release.set()
+        await asyncio.gather(first, *rest)
+    finally:
+        await batcher.close()
+    assert recording.sizes == [1, 4, 4, 1]
+
+
+async def test_max_wait_gathers_a_fuller_batch(
+    classifier: Classifier, recording: RecordingBackend
+) -> None:
+    batcher = MicroBatcher(classifier, max_batch_size=8, max_wait_ms=300, max_queue=32)
+    batcher.start()
+    image = pixels(classifier, "coffee.png")
+    try:
+        first = asyncio.ensure_future(batcher.classify(image, 1))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(batcher.classify(image, 1))
+        await asyncio.gather(first, second)
+    finally:
+        await batcher.close()
+    assert recording.sizes == [2]
+
+
+async def test_full_queue_is_refused_at_once(
+    classifier: Classifier, recording: RecordingBackend
+) -> None:
+    batcher = MicroBatcher(classifier, max_batch_size=1, max_wait_ms=0, max_queue=2)
+    batcher.start()
+    image = pixels(classifier, "coffee.png")
+    recording.release.clear()
+    try:
+        running = asyncio.ensure_future(batcher.classify(image, 1))
+        await asyncio.to_thread(recording.entered.wait, 30)
+        waiting = [asyncio.ensure_future(batcher.classify(image, 1)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="MAX_QUEUE"):
+            await batcher.classify(image, 1)
+        recording.release.set()
+        await asyncio.gather(running, *waiting)
+    finally:
+        await batcher.close()
