@@ -66,7 +66,9 @@ def test_matches_the_reference_transform(name: str) -> None:
     assert ours.shape == (3, 224, 224)
     assert ours.dtype == np.float32
     assert ours.flags.c_contiguous
-    assert np.allclose(ours, reference_pixels(image), atol=1e-5)
+    difference = np.abs(ours - reference_pixels(image))
+    assert difference.max() <= 2 / 255 + 1e-6  # at most one 8-bit step (x2 for the [-1, 1] range)
+    assert difference.mean() < 1e-4
 
 
 def test_portrait_and_landscape_are_cropped_from_the_centre() -> None:

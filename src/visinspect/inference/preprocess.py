@@ -173,22 +173,30 @@ def _cmyk_with_profile_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def to_pixels(image: Image.Image, spec: Preprocessing) -> np.ndarray:
-    """torchvision's Resize(shorter side) + CenterCrop + ToTensor + Normalize, vectorised:
-    float32, 3 x crop x crop, C-contiguous (one copy from Pillow, one transpose)."""
+    """torchvision's Resize(shorter side) + CenterCrop + ToTensor + Normalize, vectorised.
+
+    The resize computes only the pixels the crop keeps (Pillow's `box`): the same filter over the
+    same source pixels, so the result equals resize-then-crop up to one 8-bit rounding step in a
+    few pixels, for about a third less work. float32, 3 x crop x crop, C-contiguous.
+    """
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
-    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-    resized = image.resize(new_size, spec.interpolation)
-    top = round((new_size[1] - spec.crop_size) / 2.0)
-    left = round((new_size[0] - spec.crop_size) / 2.0)
-    cropped = resized.crop((left, top, left + spec.crop_size, top + spec.crop_size))
+    new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
+    top = round((new_height - spec.crop_size) / 2.0)
+    left = round((new_width - spec.crop_size) / 2.0)
+    x_scale, y_scale = width / new_width, height / new_height
+    box = (
+        left * x_scale,
+        top * y_scale,
+        (left + spec.crop_size) * x_scale,
+        (top + spec.crop_size) * y_scale,
+    )
+    cropped = image.resize((spec.crop_size, spec.crop_size), spec.interpolation, box=box)
     pixels = np.asarray(cropped, dtype=np.float32)  # H x W x 3, a fresh array we may modify
     std = np.asarray(spec.std, dtype=np.float32)
-    scale = (1.0 / 255.0 / std).astype(np.float32)
-    offset = (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
-    pixels *= scale
-    pixels -= offset
+    pixels *= (1.0 / 255.0 / std).astype(np.float32)
+    pixels -= (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
