@@ -197,7 +197,7 @@ def main() -> int:
         bodies = {k: multipart_body(v, Path(folder), k) for k, v in jpegs.items()}
         # 2. The service, as `visinspect serve` runs it by default.
         with fresh_database() as url:
-            env = {"DATABASE_URL": url, "LOG_LEVEL": "WARNING"}
+            env = {"DATABASE_URL": url}  # every other setting at its default
             port = free_port()
             with server(
                 [str(VENV_BIN / "visinspect"), "serve", "--port", str(port)], env, port

@@ -74,7 +74,12 @@ class Settings(BaseSettings):
         default_factory=lambda: Path.home() / ".cache" / "visinspect",
         description="Where the ONNX export is cached (keyed by weights hash); empty = no cache.",
     )
-    max_batch_size: int = Field(default=16, ge=1, le=256)
+    max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Largest batch per forward pass (measured best here: docs/benchmarks.md).",
+    )
     batch_max_wait_ms: float = Field(
         default=0.0,
         ge=0,

@@ -21,6 +21,7 @@ from visinspect.api.routes.docs import mount_docs
 from visinspect.config import Settings
 from visinspect.db.schema import create_all_for_development, upgrade_to_head
 from visinspect.db.session import Database, create_db_engine
+from visinspect.db.writer import PredictionWriter
 from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.model import load_classifier
 from visinspect.inference.runner import InferenceRunner
@@ -54,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    database = Database(create_db_engine(settings))
+    database = Database(create_db_engine(settings), settings.database_pool_size)
     log.info("startup.begin", database=database.describe(), model_arch=settings.model_arch.value)
     try:
         await anyio.to_thread.run_sync(_prepare_schema, database, settings)
@@ -66,7 +67,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         classifier, settings.max_batch_size, settings.batch_max_wait_ms, settings.max_queue
     )
     batcher.start()
+    writer = PredictionWriter(database)
+    writer.start()
     app.state.database = database
+    app.state.writer = writer
     app.state.runner = InferenceRunner(
         classifier, batcher, settings.max_image_pixels, settings.decode_threads
     )
@@ -82,6 +86,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # uvicorn runs this only after in-flight requests finished (or its timeout passed).
         log.info("shutdown.begin")
         await batcher.close()
+        await writer.close()
         database.dispose()
         log.info(
             "shutdown.complete",

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from visinspect.config import Settings
 from visinspect.db.session import Database
+from visinspect.db.writer import PredictionWriter
 from visinspect.inference.runner import InferenceRunner
 
 
@@ -26,6 +27,12 @@ def get_runner(request: Request) -> InferenceRunner:
     return runner
 
 
+def get_writer(request: Request) -> PredictionWriter:
+    writer: PredictionWriter = request.app.state.writer
+    return writer
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 RunnerDep = Annotated[InferenceRunner, Depends(get_runner)]
+WriterDep = Annotated[PredictionWriter, Depends(get_writer)]

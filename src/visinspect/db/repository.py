@@ -27,6 +27,12 @@ def add_prediction(session: Session, record: PredictionRecord) -> PredictionReco
     return record
 
 
+def add_predictions(session: Session, records: list[PredictionRecord]) -> None:
+    """One INSERT round trip for a group of rows (ids come back with it)."""
+    session.add_all(records)
+    session.flush()
+
+
 def get_prediction(session: Session, prediction_id: int) -> PredictionRecord | None:
     return session.get(PredictionRecord, prediction_id)
 

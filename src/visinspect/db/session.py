@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -45,9 +46,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """Owns the engine; runs blocking ORM work in a worker thread, one transaction per call."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_concurrency: int) -> None:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
+        # No more threads at the database than pooled connections: beyond that, connections would
+        # be opened and closed per request (pool overflow), the slowest way to use PostgreSQL.
+        self._limiter = anyio.CapacityLimiter(max_concurrency)
 
     @property
     def backend(self) -> str:
@@ -59,7 +63,7 @@ class Database:
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """`work(session, *args)` in a thread; committed when it returns, rolled back if it raises."""
-        return await anyio.to_thread.run_sync(self._transaction, work, *args)
+        return await anyio.to_thread.run_sync(self._transaction, work, *args, limiter=self._limiter)
 
     def _transaction(self, work: Callable[..., T], *args: Any) -> T:
         try:

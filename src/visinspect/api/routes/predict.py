@@ -9,9 +9,8 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from visinspect.api.deps import DatabaseDep, RunnerDep, SettingsDep
+from visinspect.api.deps import RunnerDep, SettingsDep, WriterDep
 from visinspect.api.schemas import PredictionOut, error_responses
-from visinspect.db import repository
 from visinspect.db.models import PredictionRecord
 from visinspect.inference.runner import Classification, InferenceRunner
 from visinspect.logging import request_id_from
@@ -29,7 +28,7 @@ log = structlog.get_logger("visinspect.predict")
 async def predict(
     request: Request,
     runner: RunnerDep,
-    database: DatabaseDep,
+    writer: WriterDep,
     settings: SettingsDep,
     file: Annotated[
         UploadFile,
@@ -50,7 +49,7 @@ async def predict(
     classification = await runner.classify(data, top_k or settings.default_top_k)
     latency_ms = (time.perf_counter() - started) * 1000
     record = _new_record(request, runner, classification, file, len(data), latency_ms)
-    stored = await database.run(repository.add_prediction, record)
+    stored = await writer.store(record)
     top = classification.predictions[0]
     log.info(
         "prediction.stored",

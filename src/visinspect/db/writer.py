@@ -1,0 +1,89 @@
+"""Group commits: predictions that finish at about the same time are inserted in one transaction.
+
+Each request still awaits its own row's commit before it answers, so a 200 always means stored.
+Under load the writer commits whatever accumulated during the previous commit (a few rows per
+transaction instead of one), which keeps the database off the critical path; a lone request is
+written at once. If a group fails for a reason other than an outage, its rows are retried one by
+one so that one bad row cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import structlog
+
+from visinspect.db import repository
+from visinspect.db.models import PredictionRecord
+from visinspect.db.session import Database
+from visinspect.errors import DatabaseUnavailable
+
+log = structlog.get_logger("visinspect.db")
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: PredictionRecord
+    future: asyncio.Future[PredictionRecord] = field(repr=False)
+
+
+class PredictionWriter:
+    def __init__(self, database: Database, max_group: int = 64) -> None:
+        self.database = database
+        self.max_group = max_group
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name="db-writer")
+
+    async def store(self, record: PredictionRecord) -> PredictionRecord:
+        """Returns once the row is committed (with its id); raises DatabaseUnavailable if not."""
+        future: asyncio.Future[PredictionRecord] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(record, future))
+        return await future
+
+    async def _serve(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < self.max_group and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            await self._write(group)
+
+    async def _write(self, group: list[_Pending]) -> None:
+        try:
+            await self.database.run(repository.add_predictions, [p.record for p in group])
+        except DatabaseUnavailable as exc:
+            _fail(group, exc)
+            return
+        except Exception:
+            if len(group) == 1:
+                log.exception("db.write_failed")
+                _fail(group, DatabaseUnavailable("the prediction could not be stored"))
+                return
+            for pending in group:  # isolate the row that fails
+                await self._write([pending])
+            return
+        for pending in group:
+            if not pending.future.done():
+                pending.future.set_result(pending.record)
+
+    async def close(self) -> None:
+        """Write what is queued, then stop (the server has drained its requests by now)."""
+        while not self._queue.empty():
+            group = [
+                self._queue.get_nowait() for _ in range(min(self.max_group, self._queue.qsize()))
+            ]
+            await self._write(group)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _fail(group: list[_Pending], exc: Exception) -> None:
+    for pending in group:
+        if not pending.future.done():
+            pending.future.set_exception(exc)

@@ -1,0 +1,85 @@
+"""Group commits: every caller gets its own committed row; a bad row fails only its own caller."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import fresh_postgres_database
+from visinspect.db.models import PredictionRecord
+from visinspect.db.schema import upgrade_to_head
+from visinspect.db.session import Database
+from visinspect.db.writer import PredictionWriter
+from visinspect.errors import DatabaseUnavailable
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database() -> Iterator[Database]:
+    from sqlalchemy import create_engine
+
+    with fresh_postgres_database() as url:
+        engine = create_engine(url)
+        upgrade_to_head(engine)
+        yield Database(engine, max_concurrency=4)
+        engine.dispose()
+
+
+def record(request_id: str, class_name: str = "espresso") -> PredictionRecord:
+    return PredictionRecord(
+        created_at=datetime.now(UTC),
+        request_id=request_id,
+        model_name="efficientnet_lite0",
+        model_version="sha256:0",
+        inference_backend="onnxruntime",
+        class_id=967,
+        class_name=class_name,
+        confidence=0.9,
+        top_k=[{"class_id": 967, "class_name": class_name, "confidence": 0.9}],
+        image_sha256="0" * 64,
+        image_width=1,
+        image_height=1,
+        image_format="PNG",
+        image_bytes=1,
+        filename=None,
+        latency_ms=1.0,
+    )
+
+
+def count(database: Database) -> int:
+    with database.sessions() as session:
+        return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)
+
+
+async def test_concurrent_stores_each_get_their_committed_row(database: Database) -> None:
+    writer = PredictionWriter(database)
+    writer.start()
+    try:
+        stored = await asyncio.gather(*(writer.store(record(f"r{i}")) for i in range(50)))
+    finally:
+        await writer.close()
+    assert len({r.id for r in stored}) == 50
+    assert count(database) == 50
+
+
+async def test_a_bad_row_fails_alone(database: Database) -> None:
+    writer = PredictionWriter(database)
+    writer.start()
+    too_long = "x" * 500  # class_name is VARCHAR(128): PostgreSQL refuses the row
+    try:
+        results = await asyncio.gather(
+            writer.store(record("a")),
+            writer.store(record("bad", class_name=too_long)),
+            writer.store(record("b")),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.close()
+    assert isinstance(results[1], DatabaseUnavailable)
+    assert all(isinstance(r, PredictionRecord) for r in (results[0], results[2]))
+    assert count(database) == 2
