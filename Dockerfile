@@ -18,10 +18,12 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.tom
  && /opt/venv/bin/pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt \
  && if /opt/venv/bin/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "CUDA libraries in the image: use a CPU torch wheel" >&2; exit 1; fi
 COPY src ./src
-# Install the service, check the baked-in weights against their pinned SHA-256, and drop what a
-# server never uses (torch's C++ headers and test binaries, source maps, pip itself): ~170 MB.
+# Install the service; load the model once, which checks the weights against their pinned SHA-256,
+# exports the ONNX graph and proves it matches PyTorch, so containers start from the cached export;
+# then drop what a server never uses (torch's C++ headers and test binaries, source maps, pip).
+ENV MODEL_CACHE_DIR=/opt/visinspect/model-cache
 RUN /opt/venv/bin/pip install --no-deps . \
- && /opt/venv/bin/python -c "from visinspect.config import Settings; from visinspect.inference.model import resolve_weights, verify_weights; print(verify_weights(*resolve_weights(Settings(_env_file=None))))" \
+ && /opt/venv/bin/python -c "from visinspect.config import Settings; from visinspect.inference.model import load_classifier; load_classifier(Settings(_env_file=None))" \
  && site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
  && rm -rf "$site/torch/include" "$site/torch/test" \
  && find "$site/swagger_ui_bundle" -name '*.map' -delete \
@@ -31,6 +33,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 visinspect \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /app --shell /usr/sbin/nologin visinspect
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/visinspect/model-cache /opt/visinspect/model-cache
 COPY docker/entrypoint.sh /usr/local/bin/visinspect-entrypoint
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -38,6 +41,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=8000 \
     WORKERS=1 \
     LOG_FORMAT=json \
+    MODEL_CACHE_DIR=/opt/visinspect/model-cache \
     DATABASE_URL=sqlite:////app/visinspect.db
 USER 10001:10001
 WORKDIR /app

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run test containers lint typecheck pytest postgres clean
+.PHONY: run test containers bench bench-smoke lint typecheck pytest postgres hey clean
 
 run: $(VENV)/.installed
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect serve
@@ -17,9 +17,19 @@ test: $(VENV)/.installed-dev postgres lint typecheck pytest
 containers: $(VENV)/.installed-dev postgres
 	bash scripts/container-ci.sh
 
+# Performance: ceilings, service under load, naive baseline, targets (docs/benchmarks.md).
+bench: $(VENV)/.installed-dev postgres hey
+	$(BIN)/python -m bench.load
+
+bench-smoke: $(VENV)/.installed-dev postgres hey
+	$(BIN)/python -m bench.load --smoke
+
+hey:
+	@command -v hey >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey >/dev/null)
+
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
