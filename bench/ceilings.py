@@ -96,20 +96,30 @@ def load_backends() -> Backends:
 
 
 def model_only(backends: list[InferenceBackend], smoke: bool) -> dict[str, dict[int, float]]:
-    """Median milliseconds per batch, per backend and batch size."""
+    """Median milliseconds per batch, per backend and batch size.
+
+    Backends are measured in interleaved rounds, each after a pause: a thread pool that has just
+    worked keeps spinning for a while (OpenMP, ONNX Runtime), and whichever backend ran right after
+    another one would otherwise pay for its neighbour's spinning threads. Each figure is the median
+    over the rounds.
+    """
     rng = np.random.default_rng(0)
     sizes = (1, 4) if smoke else BATCH_SIZES
-    results: dict[str, dict[int, float]] = {}
-    for backend in backends:
-        results[backend.name] = {}
+    rounds = 1 if smoke else 3
+    samples: dict[str, dict[int, list[float]]] = {b.name: {s: [] for s in sizes} for b in backends}
+    for _ in range(rounds):
         for size in sizes:
             batch = rng.uniform(-1, 1, (size, 3, 224, 224)).astype(np.float32)
-            repeats = 3 if smoke else max(5, 96 // size)
-            results[backend.name][size] = median_ms(
-                lambda b=batch, run=backend.logits: run(b),
-                repeats,  # type: ignore[misc]
-            )
-    return results
+            repeats = 3 if smoke else max(5, 64 // size)
+            for backend in backends:
+                time.sleep(0.3)
+                samples[backend.name][size].append(
+                    median_ms(lambda b=batch, run=backend.logits: run(b), repeats, warmup=5)  # type: ignore[misc]
+                )
+    return {
+        name: {size: statistics.median(values) for size, values in by_size.items()}
+        for name, by_size in samples.items()
+    }
 
 
 def pipeline(
