@@ -64,3 +64,17 @@ class Overloaded(VisinspectError):
     """The inference queue is full, or the service is stopping: retry later."""
 
     code = "overloaded"
+
+
+class RequestTimedOut(VisinspectError):
+    """Classification took longer than REQUEST_TIMEOUT_S; nothing was stored."""
+
+    code = "timeout"
+
+
+class MissingApiKey(VisinspectError):
+    code = "missing_api_key"
+
+
+class InvalidApiKey(VisinspectError):
+    code = "invalid_api_key"

@@ -12,12 +12,15 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 import structlog
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from visinspect import __version__
 from visinspect.api.errors import install_error_handlers
 from visinspect.api.limits import BodySizeLimitMiddleware
 from visinspect.api.routes import health, predict, predictions
+from visinspect.api.routes import metrics as metrics_route
 from visinspect.api.routes.docs import mount_docs
+from visinspect.api.security import ApiKeys, SecurityHeadersMiddleware
 from visinspect.config import Settings
 from visinspect.db.schema import create_all_for_development, upgrade_to_head
 from visinspect.db.session import Database, create_db_engine
@@ -26,6 +29,7 @@ from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.model import load_classifier
 from visinspect.inference.runner import InferenceRunner
 from visinspect.logging import RequestContextMiddleware, configure_logging
+from visinspect.metrics import Metrics, MetricsMiddleware
 
 log = structlog.get_logger("visinspect")
 
@@ -40,14 +44,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url=None,  # served by api/routes/docs.py without a CDN
         redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.api_keys = ApiKeys(settings.api_keys)
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(predictions.router)
     app.include_router(health.router)
-    mount_docs(app)
+    app.include_router(metrics_route.router)
+    if settings.docs_enabled:
+        mount_docs(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestContextMiddleware)  # outermost: every response gets its id
     return app
 
@@ -63,10 +82,23 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except BaseException:
         database.dispose()
         raise
+    metrics: Metrics = app.state.metrics
     batcher = MicroBatcher(
-        classifier, settings.max_batch_size, settings.batch_max_wait_ms, settings.max_queue
+        classifier,
+        settings.max_batch_size,
+        settings.batch_max_wait_ms,
+        settings.max_queue,
+        on_batch=metrics.observe_batch,
     )
     batcher.start()
+    metrics.watch_queue(lambda: batcher.queued)
+    metrics.model.info(
+        {
+            "model_name": classifier.model_name,
+            "model_version": classifier.model_version,
+            "backend": classifier.backend_name,
+        }
+    )
     writer = PredictionWriter(database)
     writer.start()
     app.state.database = database

@@ -33,6 +33,9 @@ STATUS_BY_ERROR: dict[type[errors.VisinspectError], int] = {
     errors.InvalidTimeRange: 422,
     errors.DatabaseUnavailable: 503,
     errors.Overloaded: 503,
+    errors.RequestTimedOut: 504,
+    errors.MissingApiKey: 401,
+    errors.InvalidApiKey: 403,
 }
 RETRY_AFTER_SECONDS = "5"
 _HTTP_CODES = {
@@ -69,7 +72,13 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.VisinspectError)
     status = STATUS_BY_ERROR.get(type(exc), 400)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     log.info("request.rejected", code=exc.code, status=status, reason=exc.message)
+    metrics = request.app.state.metrics
+    metrics.rejected.labels(exc.code).inc()
+    if isinstance(exc, errors.DatabaseUnavailable):
+        metrics.database_errors.inc()
     return error_response(request, status, exc.code, exc.message, headers=headers)
 
 

@@ -127,11 +127,14 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries that document our error body for the given statuses."""
     descriptions = {
         400: "The upload is empty",
+        401: "API keys are configured and the request has none",
+        403: "The API key is not valid",
         404: "No such prediction",
         413: "Body over MAX_UPLOAD_BYTES, or image over MAX_IMAGE_PIXELS",
         415: "Not an image, an unsupported format, or an animated image",
         422: "Invalid parameters, missing `file` field, or a truncated/corrupt image",
         503: "Database unavailable or inference queue full; nothing was stored. Retry later.",
+        504: "Classification exceeded REQUEST_TIMEOUT_S; nothing was stored.",
     }
     return {
         status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -43,9 +45,15 @@ class BatchStats:
 
 class MicroBatcher:
     def __init__(
-        self, classifier: Classifier, max_batch_size: int, max_wait_ms: float, max_queue: int
+        self,
+        classifier: Classifier,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.classifier = classifier
+        self.on_batch = on_batch  # (batch size, seconds): for metrics
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.stats = BatchStats()
@@ -80,6 +88,7 @@ class MicroBatcher:
             if not jobs:
                 continue
             batch = np.stack([job.pixels for job in jobs])
+            started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(
                     self._model_thread, self.classifier.predict, batch, [j.top_k for j in jobs]
@@ -91,6 +100,8 @@ class MicroBatcher:
                         job.future.set_exception(exc)
                 continue
             self.stats.add(len(jobs))
+            if self.on_batch is not None:
+                self.on_batch(len(jobs), time.perf_counter() - started)
             for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)

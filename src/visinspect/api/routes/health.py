@@ -43,6 +43,7 @@ async def ready(request: Request, database: DatabaseDep, settings: SettingsDep) 
             else CheckResult(status="fail", detail=problem)
         )
     except DatabaseUnavailable as exc:
+        request.app.state.metrics.database_errors.inc()
         checks["database"] = CheckResult(status="fail", detail=exc.message)
         checks["schema"] = CheckResult(status="fail", detail="unknown: database unavailable")
     failing = [name for name, check in checks.items() if check.status != "ok"]

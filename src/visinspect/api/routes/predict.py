@@ -6,16 +6,19 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
+import anyio
 import structlog
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from visinspect.api.deps import RunnerDep, SettingsDep, WriterDep
 from visinspect.api.schemas import PredictionOut, error_responses
+from visinspect.api.security import require_api_key
 from visinspect.db.models import PredictionRecord
+from visinspect.errors import RequestTimedOut
 from visinspect.inference.runner import Classification, InferenceRunner
 from visinspect.logging import request_id_from
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 log = structlog.get_logger("visinspect.predict")
 
 
@@ -23,7 +26,7 @@ log = structlog.get_logger("visinspect.predict")
     "/predict",
     response_model=PredictionOut,
     summary="Classify an image",
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 413, 415, 422, 503, 504),
 )
 async def predict(
     request: Request,
@@ -46,7 +49,14 @@ async def predict(
     """
     data = await file.read()
     started = time.perf_counter()
-    classification = await runner.classify(data, top_k or settings.default_top_k)
+    try:
+        with anyio.fail_after(settings.request_timeout_s):
+            classification = await runner.classify(data, top_k or settings.default_top_k)
+    except TimeoutError:
+        raise RequestTimedOut(
+            f"classification took longer than {settings.request_timeout_s} s (REQUEST_TIMEOUT_S); "
+            "nothing was stored"
+        ) from None
     latency_ms = (time.perf_counter() - started) * 1000
     record = _new_record(request, runner, classification, file, len(data), latency_ms)
     stored = await writer.store(record)

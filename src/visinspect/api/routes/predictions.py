@@ -5,22 +5,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from visinspect.api.deps import DatabaseDep
 from visinspect.api.schemas import PredictionOut, PredictionPage, error_responses
+from visinspect.api.security import require_api_key
 from visinspect.db import repository
 from visinspect.db.repository import PredictionFilter
 from visinspect.errors import InvalidTimeRange, PredictionNotFound
 
-router = APIRouter(tags=["predictions"])
+router = APIRouter(tags=["predictions"], dependencies=[Depends(require_api_key)])
 
 
 @router.get(
     "/predictions",
     response_model=PredictionPage,
     summary="List stored predictions, newest first",
-    responses=error_responses(422, 503),
+    responses=error_responses(401, 403, 422, 503),
 )
 async def list_predictions(
     database: DatabaseDep,
@@ -56,7 +57,7 @@ async def list_predictions(
     "/predictions/{prediction_id}",
     response_model=PredictionOut,
     summary="One stored prediction",
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def get_prediction(
     database: DatabaseDep, prediction_id: Annotated[int, Path(ge=1, le=2**63 - 1)]

@@ -1,0 +1,96 @@
+"""Optional API keys (API_KEYS) and HTTP hardening: security headers, CORS only when configured.
+
+Keys are kept as SHA-256 digests and compared in constant time; API_KEYS may hold the digests
+themselves (`sha256:<hex>`), so the plaintext need not live in the environment. A key is read from
+`Authorization: Bearer <key>` or `X-API-Key: <key>` and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from visinspect.errors import InvalidApiKey, MissingApiKey
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
+
+
+class ApiKeys:
+    def __init__(self, keys: list[SecretStr]) -> None:
+        self._digests = [_digest_of(key.get_secret_value()) for key in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def accepts(self, presented: str) -> bool:
+        digest = hashlib.sha256(presented.encode()).digest()
+        matched = False
+        for known in self._digests:  # no early exit: the time does not tell which key matched
+            matched |= hmac.compare_digest(known, digest)
+        return matched
+
+
+def _digest_of(entry: str) -> bytes:
+    if entry.startswith("sha256:"):
+        return bytes.fromhex(entry.removeprefix("sha256:"))
+    return hashlib.sha256(entry.encode()).digest()
+
+
+async def require_api_key(
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = Security(_bearer),  # noqa: B008
+    header: str | None = Security(_header),
+) -> None:
+    """401 without a key, 403 with a wrong one; a no-op when API_KEYS is empty."""
+    keys: ApiKeys = request.app.state.api_keys
+    if not keys.enabled:
+        return
+    presented = bearer.credentials if bearer is not None else header
+    if not presented:
+        raise MissingApiKey("this route needs an API key: Authorization: Bearer <key> or X-API-Key")
+    if not keys.accepts(presented):
+        raise InvalidApiKey("the API key is not valid")
+
+
+_COMMON_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+_API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+# Swagger UI's page has an inline bootstrap script and inline styles; everything else is ours.
+_DOCS_CSP = (
+    b"content-security-policy",
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; frame-ancestors 'none'",
+)
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        csp = _DOCS_CSP if path.startswith("/docs") else _API_CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), *_COMMON_HEADERS, csp],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,126 @@
+"""API keys, docs switch, CORS, security headers, request timeout."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import make_settings, rows_with_request_id, running_app
+
+KEY_PLAIN = "plain-key-0123456789"
+KEY_HASHED = "hashed-key-9876543210"
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    digest = hashlib.sha256(KEY_HASHED.encode()).hexdigest()
+    settings = make_settings(
+        f"sqlite:///{tmp_path_factory.mktemp('sec') / 's.db'}",
+        api_keys=f"{KEY_PLAIN}, sha256:{digest}",
+        cors_origins="https://inspect.example.com",
+    )
+    with running_app(settings) as client:
+        yield client
+
+
+def upload(client: TestClient, photos: Path, headers: dict[str, str]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    response = client.post(
+        "/predict", files={"file": ("c.png", (photos / "coffee.png").read_bytes())}, headers=headers
+    )
+    return response.status_code, {**response.json(), "_headers": dict(response.headers)}
+
+
+def test_no_key_is_401(secured: TestClient, photos: Path) -> None:
+    status, body = upload(secured, photos, {})
+    assert status == 401
+    assert body["error"]["code"] == "missing_api_key"
+    assert body["_headers"]["www-authenticate"] == "Bearer"
+    assert secured.get("/predictions").status_code == 401
+    assert secured.get("/predictions/1").status_code == 401
+
+
+def test_wrong_key_is_403(secured: TestClient, photos: Path) -> None:
+    status, body = upload(secured, photos, {"Authorization": "Bearer nope"})
+    assert status == 403
+    assert body["error"]["code"] == "invalid_api_key"
+    assert secured.get("/predictions", headers={"X-API-Key": KEY_PLAIN + "x"}).status_code == 403
+
+
+def test_good_keys_in_either_header(secured: TestClient, photos: Path) -> None:
+    assert upload(secured, photos, {"Authorization": f"Bearer {KEY_PLAIN}"})[0] == 200
+    assert upload(secured, photos, {"X-API-Key": KEY_HASHED})[0] == 200  # configured as sha256:
+    assert secured.get("/predictions", headers={"X-API-Key": KEY_PLAIN}).status_code == 200
+
+
+def test_health_metrics_and_docs_stay_open(secured: TestClient) -> None:
+    for path in ("/health", "/health/live", "/metrics", "/docs", "/openapi.json"):
+        assert secured.get(path).status_code == 200, path
+    schemes = secured.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+
+
+def test_keys_never_reach_the_logs(
+    secured: TestClient, photos: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("DEBUG"):
+        upload(secured, photos, {"Authorization": f"Bearer {KEY_PLAIN}"})
+        upload(secured, photos, {"X-API-Key": "a-wrong-key-that-must-not-be-logged"})
+    everything = caplog.text + " ".join(str(r.msg) for r in caplog.records)
+    assert "prediction.stored" in everything  # the logs were captured at all
+    assert KEY_PLAIN not in everything
+    assert "a-wrong-key-that-must-not-be-logged" not in everything
+
+
+def test_cors_only_for_configured_origins(secured: TestClient, sqlite_client: TestClient) -> None:
+    allowed = secured.get("/health/live", headers={"Origin": "https://inspect.example.com"})
+    assert allowed.headers["access-control-allow-origin"] == "https://inspect.example.com"
+    other = secured.get("/health/live", headers={"Origin": "https://evil.example.net"})
+    assert "access-control-allow-origin" not in other.headers
+    default = sqlite_client.get("/health/live", headers={"Origin": "https://inspect.example.com"})
+    assert "access-control-allow-origin" not in default.headers  # closed unless configured
+
+
+def test_security_headers(sqlite_client: TestClient) -> None:
+    api = sqlite_client.get("/health/live")
+    assert api.headers["x-content-type-options"] == "nosniff"
+    assert api.headers["x-frame-options"] == "DENY"
+    assert api.headers["content-security-policy"].startswith("default-src 'none'")
+    docs = sqlite_client.get("/docs")
+    assert "script-src 'self'" in docs.headers["content-security-policy"]
+
+
+def test_docs_can_be_switched_off(tmp_path: Path) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'd.db'}", docs_enabled=False)
+    with running_app(settings) as client:
+        assert client.get("/docs").status_code == 404
+        assert client.get("/openapi.json").status_code == 404
+        assert client.get("/health").status_code == 200
+
+
+def test_slow_classification_is_504_and_stores_nothing(tmp_path: Path, photos: Path) -> None:
+    from tests.api.test_health import GatedBackend
+
+    settings = make_settings(f"sqlite:///{tmp_path / 't.db'}", request_timeout_s=0.5)
+    with running_app(settings) as client:
+        classifier = client.app.state.runner.classifier  # type: ignore[attr-defined]
+        gate = GatedBackend(classifier.backend)
+        classifier.backend = gate
+        request_id = uuid.uuid4().hex
+        try:
+            response = client.post(
+                "/predict",
+                files={"file": ("c.png", (photos / "coffee.png").read_bytes())},
+                headers={"X-Request-ID": request_id},
+            )
+        finally:
+            gate.release.set()
+            classifier.backend = gate.inner
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "timeout"
+        assert rows_with_request_id(client, request_id) == []
+        assert client.get("/health").status_code == 200
