@@ -91,11 +91,41 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         )
     if _is_animated(image):
         raise AnimatedImage(f"animated {image.format} images are not supported; send one frame")
+    if image.format == "PNG":
+        _verify_png(data)
     return image
 
 
+def _verify_png(data: bytes) -> None:
+    """Check every chunk's CRC (Pillow's decoder does not check the image data's): a PNG with
+    damaged pixels is refused instead of classified as garbage."""
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as probe:
+            probe.verify()
+    except _DECODE_ERRORS as exc:
+        raise CorruptImage(f"the PNG is damaged: {exc}") from None
+
+
+# Signatures of the supported formats: a file that starts like one but cannot be opened is a
+# damaged image (422), not "not an image" (415).
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
 def _unidentified(data: bytes) -> Exception:
-    """Tell a real image in a format we refuse from something that is not an image at all."""
+    """Tell a damaged image, a real image in a format we refuse, and a non-image apart."""
+    claimed = next((fmt for sig, fmt in _SIGNATURES.items() if data.startswith(sig)), None)
+    if claimed is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        claimed = "WEBP"
+    if claimed is not None:
+        return CorruptImage(f"the file starts like a {claimed} image but cannot be read")
     try:
         with Image.open(io.BytesIO(data)) as other:
             found = other.format
