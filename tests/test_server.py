@@ -36,7 +36,7 @@ def free_port() -> int:
 
 def environment(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MODEL_"))}
-    env.update(LOG_FORMAT="json", LOG_LEVEL="INFO", **values)
+    env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", **values})
     return env
 
 
