@@ -107,6 +107,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS; empty = none."
     )
 
+    malloc_arena_max: int = Field(
+        default=2, ge=0, le=64, description="glibc malloc arenas (0 = leave glibc's default)."
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

@@ -29,6 +29,7 @@ from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.model import load_classifier
 from visinspect.inference.runner import InferenceRunner
 from visinspect.logging import RequestContextMiddleware, configure_logging
+from visinspect.memory import limit_malloc_arenas
 from visinspect.metrics import Metrics, MetricsMiddleware
 
 log = structlog.get_logger("visinspect")
@@ -37,6 +38,7 @@ log = structlog.get_logger("visinspect")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
+    limit_malloc_arenas(settings.malloc_arena_max)  # before the lifespan starts its threads
     app = FastAPI(
         title="Visual Inspection Service",
         version=__version__,
