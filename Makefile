@@ -6,12 +6,16 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run test containers bench bench-smoke lint typecheck pytest postgres hey clean
+.PHONY: run test audit containers bench bench-smoke lint typecheck pytest postgres hey clean
 
 run: $(VENV)/.installed
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect serve
 
 test: $(VENV)/.installed-dev postgres lint typecheck pytest
+
+# Installed packages against PyPI's advisories; fails on a vulnerability that has a fix.
+audit: $(VENV)/.installed-dev
+	$(BIN)/python scripts/audit.py
 
 # The container deliverables (Dockerfile, compose, Kubernetes), built and run for real; needs root.
 containers: $(VENV)/.installed-dev postgres
