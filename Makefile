@@ -6,12 +6,12 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run test audit containers bench bench-smoke lint typecheck pytest postgres hey clean
+.PHONY: run test audit chromium containers bench bench-smoke lint typecheck pytest postgres hey clean
 
 run: $(VENV)/.installed
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect serve
 
-test: $(VENV)/.installed-dev postgres lint typecheck pytest
+test: $(VENV)/.installed-dev postgres chromium lint typecheck pytest
 
 # Installed packages against PyPI's advisories; fails on a vulnerability that has a fix.
 audit: $(VENV)/.installed-dev
@@ -27,6 +27,10 @@ bench: $(VENV)/.installed-dev postgres hey
 
 bench-smoke: $(VENV)/.installed-dev postgres hey
 	$(BIN)/python -m bench.load --smoke
+
+# The browser test drives Debian's Chromium (never `playwright install`, which downloads one).
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 hey:
 	@command -v hey >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey >/dev/null)

@@ -1,4 +1,4 @@
-"""`visinspect serve | db wait | db upgrade | db current`: the console entry point.
+"""`visinspect classify | serve | db wait | db upgrade | db current`: the console entry point.
 
 `serve` checks what can be checked before the server starts (weights checksum, migrations), so a
 broken deployment stops with one clear log line and exit code 1 instead of a traceback.
@@ -48,6 +48,23 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visinspect", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    classify = commands.add_parser(
+        "classify",
+        help="classify image files, folders or globs (against a server, or in-process)",
+        description=(
+            "Exit codes: 0 every image classified, 1 some failed, 2 no image matched, "
+            "3 the server could not be reached."
+        ),
+    )
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs")
+    classify.add_argument("--url", help="server URL; without it the model runs in this process")
+    classify.add_argument("--api-key", help="API key for the server")
+    classify.add_argument("--top-k", type=int, default=None, help="classes per image")
+    classify.add_argument(
+        "--format", choices=["table", "jsonl", "csv"], default="table", help="output format"
+    )
+    classify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    classify.set_defaults(handler=_classify)
     serve = commands.add_parser("serve", help="migrate the database, then serve HTTP")
     serve.add_argument("--host", help="default: HOST (127.0.0.1)")
     serve.add_argument("--port", type=int, help="default: PORT (8000)")
@@ -65,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         handler=_db_current
     )
     return parser
+
+
+def _classify(settings: Settings, args: argparse.Namespace) -> int:
+    from visinspect.batch_cli import classify_paths
+
+    return classify_paths(settings, args)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

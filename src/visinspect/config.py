@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=64_000_000, ge=1, le=PILLOW_PIXEL_CEILING)
 
+    max_batch_files: int = Field(
+        default=16, ge=1, le=256, description="Files per POST /predict/batch request."
+    )
     request_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="Decode + queue + inference limit; then 504."
     )

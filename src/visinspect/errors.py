@@ -78,3 +78,7 @@ class MissingApiKey(VisinspectError):
 
 class InvalidApiKey(VisinspectError):
     code = "invalid_api_key"
+
+
+class TooManyFiles(VisinspectError):
+    code = "too_many_files"

@@ -20,6 +20,7 @@ from visinspect.api.limits import BodySizeLimitMiddleware
 from visinspect.api.routes import health, predict, predictions
 from visinspect.api.routes import metrics as metrics_route
 from visinspect.api.routes.docs import mount_docs
+from visinspect.api.routes.ui import mount_ui
 from visinspect.api.security import ApiKeys, SecurityHeadersMiddleware
 from visinspect.config import Settings
 from visinspect.db.schema import create_all_for_development, upgrade_to_head
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_route.router)
     if settings.docs_enabled:
         mount_docs(app)
+    mount_ui(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(

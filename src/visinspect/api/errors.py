@@ -34,6 +34,7 @@ STATUS_BY_ERROR: dict[type[errors.VisinspectError], int] = {
     errors.DatabaseUnavailable: 503,
     errors.Overloaded: 503,
     errors.RequestTimedOut: 504,
+    errors.TooManyFiles: 422,
     errors.MissingApiKey: 401,
     errors.InvalidApiKey: 403,
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -82,13 +82,6 @@ class PredictionOut(BaseModel):
         )
 
 
-class PredictionPage(BaseModel):
-    items: list[PredictionOut]
-    total: int = Field(description="Rows matching the filters, over all pages")
-    limit: int
-    offset: int
-
-
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable, machine-readable", examples=["corrupt_image"])
     message: str = Field(description="What went wrong and what to do about it")
@@ -102,6 +95,42 @@ class ErrorResponse(BaseModel):
     """The one error body every route uses."""
 
     error: ErrorDetail
+
+
+class BatchItem(BaseModel):
+    filename: str | None
+    status: int = Field(description="What /predict would have answered for this file alone")
+    prediction: PredictionOut | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchOut(BaseModel):
+    items: list[BatchItem] = Field(description="One per file, in the order sent")
+    succeeded: int
+    failed: int
+
+
+class ClassCount(BaseModel):
+    class_name: str
+    count: int
+
+
+class DayCount(BaseModel):
+    day: date = Field(description="UTC calendar day")
+    count: int
+
+
+class StatsOut(BaseModel):
+    total: int
+    by_class: list[ClassCount] = Field(description="Top-1 classes, most frequent first")
+    by_day: list[DayCount] = Field(description="Predictions per UTC day, oldest first")
+
+
+class PredictionPage(BaseModel):
+    items: list[PredictionOut]
+    total: int = Field(description="Rows matching the filters, over all pages")
+    limit: int
+    offset: int
 
 
 class CheckResult(BaseModel):

@@ -74,6 +74,14 @@ _DOCS_CSP = (
 )
 
 
+# The inspection page: our own script and style only; previews are blob: URLs.
+_UI_CSP = (
+    b"content-security-policy",
+    b"default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+)
+
+
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -83,7 +91,12 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        csp = _DOCS_CSP if path.startswith("/docs") else _API_CSP
+        if path.startswith("/docs"):
+            csp = _DOCS_CSP
+        elif path == "/" or path.startswith("/static/"):
+            csp = _UI_CSP
+        else:
+            csp = _API_CSP
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

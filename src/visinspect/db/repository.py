@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from visinspect.db.models import PredictionRecord
+
+S = TypeVar("S", bound=Select[*tuple[Any, ...]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +53,32 @@ def list_predictions(
     return list(session.scalars(page)), int(total or 0)
 
 
+def prediction_stats(
+    session: Session, where: PredictionFilter, top_classes: int
+) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
+    """Total, counts per top-1 class (most frequent first) and per UTC day (oldest first), in SQL."""
+    count = func.count(PredictionRecord.id)
+    total = session.scalar(_filtered(select(count), where)) or 0
+    by_class = session.execute(
+        _filtered(select(PredictionRecord.class_name, count), where)
+        .group_by(PredictionRecord.class_name)
+        .order_by(count.desc(), PredictionRecord.class_name)
+        .limit(top_classes)
+    ).all()
+    day = func.date(PredictionRecord.created_at)  # connections run in UTC (db/session.py)
+    by_day = session.execute(_filtered(select(day, count), where).group_by(day).order_by(day)).all()
+    return (
+        int(total),
+        [(str(name), int(n)) for name, n in by_class],
+        [(str(d), int(n)) for d, n in by_day],
+    )
+
+
 def count_predictions(session: Session) -> int:
     return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)
 
 
-def _filtered(statement: Select[Any], where: PredictionFilter) -> Select[Any]:
+def _filtered(statement: S, where: PredictionFilter) -> S:
     if where.class_name is not None:
         statement = statement.where(PredictionRecord.class_name == where.class_name)
     if where.image_sha256 is not None:

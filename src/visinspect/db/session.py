@@ -32,7 +32,11 @@ def create_db_engine(settings: Settings) -> Engine:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         pool_timeout=timeout,
-        connect_args={"connect_timeout": max(1, round(timeout)), "application_name": "visinspect"},
+        connect_args={
+            "connect_timeout": max(1, round(timeout)),
+            "application_name": "visinspect",
+            "options": "-c timezone=UTC",  # date() and friends count UTC days
+        },
     )
 
 

@@ -1,7 +1,8 @@
-"""POST /predict: classify one uploaded image and store the result before answering."""
+"""POST /predict and /predict/batch: classify uploads, store each result before answering."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Annotated
@@ -11,10 +12,13 @@ import structlog
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from visinspect.api.deps import RunnerDep, SettingsDep, WriterDep
-from visinspect.api.schemas import PredictionOut, error_responses
+from visinspect.api.errors import STATUS_BY_ERROR
+from visinspect.api.schemas import BatchItem, BatchOut, ErrorDetail, PredictionOut, error_responses
 from visinspect.api.security import require_api_key
+from visinspect.config import Settings
 from visinspect.db.models import PredictionRecord
-from visinspect.errors import RequestTimedOut
+from visinspect.db.writer import PredictionWriter
+from visinspect.errors import RequestTimedOut, TooManyFiles, VisinspectError
 from visinspect.inference.runner import Classification, InferenceRunner
 from visinspect.logging import request_id_from
 
@@ -47,7 +51,71 @@ async def predict(
     The prediction is committed to the database before this answers 200; when the database is
     unavailable the answer is 503 and nothing is stored.
     """
-    data = await file.read()
+    return await _classify_and_store(request, runner, writer, settings, file, top_k)
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchOut,
+    summary="Classify several images in one request",
+    responses=error_responses(401, 403, 413, 422),
+)
+async def predict_batch(
+    request: Request,
+    runner: RunnerDep,
+    writer: WriterDep,
+    settings: SettingsDep,
+    files: Annotated[
+        list[UploadFile], File(description="Up to MAX_BATCH_FILES images, field name `files`")
+    ],
+    top_k: Annotated[int | None, Query(ge=1, le=1000)] = None,
+) -> BatchOut:
+    """Each file gets its own result or its own error: one bad file does not fail the others.
+    One row per successful item, committed before this answers."""
+    if len(files) > settings.max_batch_files:
+        raise TooManyFiles(
+            f"{len(files)} files sent; the limit is {settings.max_batch_files} (MAX_BATCH_FILES)"
+        )
+    outcomes = await asyncio.gather(
+        *(_item(request, runner, writer, settings, f, top_k) for f in files)
+    )
+    return BatchOut(
+        items=list(outcomes),
+        succeeded=sum(o.prediction is not None for o in outcomes),
+        failed=sum(o.error is not None for o in outcomes),
+    )
+
+
+async def _item(
+    request: Request,
+    runner: InferenceRunner,
+    writer: PredictionWriter,
+    settings: Settings,
+    upload: UploadFile,
+    top_k: int | None,
+) -> BatchItem:
+    try:
+        prediction = await _classify_and_store(request, runner, writer, settings, upload, top_k)
+    except VisinspectError as exc:
+        detail = ErrorDetail(
+            code=exc.code, message=exc.message, request_id=request_id_from(request.scope)
+        )
+        request.app.state.metrics.rejected.labels(exc.code).inc()
+        return BatchItem(
+            filename=upload.filename, status=STATUS_BY_ERROR.get(type(exc), 400), error=detail
+        )
+    return BatchItem(filename=upload.filename, status=200, prediction=prediction)
+
+
+async def _classify_and_store(
+    request: Request,
+    runner: InferenceRunner,
+    writer: PredictionWriter,
+    settings: Settings,
+    upload: UploadFile,
+    top_k: int | None,
+) -> PredictionOut:
+    data = await upload.read()
     started = time.perf_counter()
     try:
         with anyio.fail_after(settings.request_timeout_s):
@@ -58,7 +126,7 @@ async def predict(
             "nothing was stored"
         ) from None
     latency_ms = (time.perf_counter() - started) * 1000
-    record = _new_record(request, runner, classification, file, len(data), latency_ms)
+    record = _new_record(request, runner, classification, upload, len(data), latency_ms)
     stored = await writer.store(record)
     top = classification.predictions[0]
     log.info(

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
 from visinspect.api.deps import DatabaseDep
-from visinspect.api.schemas import PredictionOut, PredictionPage, error_responses
+from visinspect.api.schemas import (
+    ClassCount,
+    DayCount,
+    PredictionOut,
+    PredictionPage,
+    StatsOut,
+    error_responses,
+)
 from visinspect.api.security import require_api_key
 from visinspect.db import repository
 from visinspect.db.repository import PredictionFilter
@@ -50,6 +57,31 @@ async def list_predictions(
         total=total,
         limit=limit,
         offset=offset,
+    )
+
+
+@router.get(
+    "/predictions/stats",
+    response_model=StatsOut,
+    summary="Counts per class and per day, computed in SQL",
+    responses=error_responses(401, 403, 422, 503),
+)
+async def prediction_stats(
+    database: DatabaseDep,
+    class_name: Annotated[str | None, Query(max_length=128)] = None,
+    created_after: Annotated[datetime | None, Query(description="Inclusive")] = None,
+    created_before: Annotated[datetime | None, Query(description="Exclusive")] = None,
+    top_classes: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> StatsOut:
+    after, before = _as_utc(created_after), _as_utc(created_before)
+    if after is not None and before is not None and after >= before:
+        raise InvalidTimeRange("created_after must be earlier than created_before")
+    where = PredictionFilter(class_name, None, after, before)
+    total, by_class, by_day = await database.run(repository.prediction_stats, where, top_classes)
+    return StatsOut(
+        total=total,
+        by_class=[ClassCount(class_name=n, count=c) for n, c in by_class],
+        by_day=[DayCount(day=date.fromisoformat(d), count=c) for d, c in by_day],
     )
 
 

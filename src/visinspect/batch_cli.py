@@ -1,0 +1,158 @@
+"""`visinspect classify PATH...`: many images from the command line, with a progress bar.
+
+Against a server (`--url`, results stored there) through `visinspect.client.Client`, or in this
+process with no server and no database (the same model, preprocessing and labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from visinspect.client import Client, ServiceError
+from visinspect.config import Settings
+from visinspect.errors import InvalidImage
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_MATCHED, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+@dataclass
+class Outcome:
+    path: Path
+    classes: list[tuple[str, float]]
+    error: str | None = None
+    record_id: int | None = None
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Files as given; folders searched recursively for images; globs expanded (** allowed)."""
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            found.extend(
+                Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()
+            )
+    return list(dict.fromkeys(found))
+
+
+def classify_paths(settings: Settings, args: argparse.Namespace) -> int:
+    files = expand(args.paths)
+    err = Console(stderr=True)
+    if not files:
+        err.print("visinspect: no image matched " + " ".join(args.paths))
+        return EXIT_NOTHING_MATCHED
+    top_k = args.top_k or settings.default_top_k
+    try:
+        classify_one, close = _remote(args, top_k) if args.url else _local(settings, top_k)
+    except httpx.TransportError as exc:
+        err.print(f"visinspect: cannot reach {args.url}: {exc}")
+        return EXIT_UNREACHABLE
+    outcomes: list[Outcome] = []
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=args.no_progress,
+        ) as progress:
+            task = progress.add_task("classifying", total=len(files))
+            for path in files:
+                outcomes.append(classify_one(path))
+                progress.advance(task)
+    except httpx.TransportError as exc:
+        err.print(f"visinspect: lost the server {args.url}: {exc}")
+        return EXIT_UNREACHABLE
+    finally:
+        close()
+    _print(outcomes, args.format)
+    return EXIT_SOME_FAILED if any(o.error for o in outcomes) else EXIT_OK
+
+
+def _remote(
+    args: argparse.Namespace, top_k: int
+) -> tuple[Callable[[Path], Outcome], Callable[[], None]]:
+    client = Client(args.url, api_key=args.api_key)
+    client.health()  # fail fast (exit 3) when nothing answers
+
+    def classify_one(path: Path) -> Outcome:
+        try:
+            result = client.predict(path, top_k=top_k)
+        except ServiceError as exc:
+            return Outcome(path, [], error=f"{exc.code}: {exc.message}")
+        classes = [(p.class_name, p.confidence) for p in result.predictions]
+        return Outcome(path, classes, record_id=result.id)
+
+    return classify_one, client.close
+
+
+def _local(settings: Settings, top_k: int) -> tuple[Callable[[Path], Outcome], Callable[[], None]]:
+    from visinspect.inference.model import load_classifier
+    from visinspect.inference.preprocess import preprocess
+
+    classifier = load_classifier(settings)
+
+    def classify_one(path: Path) -> Outcome:
+        try:
+            decoded = preprocess(
+                path.read_bytes(), classifier.preprocessing, settings.max_image_pixels
+            )
+        except (InvalidImage, OSError) as exc:
+            return Outcome(path, [], error=f"{getattr(exc, 'code', 'unreadable')}: {exc}")
+        predictions = classifier.predict(decoded.pixels[None], [top_k])[0]
+        return Outcome(path, [(p.class_name, p.confidence) for p in predictions])
+
+    return classify_one, lambda: None
+
+
+def _print(outcomes: list[Outcome], fmt: str) -> None:
+    if fmt == "jsonl":
+        for line in _json_lines(outcomes):
+            sys.stdout.write(line + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "rank", "class_name", "confidence", "record_id", "error"])
+        for o in outcomes:
+            for rank, (name, confidence) in enumerate(o.classes, 1):
+                writer.writerow([o.path, rank, name, f"{confidence:.6f}", o.record_id or "", ""])
+            if o.error:
+                writer.writerow([o.path, "", "", "", "", o.error])
+    else:
+        table = Table("file", "top class", "confidence", "others")
+        for o in outcomes:
+            if o.error:
+                table.add_row(str(o.path), "[red]error[/red]", "", o.error)
+                continue
+            others = ", ".join(f"{n} {c:.1%}" for n, c in o.classes[1:])
+            table.add_row(str(o.path), o.classes[0][0], f"{o.classes[0][1]:.1%}", others)
+        Console().print(table)
+
+
+def _json_lines(outcomes: list[Outcome]) -> Iterator[str]:
+    for o in outcomes:
+        yield json.dumps(
+            {
+                "path": str(o.path),
+                "predictions": [{"class_name": n, "confidence": c} for n, c in o.classes],
+                "record_id": o.record_id,
+                "error": o.error,
+            }
+        )

@@ -1,0 +1,118 @@
+"""A typed Python client for the service, built on httpx.
+
+    from visinspect.client import Client
+    with Client("http://127.0.0.1:8000", api_key="...") as client:
+        result = client.predict("coffee.png")
+        print(result.predictions[0].class_name)
+
+Every non-2xx answer raises `ServiceError` with the service's error code and message.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from visinspect.api.schemas import BatchOut, PredictionOut, PredictionPage, ReadinessOut, StatsOut
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def predict(self, image: Path | str | bytes, top_k: int | None = None) -> PredictionOut:
+        name, data = _read(image)
+        response = self._http.post(
+            "/predict", files={"file": (name, data)}, params=_params(top_k=top_k)
+        )
+        return PredictionOut.model_validate(_ok(response))
+
+    def predict_batch(self, images: list[Path | str | bytes], top_k: int | None = None) -> BatchOut:
+        files = [("files", _read(image)) for image in images]
+        response = self._http.post("/predict/batch", files=files, params=_params(top_k=top_k))
+        return BatchOut.model_validate(_ok(response))
+
+    def predictions(
+        self,
+        class_name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> PredictionPage:
+        params = _params(
+            class_name=class_name,
+            created_after=created_after.isoformat() if created_after else None,
+            created_before=created_before.isoformat() if created_before else None,
+            limit=limit,
+            offset=offset,
+        )
+        return PredictionPage.model_validate(_ok(self._http.get("/predictions", params=params)))
+
+    def prediction(self, prediction_id: int) -> PredictionOut:
+        return PredictionOut.model_validate(_ok(self._http.get(f"/predictions/{prediction_id}")))
+
+    def stats(self, class_name: str | None = None) -> StatsOut:
+        response = self._http.get("/predictions/stats", params=_params(class_name=class_name))
+        return StatsOut.model_validate(_ok(response))
+
+    def health(self) -> ReadinessOut:
+        """Readiness, whether ready (200) or not (503): the body says which check failed."""
+        return ReadinessOut.model_validate(self._http.get("/health").json())
+
+
+def _read(image: Path | str | bytes) -> tuple[str, bytes]:
+    if isinstance(image, bytes):
+        return "upload", image
+    path = Path(image)
+    return path.name, path.read_bytes()
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _ok(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json()
+    try:
+        error = response.json()["error"]
+        code, message = error["code"], error["message"]
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", response.text[:300]
+    raise ServiceError(response.status_code, code, message)

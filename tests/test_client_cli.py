@@ -1,0 +1,83 @@
+"""The Python client and `visinspect classify`, against a real server process and in-process."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_server import server  # noqa: F401 - the fixture: a real `visinspect serve`
+from visinspect.client import Client, ServiceError
+
+pytestmark = pytest.mark.slow
+VISINSPECT = str(Path(sys.executable).parent / "visinspect")
+
+
+def test_client_round_trip(server: tuple[object, str, str], photos: Path) -> None:  # noqa: F811
+    _, base, _ = server
+    with Client(base) as client:
+        assert client.health().status == "ready"
+        coffee = client.predict(photos / "coffee.png", top_k=2)
+        assert coffee.predictions[0].class_name == "espresso"
+        assert len(coffee.predictions) == 2
+        assert client.prediction(coffee.id) == coffee
+        batch = client.predict_batch([photos / "camera.png", b"not an image"])
+        assert (batch.succeeded, batch.failed) == (1, 1)
+        assert batch.items[1].error is not None
+        assert batch.items[1].error.code == "not_an_image"
+        page = client.predictions(class_name="espresso")
+        assert [p.id for p in page.items] == [coffee.id]
+        assert client.stats().total == 2
+        with pytest.raises(ServiceError) as refused:
+            client.predict(b"")
+        assert (refused.value.status, refused.value.code) == (400, "empty_file")
+
+
+def _classify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [VISINSPECT, "classify", "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "LOG_LEVEL": "WARNING", "DATABASE_URL": "sqlite://"},
+    )
+
+
+def test_cli_against_a_server(
+    server: tuple[object, str, str],  # noqa: F811
+    photos: Path,
+    tmp_path: Path,
+) -> None:
+    _, base, _ = server
+    folder = tmp_path / "inbox"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(photos / "coffee.png", folder / "coffee.png")
+    shutil.copy(photos / "camera.png", folder / "nested" / "camera.png")
+    result = _classify(str(folder), "--url", base, "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {Path(line["path"]).name: line["predictions"][0]["class_name"] for line in lines} == {
+        "coffee.png": "espresso",
+        "camera.png": "tripod",
+    }
+    assert all(line["record_id"] for line in lines)  # stored by the server
+
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    partial = _classify(str(folder / "*.jpg"), str(folder / "coffee.png"), "--url", base)
+    assert partial.returncode == 1
+    assert "corrupt_image" in partial.stdout
+
+
+def test_cli_in_process_csv_and_exit_codes(photos: Path, tmp_path: Path) -> None:
+    result = _classify(str(photos / "coffee.png"), "--format", "csv", "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["rank"], r["class_name"]) for r in rows] == [("1", "espresso"), ("2", "cup")]
+    assert _classify(str(tmp_path / "nothing-*.png")).returncode == 2
+    assert _classify(str(photos / "coffee.png"), "--url", "http://127.0.0.1:9").returncode == 3
