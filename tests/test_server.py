@@ -48,12 +48,14 @@ def json_lines(output: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    with fresh_postgres_database() as url:
+    """A real `visinspect serve` on a fresh database; its output goes to tmp_path/server.log (a file,
+    not a pipe, which would block the server once full)."""
+    with fresh_postgres_database() as url, (tmp_path / "server.log").open("w") as log_file:
         port = free_port()
         process = subprocess.Popen(
             [VISINSPECT, "serve", "--port", str(port)],
             env=environment(DATABASE_URL=url),
-            stdout=subprocess.PIPE,
+            stdout=log_file,
             stderr=subprocess.STDOUT,
             text=True,
             cwd=tmp_path,
@@ -66,14 +68,13 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            process.stdout.close()  # type: ignore[union-attr]
 
 
 def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{process.stdout.read()}")  # type: ignore[union-attr]
+            raise AssertionError(f"server exited early with status {process.returncode}")
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                 return
@@ -84,7 +85,7 @@ def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
 
 
 def test_serve_migrates_classifies_logs_json_and_stops_cleanly(
-    server: tuple[subprocess.Popen[str], str, str], photos: Path
+    server: tuple[subprocess.Popen[str], str, str], photos: Path, tmp_path: Path
 ) -> None:
     process, base, url = server
     with (photos / "rocket.jpg").open("rb") as fh:
@@ -113,7 +114,7 @@ def test_serve_migrates_classifies_logs_json_and_stops_cleanly(
     process.send_signal(signal.SIGTERM)
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it.
     assert process.wait(timeout=30) in {0, -signal.SIGTERM}
-    events = json_lines(process.stdout.read())  # type: ignore[union-attr]
+    events = json_lines((tmp_path / "server.log").read_text())
     by_name = {e["event"]: e for e in events}
     assert by_name["db.migrated"]["revision"] == revision
     assert by_name["model.loaded"]["weights_sha256"].startswith("57934424")
