@@ -22,13 +22,6 @@ class PredictionFilter:
     created_before: datetime | None = None  # exclusive
 
 
-def add_prediction(session: Session, record: PredictionRecord) -> PredictionRecord:
-    """Insert and flush so the id is known; the caller's transaction commits it."""
-    session.add(record)
-    session.flush()
-    return record
-
-
 def add_predictions(session: Session, records: list[PredictionRecord]) -> None:
     """One INSERT round trip for a group of rows (ids come back with it)."""
     session.add_all(records)
@@ -72,10 +65,6 @@ def prediction_stats(
         [(str(name), int(n)) for name, n in by_class],
         [(str(d), int(n)) for d, n in by_day],
     )
-
-
-def count_predictions(session: Session) -> int:
-    return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)
 
 
 def _filtered(statement: S, where: PredictionFilter) -> S:

@@ -23,6 +23,16 @@ from visinspect.errors import InvalidTimeRange, PredictionNotFound
 
 router = APIRouter(tags=["predictions"], dependencies=[Depends(require_api_key)])
 
+ClassName = Annotated[
+    str | None, Query(max_length=128, description="Exact top-1 class name, e.g. `espresso`")
+]
+CreatedAfter = Annotated[
+    datetime | None, Query(description="Inclusive, ISO 8601; no zone means UTC")
+]
+CreatedBefore = Annotated[
+    datetime | None, Query(description="Exclusive, ISO 8601; no zone means UTC")
+]
+
 
 @router.get(
     "/predictions",
@@ -32,25 +42,16 @@ router = APIRouter(tags=["predictions"], dependencies=[Depends(require_api_key)]
 )
 async def list_predictions(
     database: DatabaseDep,
-    class_name: Annotated[
-        str | None, Query(max_length=128, description="Exact top-1 class name, e.g. `espresso`")
-    ] = None,
+    class_name: ClassName = None,
     image_sha256: Annotated[
         str | None, Query(pattern=r"^[0-9a-fA-F]{64}$", description="Only this image")
     ] = None,
-    created_after: Annotated[
-        datetime | None, Query(description="Inclusive, ISO 8601; no zone means UTC")
-    ] = None,
-    created_before: Annotated[
-        datetime | None, Query(description="Exclusive, ISO 8601; no zone means UTC")
-    ] = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> PredictionPage:
-    after, before = _as_utc(created_after), _as_utc(created_before)
-    if after is not None and before is not None and after >= before:
-        raise InvalidTimeRange("created_after must be earlier than created_before")
-    where = PredictionFilter(class_name, image_sha256, after, before)
+    where = _filter(class_name, image_sha256, created_after, created_before)
     records, total = await database.run(repository.list_predictions, where, limit, offset)
     return PredictionPage(
         items=[PredictionOut.from_record(r) for r in records],
@@ -68,15 +69,12 @@ async def list_predictions(
 )
 async def prediction_stats(
     database: DatabaseDep,
-    class_name: Annotated[str | None, Query(max_length=128)] = None,
-    created_after: Annotated[datetime | None, Query(description="Inclusive")] = None,
-    created_before: Annotated[datetime | None, Query(description="Exclusive")] = None,
+    class_name: ClassName = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
     top_classes: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> StatsOut:
-    after, before = _as_utc(created_after), _as_utc(created_before)
-    if after is not None and before is not None and after >= before:
-        raise InvalidTimeRange("created_after must be earlier than created_before")
-    where = PredictionFilter(class_name, None, after, before)
+    where = _filter(class_name, None, created_after, created_before)
     total, by_class, by_day = await database.run(repository.prediction_stats, where, top_classes)
     return StatsOut(
         total=total,
@@ -98,6 +96,18 @@ async def get_prediction(
     if record is None:
         raise PredictionNotFound(f"no prediction with id {prediction_id}")
     return PredictionOut.from_record(record)
+
+
+def _filter(
+    class_name: str | None,
+    image_sha256: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> PredictionFilter:
+    after, before = _as_utc(created_after), _as_utc(created_before)
+    if after is not None and before is not None and after >= before:
+        raise InvalidTimeRange("created_after must be earlier than created_before")
+    return PredictionFilter(class_name, image_sha256, after, before)
 
 
 def _as_utc(moment: datetime | None) -> datetime | None:
