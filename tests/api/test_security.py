@@ -124,3 +124,26 @@ def test_slow_classification_is_504_and_stores_nothing(tmp_path: Path, photos: P
         assert response.json()["error"]["code"] == "timeout"
         assert rows_with_request_id(client, request_id) == []
         assert client.get("/health").status_code == 200
+
+
+def test_unexpected_errors_are_a_generic_500_with_the_request_id(tmp_path: Path) -> None:
+    from visinspect.main import create_app
+
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'e.db'}"))
+
+    async def boom() -> None:
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom", headers={"X-Request-ID": "trace-me-1"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "code": "internal_error",
+            "message": "internal error; quote the request_id when reporting it",
+            "request_id": "trace-me-1",
+        }
+    }
+    assert response.headers["x-request-id"] == "trace-me-1"
+    assert "secret" not in response.text

@@ -59,14 +59,13 @@ def error_response(
     details: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
-        "code": code,
-        "message": message,
-        "request_id": request_id_from(request.scope),
-    }
+    request_id = request_id_from(request.scope)
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
     if details is not None:
         body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    # Set here too: a 500 is sent from outside the request-id middleware.
+    all_headers = {**(headers or {}), "X-Request-ID": request_id} if request_id else headers
+    return JSONResponse({"error": body}, status_code=status, headers=all_headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
