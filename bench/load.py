@@ -67,31 +67,22 @@ def multipart_body(jpeg: bytes, folder: Path, name: str) -> Path:
     return path
 
 
-def hey(url: str, body: Path, concurrency: int, requests: int, label: str) -> LoadResult:
+def hey_rows(url: str, body: Path, load: list[str]) -> list[dict[str, str]]:
+    """POST the multipart body to /predict under `load` (hey's -n/-c/-z/-q flags); one CSV row
+    per request: response-time, status-code, offset, ..."""
     output = subprocess.run(
         [
-            "hey",
-            "-n",
-            str(requests),
-            "-c",
-            str(concurrency),
-            "-m",
-            "POST",
-            "-T",
-            f"multipart/form-data; boundary={BOUNDARY}",
-            "-D",
-            str(body),
-            "-t",
-            "60",
-            "-o",
-            "csv",
-            f"{url}/predict",
+            "hey", *load, "-m", "POST",
+            "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body),
+            "-t", "60", "-o", "csv", f"{url}/predict",
         ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rows = list(csv.DictReader(io.StringIO(output)))
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return list(csv.DictReader(io.StringIO(output)))
+
+
+def hey(url: str, body: Path, concurrency: int, requests: int, label: str) -> LoadResult:
+    rows = hey_rows(url, body, ["-n", str(requests), "-c", str(concurrency)])
     ok = [r for r in rows if r["status-code"] == "200"]
     latencies = sorted(float(r["response-time"]) * 1000 for r in ok)
     starts = [float(r["offset"]) for r in rows]

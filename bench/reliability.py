@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import subprocess
 import sys
 import threading
@@ -31,6 +29,7 @@ from bench.load import (
     VENV_BIN,
     free_port,
     fresh_database,
+    hey_rows,
     multipart_body,
     rows_in,
     server,
@@ -78,33 +77,9 @@ def server_pid(port: int) -> int:
 
 def soak(base: str, pid: int, body: Path, seconds: int, url: str) -> dict[str, object]:
     sampler = RssSampler(pid)
-    output = subprocess.run(
-        [
-            "hey",
-            "-z",
-            f"{seconds}s",
-            "-c",
-            "200",
-            "-q",
-            "1",
-            "-m",
-            "POST",
-            "-T",
-            f"multipart/form-data; boundary={BOUNDARY}",
-            "-D",
-            str(body),
-            "-t",
-            "60",
-            "-o",
-            "csv",
-            f"{base}/predict",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    rows = hey_rows(base, body, ["-z", f"{seconds}s", "-c", "200", "-q", "1"])
     end = sampler.stop()
-    statuses = Counter(row["status-code"] for row in csv.DictReader(io.StringIO(output)))
+    statuses = Counter(row["status-code"] for row in rows)
     after = httpx.post(
         f"{base}/predict",
         files={"file": ("after.jpg", photo_jpeg((640, 480)), "image/jpeg")},

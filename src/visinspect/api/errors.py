@@ -68,17 +68,24 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status, headers=all_headers)
 
 
-async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, errors.VisinspectError)
+def record_rejection(request: Request, exc: errors.VisinspectError) -> int:
+    """Log and count a domain error; return its HTTP status. Shared by the handler below and by
+    the batch endpoint, whose per-item errors never reach a handler."""
     status = STATUS_BY_ERROR.get(type(exc), 400)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": "Bearer"}
     log.info("request.rejected", code=exc.code, status=status, reason=exc.message)
     metrics = request.app.state.metrics
     metrics.rejected.labels(exc.code).inc()
     if isinstance(exc, errors.DatabaseUnavailable):
         metrics.database_errors.inc()
+    return status
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.VisinspectError)
+    status = record_rejection(request, exc)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return error_response(request, status, exc.code, exc.message, headers=headers)
 
 

@@ -6,6 +6,7 @@ Migrations are the only source of the schema. `create_all` exists for developmen
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from importlib import resources
 
@@ -34,7 +35,9 @@ def alembic_config() -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str:
+    """Read once per process: readiness probes ask on every call, and the files never change."""
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:
         raise RuntimeError(f"migrations must have exactly one head, found {heads}")

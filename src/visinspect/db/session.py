@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
 from sqlalchemy.orm import sessionmaker
@@ -79,10 +79,6 @@ class Database:
             if exc.connection_invalidated:
                 raise DatabaseUnavailable(_describe_failure(exc)) from exc
             raise
-
-    def ping(self) -> None:
-        """Raise DatabaseUnavailable unless a round trip succeeds."""
-        self._transaction(lambda session: session.execute(text("SELECT 1")))
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -12,7 +12,7 @@ import structlog
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from visinspect.api.deps import RunnerDep, SettingsDep, WriterDep
-from visinspect.api.errors import STATUS_BY_ERROR
+from visinspect.api.errors import record_rejection
 from visinspect.api.schemas import BatchItem, BatchOut, ErrorDetail, PredictionOut, error_responses
 from visinspect.api.security import require_api_key
 from visinspect.config import Settings
@@ -97,13 +97,11 @@ async def _item(
     try:
         prediction = await _classify_and_store(request, runner, writer, settings, upload, top_k)
     except VisinspectError as exc:
+        status = record_rejection(request, exc)
         detail = ErrorDetail(
             code=exc.code, message=exc.message, request_id=request_id_from(request.scope)
         )
-        request.app.state.metrics.rejected.labels(exc.code).inc()
-        return BatchItem(
-            filename=upload.filename, status=STATUS_BY_ERROR.get(type(exc), 400), error=detail
-        )
+        return BatchItem(filename=upload.filename, status=status, error=detail)
     return BatchItem(filename=upload.filename, status=200, prediction=prediction)
 
 
