@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
+from types import FrameType
+from typing import Any
 
 import structlog
 import uvicorn
@@ -94,18 +97,49 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     verify_weights(*resolve_weights(settings))
     if not settings.database_create_all:
         _db_upgrade(settings, args)
-    uvicorn.run(
-        "visinspect.main:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        workers=args.workers,
-        log_config=None,  # keep our structured logging
-        access_log=False,  # replaced by the `http.request` event
-        timeout_graceful_shutdown=30,
-        proxy_headers=True,
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": args.host or settings.host,
+        "port": args.port or settings.port,
+        "workers": args.workers,
+        "log_config": None,  # keep our structured logging
+        "access_log": False,  # replaced by the `http.request` event
+        "timeout_graceful_shutdown": 30,
+        "proxy_headers": True,
+    }
+    if args.workers > 1:  # uvicorn's supervisor builds its own servers: no accept grace there
+        uvicorn.run("visinspect.main:create_app", **options)
+        return 0
+    server = GracefulServer(
+        uvicorn.Config("visinspect.main:create_app", **options),
+        settings.shutdown_grace_s,
     )
-    return 0
+    server.run()
+    return 0 if server.started else 3
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, but SIGTERM first leaves SHUTDOWN_GRACE_S for requests already on their way.
+
+    uvicorn stops listening at once and closes every connection whose request it has not read
+    yet, so a request sent a moment before the signal could be dropped unanswered when the event
+    loop is busy. During the grace the server keeps serving as before; then the usual shutdown
+    drains what is in flight. A second signal skips the grace.
+    """
+
+    def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
+        super().__init__(config)
+        self.grace_s = grace_s
+        self._grace: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._grace is not None or self.grace_s <= 0:
+            super().handle_exit(sig, frame)
+            return
+        log.info("shutdown.grace", seconds=self.grace_s)
+        self._grace = threading.Timer(self.grace_s, super().handle_exit, (sig, frame))
+        self._grace.daemon = True
+        self._grace.start()
 
 
 def _db_wait(settings: Settings, args: argparse.Namespace) -> int:

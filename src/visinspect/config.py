@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS; empty = none."
     )
 
+    shutdown_grace_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="After SIGTERM, keep serving this long before draining and exiting.",
+    )
     malloc_arena_max: int = Field(
         default=2, ge=0, le=64, description="glibc malloc arenas (0 = leave glibc's default)."
     )
