@@ -1,4 +1,5 @@
-"""Shared fixtures: real photos, a real PostgreSQL database per test session, real apps.
+"""Fixtures: real photos, the real model, a real PostgreSQL database per test session, real apps,
+real server processes. Plain helpers are in `tests/support.py`.
 
 PostgreSQL: TEST_DATABASE_URL names a server and a database we may connect to (default: this
 machine's `test` database); each session creates its own throw-away database beside it and drops it
@@ -8,40 +9,34 @@ at the end, so runs never see each other's rows.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import sessionmaker
 
+from tests.support import (
+    PHOTOS,
+    VISINSPECT,
+    environment,
+    free_port,
+    fresh_postgres_database,
+    make_settings,
+    running_app,
+    wait_ready,
+)
 from visinspect.config import Settings
-from visinspect.db.models import PredictionRecord
+from visinspect.db.schema import upgrade_to_head
+from visinspect.db.session import Database
 from visinspect.inference.model import Classifier, load_classifier
-from visinspect.main import create_app
 
 # One ONNX export per test session, not one per app the tests start.
 os.environ.setdefault("MODEL_CACHE_DIR", tempfile.mkdtemp(prefix="visinspect-model-cache-"))
-
-TEST_DATABASE_URL = os.environ.get(
-    "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-def _skimage_data() -> Path:
-    spec = find_spec("skimage")
-    assert spec is not None, "scikit-image is a dev dependency"
-    assert spec.submodule_search_locations
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
-PHOTOS = _skimage_data()
 
 
 @pytest.fixture
@@ -67,39 +62,10 @@ def torch_classifier() -> Classifier:
     return load_classifier(Settings(_env_file=None, inference_backend="pytorch"))  # type: ignore[call-arg]
 
 
-@contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """Create an empty database on the test server; yield its URL; drop it afterwards."""
-    admin_url = make_url(TEST_DATABASE_URL)
-    name = f"visinspect_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     with fresh_postgres_database() as url:
         yield url
-
-
-def make_settings(database_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"database_url": database_url, "log_format": "console"}
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-@contextmanager
-def running_app(settings: Settings) -> Iterator[TestClient]:
-    """The real app with its lifespan run (migrations, model load), torn down afterwards."""
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
 
 
 @pytest.fixture(scope="session")
@@ -123,17 +89,66 @@ def client(request: pytest.FixtureRequest) -> TestClient:
     return fixture
 
 
-def rows_with_request_id(client: TestClient, request_id: str) -> list[PredictionRecord]:
-    """Read the table directly (not through the API) to check what a request really stored."""
-    engine = client.app.state.database.engine  # type: ignore[attr-defined]
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(PredictionRecord).where(PredictionRecord.request_id == request_id)
+@pytest.fixture(scope="session")
+def migrated_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('rows') / 'rows.db'}"
+    engine = create_engine(url)
+    upgrade_to_head(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(
+    request: pytest.FixtureRequest, postgres_url: str, migrated_sqlite_url: str
+) -> Iterator[Database]:
+    """A `Database` on the migrated schema whose every transaction is nested in one outer
+    transaction that is rolled back afterwards: a test sees only its own rows, and no app starts."""
+    if request.param == "postgresql":
+        engine = create_engine(postgres_url)
+        upgrade_to_head(engine)  # the session's app may not have started yet
+    else:
+        engine = create_engine(migrated_sqlite_url)
+        # pysqlite's own transaction handling defeats SAVEPOINT; let SQLAlchemy emit BEGIN
+        # (the SQLAlchemy documentation's recipe for SQLite savepoints).
+        event.listen(engine, "connect", _sqlite_autocommit_driver)
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+    connection = engine.connect()
+    outer = connection.begin()
+    sessions = sessionmaker(
+        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+    try:
+        yield Database(engine, 1, sessions=sessions)
+    finally:
+        outer.rollback()
+        connection.close()
+        engine.dispose()
+
+
+def _sqlite_autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """A real `visinspect serve` on a fresh database; its output goes to tmp_path/server.log (a file,
+    not a pipe, which would block the server once full)."""
+    with fresh_postgres_database() as url, (tmp_path / "server.log").open("w") as log_file:
+        port = free_port()
+        process = subprocess.Popen(
+            [VISINSPECT, "serve", "--port", str(port)],
+            env=environment(DATABASE_URL=url),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
         )
-        return list(rows)  # type: ignore[arg-type]
-
-
-def count_rows(client: TestClient) -> int:
-    engine = client.app.state.database.engine  # type: ignore[attr-defined]
-    with engine.connect() as conn:
-        return int(conn.scalar(select(func.count()).select_from(PredictionRecord)) or 0)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, process)
+            yield process, base, url
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

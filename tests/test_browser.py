@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.test_server import server  # noqa: F401 - the fixture: a real `visinspect serve`
-
 pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -54,7 +52,7 @@ def page(browser: Browser) -> Iterator[Page]:
 
 def test_upload_see_class_then_find_it_in_history_and_stats(
     page: Page,
-    server: tuple[object, str, str],  # noqa: F811
+    server: tuple[object, str, str],
     photos: Path,
 ) -> None:
     _, base, _ = server
@@ -93,7 +91,7 @@ def test_asks_for_an_api_key_when_the_server_needs_one(
 ) -> None:
     import subprocess
 
-    from tests.test_server import VISINSPECT, _wait_ready, environment, free_port
+    from tests.support import VISINSPECT, environment, free_port, wait_ready
 
     port = free_port()
     process = subprocess.Popen(
@@ -104,7 +102,7 @@ def test_asks_for_an_api_key_when_the_server_needs_one(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, process)  # type: ignore[arg-type]
+        wait_ready(base, process)  # type: ignore[arg-type]
         page.goto(base + "/")
         page.locator("#file-input").set_input_files(photos / "coffee.png")
         expect(page.get_by_role("alert")).to_contain_text("needs an API key")

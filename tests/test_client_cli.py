@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server import server  # noqa: F401 - the fixture: a real `visinspect serve`
 from visinspect.client import Client, ServiceError
 
 pytestmark = pytest.mark.slow
 VISINSPECT = str(Path(sys.executable).parent / "visinspect")
 
 
-def test_client_round_trip(server: tuple[object, str, str], photos: Path) -> None:  # noqa: F811
+def test_client_round_trip(server: tuple[object, str, str], photos: Path) -> None:
     _, base, _ = server
     with Client(base) as client:
         assert client.health().status == "ready"
@@ -50,7 +49,7 @@ def _classify(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_against_a_server(
-    server: tuple[object, str, str],  # noqa: F811
+    server: tuple[object, str, str],
     photos: Path,
     tmp_path: Path,
 ) -> None:

@@ -17,8 +17,7 @@ import pytest
 from scripts.load_check import drain
 from sqlalchemy import create_engine, text
 
-from tests.conftest import fresh_postgres_database
-from tests.test_server import _wait_ready, environment, free_port
+from tests.support import environment, free_port, fresh_postgres_database, wait_ready
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -108,7 +107,7 @@ def _serve(url: str, cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
         cwd=cwd,
     )
     base = f"http://127.0.0.1:{port}"
-    _wait_ready(base, process)  # type: ignore[arg-type]
+    wait_ready(base, process)  # type: ignore[arg-type]
     return process, base
 
 

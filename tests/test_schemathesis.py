@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import fresh_postgres_database
-from tests.test_server import _wait_ready, environment, free_port
+from tests.support import environment, free_port, fresh_postgres_database, wait_ready
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -28,7 +27,7 @@ def test_no_generated_request_gets_a_5xx(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         try:
-            _wait_ready(f"http://127.0.0.1:{port}", server)
+            wait_ready(f"http://127.0.0.1:{port}", server)
             result = subprocess.run(
                 [
                     str(BIN / "st"),

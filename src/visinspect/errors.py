@@ -1,6 +1,8 @@
 """Domain errors. Each has a stable machine-readable `code`; `api/errors.py` maps them to HTTP.
 
-The layers below the API raise these and never import FastAPI.
+The classes form a hierarchy by what the client should do (send another file, fix the request,
+retry later, report a bug), and the HTTP mapping follows the hierarchy: a new subclass answers what
+its parent answers. The layers below the API raise these and never import FastAPI.
 """
 
 from __future__ import annotations
@@ -16,23 +18,34 @@ class VisinspectError(Exception):
         self.message = message
 
 
+# --- the upload cannot be classified: the client must send something else -------------------------
+
+
 class InvalidImage(VisinspectError):
-    """The upload cannot be classified; the client must send something else."""
+    """The bytes are not a usable image (422 unless a subclass says otherwise)."""
+
+    code = "invalid_image"
 
 
 class EmptyImage(InvalidImage):
     code = "empty_file"
 
 
-class NotAnImage(InvalidImage):
+class UnsupportedImage(InvalidImage):
+    """Bytes the service will not decode (415)."""
+
+    code = "unsupported_image"
+
+
+class NotAnImage(UnsupportedImage):
     code = "not_an_image"
 
 
-class UnsupportedImageFormat(InvalidImage):
+class UnsupportedImageFormat(UnsupportedImage):
     code = "unsupported_image_format"
 
 
-class AnimatedImage(InvalidImage):
+class AnimatedImage(UnsupportedImage):
     code = "animated_image_not_supported"
 
 
@@ -40,27 +53,57 @@ class CorruptImage(InvalidImage):
     code = "corrupt_image"
 
 
-class ImageTooLarge(InvalidImage):
-    """More pixels than MAX_IMAGE_PIXELS: the decompression-bomb guard."""
+class TooManyPixels(InvalidImage):
+    """More pixels than MAX_IMAGE_PIXELS: the decompression-bomb guard (413)."""
 
     code = "image_too_many_pixels"
 
 
-class DatabaseUnavailable(VisinspectError):
-    """The database cannot be reached or refused the statement; nothing was stored."""
+# --- the request itself is wrong -------------------------------------------------------------------
 
-    code = "database_unavailable"
+
+class InvalidRequest(VisinspectError):
+    """Well-formed HTTP, but parameters the service cannot honour (422)."""
+
+    code = "invalid_request"
+
+
+class InvalidTimeRange(InvalidRequest):
+    code = "invalid_time_range"
+
+
+class TooManyFiles(InvalidRequest):
+    code = "too_many_files"
 
 
 class PredictionNotFound(VisinspectError):
     code = "prediction_not_found"
 
 
-class InvalidTimeRange(VisinspectError):
-    code = "invalid_time_range"
+class MissingApiKey(VisinspectError):
+    code = "missing_api_key"
 
 
-class Overloaded(VisinspectError):
+class InvalidApiKey(VisinspectError):
+    code = "invalid_api_key"
+
+
+# --- the service cannot do it now; the same request may succeed later -------------------------------
+
+
+class ServiceUnavailable(VisinspectError):
+    """A transient condition: answered 503 with Retry-After."""
+
+    code = "unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be reached; nothing was stored."""
+
+    code = "database_unavailable"
+
+
+class Overloaded(ServiceUnavailable):
     """The inference queue is full, or the service is stopping: retry later."""
 
     code = "overloaded"
@@ -72,13 +115,11 @@ class RequestTimedOut(VisinspectError):
     code = "timeout"
 
 
-class MissingApiKey(VisinspectError):
-    code = "missing_api_key"
+# --- our fault: retrying will not help ---------------------------------------------------------------
 
 
-class InvalidApiKey(VisinspectError):
-    code = "invalid_api_key"
+class RecordNotStored(VisinspectError):
+    """The database is up but refused the row (a bug or a schema problem, not an outage): 500.
+    The cause stays attached (`__cause__`) for the log line; the client learns nothing internal."""
 
-
-class TooManyFiles(VisinspectError):
-    code = "too_many_files"
+    code = "internal_error"

@@ -1,17 +1,14 @@
 """Prometheus metrics (prometheus-client), one registry per app, served at /metrics.
 
-Requests are labelled by route template (`/predictions/{prediction_id}`, never the raw path) so the
-number of series stays bounded whatever clients send. With several worker processes each process
+Request metrics are recorded by `api/middleware.py`, labelled by route template. With several worker processes each process
 has its own registry; scrape them individually or run one worker per container.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -68,40 +65,3 @@ class Metrics:
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
-
-
-class MetricsMiddleware:
-    """Counts and times every HTTP request by route template."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = _route_template(scope)
-            method = scope.get("method", "")
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.request_seconds.labels(route, method).observe(
-                time.perf_counter() - started
-            )
-
-
-def _route_template(scope: Scope) -> str:
-    """The matched route's path template; Starlette's router leaves the route in the scope."""
-    route = scope.get("route")
-    return str(getattr(route, "path", "unmatched")) if route is not None else "unmatched"

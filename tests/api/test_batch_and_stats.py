@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import count_rows, fresh_postgres_database, make_settings, running_app
+from tests.support import count_rows, fresh_postgres_database, make_settings, running_app
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

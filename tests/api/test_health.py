@@ -8,21 +8,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import (
-    TEST_DATABASE_URL,
+from tests.support import (
+    GatedBackend,
     fresh_postgres_database,
     make_settings,
     rows_with_request_id,
     running_app,
+    services_of,
+    set_connections_allowed,
 )
 from visinspect.db.schema import alembic_config
-from visinspect.inference.backends import InferenceBackend
 
 
 def test_ready_names_every_check(client: TestClient) -> None:
@@ -67,21 +66,6 @@ def outage_client() -> Iterator[tuple[TestClient, str]]:
         yield client, make_url(url).database or ""
 
 
-def _set_connections_allowed(database: str, allowed: bool) -> None:
-    """A real outage for one database: refuse new connections and cut the existing ones."""
-    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(
-            text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
-        )
-        if not allowed:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
-                {"d": database},
-            )
-    admin.dispose()
-
-
 def test_database_outage_gives_503_and_recovers_without_restart(
     outage_client: tuple[TestClient, str], photos: Path
 ) -> None:
@@ -89,7 +73,7 @@ def test_database_outage_gives_503_and_recovers_without_restart(
     coffee = (photos / "coffee.png").read_bytes()
     assert client.post("/predict", files={"file": ("c.png", coffee)}).status_code == 200
 
-    _set_connections_allowed(database, False)
+    set_connections_allowed(database, False)
     try:
         health = client.get("/health")
         assert health.status_code == 503
@@ -105,7 +89,7 @@ def test_database_outage_gives_503_and_recovers_without_restart(
         assert refused.headers["retry-after"]
         assert client.get("/predictions").status_code == 503
     finally:
-        _set_connections_allowed(database, True)
+        set_connections_allowed(database, True)
 
     assert client.get("/health").status_code == 200
     recovered = client.post("/predict", files={"file": ("c.png", coffee)})
@@ -119,7 +103,7 @@ def test_schema_behind_head_is_not_ready(tmp_path: Path) -> None:
 
     with running_app(make_settings(f"sqlite:///{tmp_path / 'behind.db'}")) as client:
         config = alembic_config()
-        with client.app.state.database.engine.begin() as conn:  # type: ignore[attr-defined]
+        with services_of(client).history.database.engine.begin() as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, "base")
         body = client.get("/health").json()
@@ -127,25 +111,10 @@ def test_schema_behind_head_is_not_ready(tmp_path: Path) -> None:
         assert "code expects" in body["checks"]["schema"]["detail"]
 
 
-class GatedBackend:
-    """Wraps the real backend; holds each forward pass until the test opens the gate."""
-
-    def __init__(self, inner: InferenceBackend) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        self.entered.set()
-        self.release.wait(timeout=60)
-        return self.inner.logits(batch)
-
-
 def test_health_answers_while_an_image_is_being_classified(
     sqlite_client: TestClient, photos: Path
 ) -> None:
-    classifier = sqlite_client.app.state.runner.classifier  # type: ignore[attr-defined]
+    classifier = services_of(sqlite_client).classifier
     original = classifier.backend
     gate = GatedBackend(original)
     classifier.backend = gate

@@ -8,8 +8,8 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import rows_with_request_id
 from tests.hostile_corpus import HostileFile, corpus
+from tests.support import rows_with_request_id
 
 CORPUS = corpus()
 

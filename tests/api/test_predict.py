@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import count_rows, make_settings, rows_with_request_id, running_app
+from tests.support import (
+    count_rows,
+    make_settings,
+    rows_with_request_id,
+    running_app,
+    services_of,
+    wait_until,
+)
 
 
 def post_photo(
@@ -221,12 +227,12 @@ def test_unknown_route_and_method_use_the_error_body(client: TestClient) -> None
 def test_full_inference_queue_answers_503_at_once_and_stores_nothing(
     tmp_path: Path, photos: Path
 ) -> None:
-    from tests.api.test_health import GatedBackend
+    from tests.support import GatedBackend
 
     settings = make_settings(f"sqlite:///{tmp_path / 'q.db'}", max_queue=1, max_batch_size=1)
     coffee = (photos / "coffee.png").read_bytes()
     with running_app(settings) as client:
-        classifier = client.app.state.runner.classifier  # type: ignore[attr-defined]
+        classifier = services_of(client).classifier
         gate = GatedBackend(classifier.backend)
         classifier.backend = gate
         results: list[int] = []
@@ -239,9 +245,8 @@ def test_full_inference_queue_answers_503_at_once_and_stores_nothing(
         assert gate.entered.wait(30)  # one image inside the model
         queued = threading.Thread(target=post)
         queued.start()
-        deadline = time.monotonic() + 30
-        while client.app.state.runner.batcher.queued < 1 and time.monotonic() < deadline:  # type: ignore[attr-defined]
-            time.sleep(0.01)
+        batcher = services_of(client).batcher
+        wait_until(lambda: batcher.queued >= 1, what="the second image to queue")
         request_id = uuid.uuid4().hex
         refused = client.post(
             "/predict", files={"file": ("c.png", coffee)}, headers={"X-Request-ID": request_id}

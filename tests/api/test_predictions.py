@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_settings, running_app
+from tests.support import make_settings, running_app
 
 UPLOADS = ["coffee.png", "camera.png", "coffee.png", "chelsea.png", "camera.png"]
 
@@ -20,7 +20,7 @@ def history(
 ) -> Iterator[tuple[TestClient, list[dict]]]:  # type: ignore[type-arg]
     """A fresh database holding five real predictions, made one after another."""
     if request.param == "postgresql":
-        from tests.conftest import fresh_postgres_database
+        from tests.support import fresh_postgres_database
 
         with fresh_postgres_database() as url, running_app(make_settings(url)) as client:
             yield client, _upload_all(client, photos)

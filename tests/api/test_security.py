@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_settings, rows_with_request_id, running_app
+from tests.support import make_settings, rows_with_request_id, running_app, services_of
 
 KEY_PLAIN = "plain-key-0123456789"
 KEY_HASHED = "hashed-key-9876543210"
@@ -103,11 +103,11 @@ def test_docs_can_be_switched_off(tmp_path: Path) -> None:
 
 
 def test_slow_classification_is_504_and_stores_nothing(tmp_path: Path, photos: Path) -> None:
-    from tests.api.test_health import GatedBackend
+    from tests.support import GatedBackend
 
     settings = make_settings(f"sqlite:///{tmp_path / 't.db'}", request_timeout_s=0.5)
     with running_app(settings) as client:
-        classifier = client.app.state.runner.classifier  # type: ignore[attr-defined]
+        classifier = services_of(client).classifier
         gate = GatedBackend(classifier.backend)
         classifier.backend = gate
         request_id = uuid.uuid4().hex

@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from tests.conftest import fresh_postgres_database
+from tests.support import fresh_postgres_database
 from visinspect.db.models import Base
 from visinspect.db.schema import (
     alembic_config,

@@ -9,18 +9,19 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import fresh_postgres_database
+from tests.support import fresh_postgres_database
 from visinspect.db.models import PredictionRecord
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
 from visinspect.db.writer import PredictionWriter
-from visinspect.errors import DatabaseUnavailable
+from visinspect.errors import RecordNotStored
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def database() -> Iterator[Database]:
+def committed_database() -> Iterator[Database]:
+    """A fresh database whose commits are real: the writer's groups run on several connections."""
     from sqlalchemy import create_engine
 
     with fresh_postgres_database() as url:
@@ -36,11 +37,11 @@ def record(request_id: str, class_name: str = "espresso") -> PredictionRecord:
         request_id=request_id,
         model_name="efficientnet_lite0",
         model_version="sha256:0",
-        inference_backend="onnxruntime",
+        backend="onnxruntime",
         class_id=967,
         class_name=class_name,
         confidence=0.9,
-        top_k=[{"class_id": 967, "class_name": class_name, "confidence": 0.9}],
+        predictions=[{"class_id": 967, "class_name": class_name, "confidence": 0.9}],
         image_sha256="0" * 64,
         image_width=1,
         image_height=1,
@@ -56,19 +57,19 @@ def count(database: Database) -> int:
         return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)
 
 
-async def test_concurrent_stores_each_get_their_committed_row(database: Database) -> None:
-    writer = PredictionWriter(database)
+async def test_concurrent_stores_each_get_their_committed_row(committed_database: Database) -> None:
+    writer = PredictionWriter(committed_database)
     writer.start()
     try:
         stored = await asyncio.gather(*(writer.store(record(f"r{i}")) for i in range(50)))
     finally:
         await writer.close()
     assert len({r.id for r in stored}) == 50
-    assert count(database) == 50
+    assert count(committed_database) == 50
 
 
-async def test_a_bad_row_fails_alone(database: Database) -> None:
-    writer = PredictionWriter(database)
+async def test_a_bad_row_fails_alone(committed_database: Database) -> None:
+    writer = PredictionWriter(committed_database)
     writer.start()
     too_long = "x" * 500  # class_name is VARCHAR(128): PostgreSQL refuses the row
     try:
@@ -80,6 +81,7 @@ async def test_a_bad_row_fails_alone(database: Database) -> None:
         )
     finally:
         await writer.close()
-    assert isinstance(results[1], DatabaseUnavailable)
+    assert isinstance(results[1], RecordNotStored)  # a 500: retrying cannot help
+    assert results[1].__cause__ is not None  # the driver's error, for the log line
     assert all(isinstance(r, PredictionRecord) for r in (results[0], results[2]))
-    assert count(database) == 2
+    assert count(committed_database) == 2

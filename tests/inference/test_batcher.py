@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from tests.conftest import PHOTOS
+from tests.support import PHOTOS
 from visinspect.errors import Overloaded
 from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.model import Classifier

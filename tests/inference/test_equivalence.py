@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import PHOTOS
+from tests.support import PHOTOS
 from visinspect.config import Backend, Settings
 from visinspect.inference.backends import EQUIVALENCE_TOLERANCE, softmax
 from visinspect.inference.model import Classifier, load_classifier
@@ -68,10 +68,12 @@ def test_onnx_export_is_cached_and_verified(tmp_path: Path) -> None:
     assert classifier.backend_name == "onnxruntime"
 
 
-def test_unwritable_cache_still_serves(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("a file where the cache folder should be")
+def test_unwritable_cache_still_serves() -> None:
+    """A read-only file system costs an export at each start, not the start. Nothing can create
+    a folder under /proc, not even root (which ignores permission bits)."""
+    unwritable = Path("/proc/visinspect-model-cache")
     classifier = load_classifier(
-        Settings(_env_file=None, model_cache_dir=blocker / "cache")  # type: ignore[call-arg]
+        Settings(_env_file=None, model_cache_dir=unwritable)  # type: ignore[call-arg]
     )
     assert classifier.backend_name == "onnxruntime"
+    assert not unwritable.exists()

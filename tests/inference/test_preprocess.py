@@ -10,15 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import PHOTOS
+from tests.support import PHOTOS
 from visinspect.config import Architecture
 from visinspect.errors import (
     AnimatedImage,
     CorruptImage,
     EmptyImage,
-    ImageTooLarge,
     InvalidImage,
     NotAnImage,
+    TooManyPixels,
     UnsupportedImageFormat,
 )
 from visinspect.inference.model import Classifier
@@ -198,13 +198,13 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     # 1-bit PNG of 20000 x 20000 = 400 megapixels in about 50 kB.
     bomb = encode(Image.new("1", (20_000, 20_000)), "PNG", optimize=True)
     assert len(bomb) < 200_000
-    with pytest.raises(ImageTooLarge):
+    with pytest.raises(TooManyPixels):
         preprocess(bomb, LITE0, LIMIT)
 
 
 def test_pixel_limit_is_the_setting() -> None:
     data = encode(Image.new("RGB", (100, 100)), "PNG")
-    with pytest.raises(ImageTooLarge, match="10000 pixels; the limit is 9999"):
+    with pytest.raises(TooManyPixels, match="10000 pixels; the limit is 9999"):
         preprocess(data, LITE0, 9_999)
     assert preprocess(data, LITE0, 10_000).width == 100
 

@@ -1,4 +1,4 @@
-"""Dependencies: the long-lived parts the lifespan hung on `app.state`, handed to routes."""
+"""Dependencies: what the lifespan hung on `app.state`, handed to routes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from visinspect.config import Settings
-from visinspect.db.session import Database
-from visinspect.db.writer import PredictionWriter
-from visinspect.inference.runner import InferenceRunner
+from visinspect.services.health import ReadinessService
+from visinspect.services.history import HistoryService
+from visinspect.services.predictions import PredictionService
+from visinspect.startup import Services
 
 
 def get_settings(request: Request) -> Settings:
@@ -17,22 +18,24 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_database(request: Request) -> Database:
-    database: Database = request.app.state.database
-    return database
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
 
 
-def get_runner(request: Request) -> InferenceRunner:
-    runner: InferenceRunner = request.app.state.runner
-    return runner
+def get_prediction_service(request: Request) -> PredictionService:
+    return _services(request).predictions
 
 
-def get_writer(request: Request) -> PredictionWriter:
-    writer: PredictionWriter = request.app.state.writer
-    return writer
+def get_history_service(request: Request) -> HistoryService:
+    return _services(request).history
+
+
+def get_readiness_service(request: Request) -> ReadinessService:
+    return _services(request).readiness
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-DatabaseDep = Annotated[Database, Depends(get_database)]
-RunnerDep = Annotated[InferenceRunner, Depends(get_runner)]
-WriterDep = Annotated[PredictionWriter, Depends(get_writer)]
+PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_service)]
+HistoryServiceDep = Annotated[HistoryService, Depends(get_history_service)]
+ReadinessServiceDep = Annotated[ReadinessService, Depends(get_readiness_service)]

@@ -2,8 +2,9 @@
 
     {"error": {"code": "...", "message": "...", "request_id": "..."}}
 
-Domain exceptions map to statuses in `STATUS_BY_ERROR`; anything unexpected is logged with its
-traceback and answered with a 500 that reveals nothing internal.
+Domain exceptions (`visinspect.errors`) map to statuses along their class hierarchy
+(`STATUS_BY_ERROR`, `status_of`); anything unexpected is logged with its traceback and answered
+with a 500 that reveals nothing internal.
 """
 
 from __future__ import annotations
@@ -18,25 +19,25 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visinspect import errors
-from visinspect.logging import request_id_from
+from visinspect.api.middleware import request_id_from
 
 log = structlog.get_logger("visinspect.api")
 
+# A subclass answers what its nearest listed ancestor answers (`status_of`), so a new kind of bad
+# image is a 4xx like its siblings without an entry here.
 STATUS_BY_ERROR: dict[type[errors.VisinspectError], int] = {
+    errors.VisinspectError: 500,  # only an error class outside every family below ends here
+    errors.InvalidImage: 422,
     errors.EmptyImage: 400,
-    errors.NotAnImage: 415,
-    errors.UnsupportedImageFormat: 415,
-    errors.AnimatedImage: 415,
-    errors.CorruptImage: 422,
-    errors.ImageTooLarge: 413,
+    errors.UnsupportedImage: 415,
+    errors.TooManyPixels: 413,
+    errors.InvalidRequest: 422,
     errors.PredictionNotFound: 404,
-    errors.InvalidTimeRange: 422,
-    errors.DatabaseUnavailable: 503,
-    errors.Overloaded: 503,
-    errors.RequestTimedOut: 504,
-    errors.TooManyFiles: 422,
     errors.MissingApiKey: 401,
     errors.InvalidApiKey: 403,
+    errors.ServiceUnavailable: 503,
+    errors.RequestTimedOut: 504,
+    errors.RecordNotStored: 500,
 }
 RETRY_AFTER_SECONDS = "5"
 _HTTP_CODES = {
@@ -45,6 +46,12 @@ _HTTP_CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
 }
+INTERNAL_ERROR_MESSAGE = "internal error; quote the request_id when reporting it"
+
+
+def status_of(exc: errors.VisinspectError) -> int:
+    """The HTTP status of a domain error: that of its nearest ancestor in STATUS_BY_ERROR."""
+    return next(STATUS_BY_ERROR[cls] for cls in type(exc).__mro__ if cls in STATUS_BY_ERROR)
 
 
 def body_too_large_message(limit: int) -> str:
@@ -63,16 +70,23 @@ def error_response(
     body: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
     if details is not None:
         body["details"] = details
-    # Set here too: a 500 is sent from outside the request-id middleware.
+    # Set here too: a 500 is sent from outside the request-observation middleware.
     all_headers = {**(headers or {}), "X-Request-ID": request_id} if request_id else headers
     return JSONResponse({"error": body}, status_code=status, headers=all_headers)
 
 
 def record_rejection(request: Request, exc: errors.VisinspectError) -> int:
     """Log and count a domain error; return its HTTP status. Shared by the handler below and by
-    the batch endpoint, whose per-item errors never reach a handler."""
-    status = STATUS_BY_ERROR.get(type(exc), 400)
-    log.info("request.rejected", code=exc.code, status=status, reason=exc.message)
+    the batch endpoint, whose per-item errors never reach a handler.
+
+    A 500 is our fault, not the client's: it is logged as an error with its cause's traceback
+    (the request id is bound to the line), and its message says nothing internal.
+    """
+    status = status_of(exc)
+    if status == 500:
+        log.error("request.failed", code=exc.code, reason=exc.message, exc_info=exc)
+    else:
+        log.info("request.rejected", code=exc.code, status=status, reason=exc.message)
     metrics = request.app.state.metrics
     metrics.rejected.labels(exc.code).inc()
     if isinstance(exc, errors.DatabaseUnavailable):
@@ -80,13 +94,20 @@ def record_rejection(request: Request, exc: errors.VisinspectError) -> int:
     return status
 
 
+def public_message(exc: errors.VisinspectError, status: int) -> str:
+    return INTERNAL_ERROR_MESSAGE if status == 500 else exc.message
+
+
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.VisinspectError)
     status = record_rejection(request, exc)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-    if status == 401:
+    headers: dict[str, str] | None = None
+    if status == 503:  # transient: the same request may succeed later
+        headers = {"Retry-After": RETRY_AFTER_SECONDS}
+    elif status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(request, status, exc.code, exc.message, headers=headers)
+    message = public_message(exc, status)
+    return error_response(request, status, exc.code, message, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -111,9 +132,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("request.failed", error_type=type(exc).__name__)
-    return error_response(
-        request, 500, "internal_error", "internal error; quote the request_id when reporting it"
-    )
+    return error_response(request, 500, "internal_error", INTERNAL_ERROR_MESSAGE)
 
 
 def install_error_handlers(app: FastAPI) -> None:

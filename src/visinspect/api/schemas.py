@@ -1,4 +1,8 @@
-"""What the world sees: request and response models, with the examples shown at /docs."""
+"""What the world sees: request and response models, with the examples shown at /docs.
+
+Pydantic only: the typed client (`visinspect.client`) imports these without FastAPI or SQLAlchemy.
+A stored prediction converts by attribute names (`from_attributes`), whatever object holds it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
-
-from visinspect.db.models import PredictionRecord
 
 _PREDICTIONS_EXAMPLE: list[JsonValue] = [
     {"class_id": 967, "class_name": "espresso", "confidence": 0.9512},
@@ -26,6 +28,7 @@ class PredictionOut(BaseModel):
     """A stored prediction. A 200 from POST /predict means this row is committed."""
 
     model_config = ConfigDict(
+        from_attributes=True,
         json_schema_extra={
             "examples": [
                 {
@@ -60,26 +63,6 @@ class PredictionOut(BaseModel):
     image_format: str
     filename: str | None = Field(description="Name the client gave the upload, if any")
     latency_ms: float = Field(description="Decode, preprocessing and inference time on the server")
-
-    @classmethod
-    def from_record(cls, record: PredictionRecord) -> PredictionOut:
-        return cls.model_validate(
-            {
-                "id": record.id,
-                "created_at": record.created_at,
-                "request_id": record.request_id,
-                "model_name": record.model_name,
-                "model_version": record.model_version,
-                "backend": record.inference_backend,
-                "predictions": record.top_k,
-                "image_sha256": record.image_sha256,
-                "image_width": record.image_width,
-                "image_height": record.image_height,
-                "image_format": record.image_format,
-                "filename": record.filename,
-                "latency_ms": record.latency_ms,
-            }
-        )
 
 
 class ErrorDetail(BaseModel):
@@ -160,6 +143,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "The API key is not valid",
         404: "No such prediction",
         413: "Body over MAX_UPLOAD_BYTES, or image over MAX_IMAGE_PIXELS",
+        500: "A fault of the service (the request id finds it in the logs); nothing was stored",
         415: "Not an image, an unsupported format, or an animated image",
         422: "Invalid parameters, missing `file` field, or a truncated/corrupt image",
         503: "Database unavailable or inference queue full; nothing was stored. Retry later.",

@@ -10,7 +10,8 @@ import anyio.to_thread
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from visinspect.config import Settings
 from visinspect.errors import DatabaseUnavailable
@@ -23,7 +24,14 @@ def create_db_engine(settings: Settings) -> Engine:
     url = make_url(settings.database_url)
     timeout = settings.database_connect_timeout_s
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": timeout})
+        if url.database in (None, "", ":memory:"):  # one connection, or every thread sees its own
+            engine = create_engine(
+                url,
+                poolclass=StaticPool,
+                connect_args={"timeout": timeout, "check_same_thread": False},
+            )
+        else:
+            engine = create_engine(url, connect_args={"timeout": timeout})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
@@ -48,11 +56,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """Owns the engine; runs blocking ORM work in a worker thread, one transaction per call."""
+    """Owns the engine; runs blocking ORM work in a worker thread, one transaction per call.
 
-    def __init__(self, engine: Engine, max_concurrency: int) -> None:
+    `sessions` may be given to bind the work elsewhere, e.g. into a test's outer transaction.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_concurrency: int,
+        sessions: sessionmaker[Session] | None = None,
+    ) -> None:
         self.engine = engine
-        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.sessions = sessions or sessionmaker(engine, expire_on_commit=False)
+        if isinstance(engine.pool, StaticPool):  # one shared connection: one user at a time
+            max_concurrency = 1
         # No more threads at the database than pooled connections: beyond that, connections would
         # be opened and closed per request (pool overflow), the slowest way to use PostgreSQL.
         self._limiter = anyio.CapacityLimiter(max_concurrency)
@@ -74,19 +92,22 @@ class Database:
             with self.sessions.begin() as session:
                 return work(session, *args)
         except (OperationalError, TimeoutError) as exc:
-            raise DatabaseUnavailable(_describe_failure(exc)) from exc
+            raise DatabaseUnavailable(_unavailable(exc)) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
-                raise DatabaseUnavailable(_describe_failure(exc)) from exc
+                raise DatabaseUnavailable(_unavailable(exc)) from exc
             raise
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def _describe_failure(exc: Exception) -> str:
+def _unavailable(exc: Exception) -> str:
+    return f"the database is unavailable: {describe_failure(exc)}"
+
+
+def describe_failure(exc: Exception) -> str:
+    """The driver's first line (what an operator needs), without SQLAlchemy's wrapping."""
     original = getattr(exc, "orig", None) or exc
-    first_line = (
-        str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
-    )
-    return f"the database is unavailable: {first_line[:300]}"
+    message = str(original).strip()
+    return message.splitlines()[0][:300] if message else type(original).__name__

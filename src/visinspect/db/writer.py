@@ -4,7 +4,8 @@ Each request still awaits its own row's commit before it answers, so a 200 alway
 Under load the writer commits whatever accumulated during the previous commit (a few rows per
 transaction instead of one), which keeps the database off the critical path; a lone request is
 written at once. If a group fails for a reason other than an outage, its rows are retried one by
-one so that one bad row cannot fail its neighbours.
+one so that one bad row cannot fail its neighbours; the row that still fails is `RecordNotStored`
+(a 500: retrying will not help), never `DatabaseUnavailable` (a 503 that promises it would).
 """
 
 from __future__ import annotations
@@ -13,14 +14,10 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-import structlog
-
 from visinspect.db import repository
 from visinspect.db.models import PredictionRecord
 from visinspect.db.session import Database
-from visinspect.errors import DatabaseUnavailable
-
-log = structlog.get_logger("visinspect.db")
+from visinspect.errors import DatabaseUnavailable, RecordNotStored
 
 
 @dataclass(slots=True)
@@ -40,7 +37,8 @@ class PredictionWriter:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="db-writer")
 
     async def store(self, record: PredictionRecord) -> PredictionRecord:
-        """Returns once the row is committed (with its id); raises DatabaseUnavailable if not."""
+        """Returns once the row is committed (with its id); raises DatabaseUnavailable (an outage)
+        or RecordNotStored (the database refused this row) if not."""
         future: asyncio.Future[PredictionRecord] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(record, future))
         return await future
@@ -58,10 +56,11 @@ class PredictionWriter:
         except DatabaseUnavailable as exc:
             _fail(group, exc)
             return
-        except Exception:
+        except Exception as exc:
             if len(group) == 1:
-                log.exception("db.write_failed")
-                _fail(group, DatabaseUnavailable("the prediction could not be stored"))
+                refused = RecordNotStored(f"the database refused the row: {type(exc).__name__}")
+                refused.__cause__ = exc  # the traceback in the request's log line shows it
+                _fail(group, refused)
                 return
             for pending in group:  # isolate the row that fails
                 await self._write([pending])

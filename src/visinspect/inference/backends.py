@@ -2,8 +2,9 @@
 
 PyTorch stays the source of the model: the ONNX graph is exported from the loaded PyTorch network,
 cached on disk under a name that carries the weights' SHA-256, the exporter's version and the
-opset, verified by its own SHA-256 when read back, and checked against PyTorch at start-up
-(`check_equivalence`). A backend only maps a float32 NCHW batch to logits.
+opset, verified by its own SHA-256 when read back, and compared with PyTorch at start-up
+(`max_confidence_difference`, called by `model.load_classifier`). A backend only maps a float32
+NCHW batch to logits.
 """
 
 from __future__ import annotations
@@ -102,12 +103,19 @@ def export_onnx(network: nn.Module, crop: int) -> bytes:
     return buffer.getvalue()
 
 
+class ModelCacheUnreadable(OSError):
+    """MODEL_CACHE_DIR holds an entry for this model that cannot be read (permissions, a folder
+    where a file belongs): an operator's mistake, not a reason to export silently at every start."""
+
+
 def _read_cache(path: Path) -> bytes | None:
     checksum = path.with_suffix(".onnx.sha256")
     try:
         data, expected = path.read_bytes(), checksum.read_text().strip()
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ModelCacheUnreadable(f"the ONNX cache {path} cannot be read: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != expected:
         log.warning("model.onnx_cache_corrupt", path=str(path))
         return None

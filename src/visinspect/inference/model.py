@@ -20,6 +20,7 @@ from visinspect.inference.architectures import build_network
 from visinspect.inference.backends import (
     EQUIVALENCE_TOLERANCE,
     InferenceBackend,
+    ModelCacheUnreadable,
     OnnxRuntimeBackend,
     TorchBackend,
     max_confidence_difference,
@@ -39,7 +40,13 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth?$")
 
 
 class ModelLoadError(RuntimeError):
-    """The configured weights cannot be used; start-up must stop with this message."""
+    """The configured model cannot be used; start-up must stop with this message and `action`."""
+
+    def __init__(
+        self, message: str, action: str = "check MODEL_ARCH, MODEL_WEIGHTS, MODEL_WEIGHTS_SHA256"
+    ) -> None:
+        super().__init__(message)
+        self.action = action
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,15 @@ class Prediction:
     class_id: int
     class_name: str
     confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    """What answered: stored with every prediction, shown by /health and the logs."""
+
+    name: str  # the architecture, e.g. efficientnet_lite0
+    version: str  # sha256:<first 16 hex of the weights file>
+    backend: str  # the runtime that executed the network
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,28 +102,38 @@ def resolve_weights(settings: Settings) -> tuple[Path, str]:
     match = _HASH_IN_NAME.search(path.name)
     if match is None:
         raise ModelLoadError(
-            f"cannot verify {path}: set MODEL_WEIGHTS_SHA256, or keep the hash suffix in the file "
-            "name (e.g. efficientnet_b0_rwightman-3dd342df.pth)"
+            f"cannot verify {path}: its name carries no hash",
+            "set MODEL_WEIGHTS_SHA256, or keep the hash suffix in the file name "
+            "(e.g. efficientnet_b0_rwightman-3dd342df.pth)",
         )
     return path, match.group(1)
 
 
 def verify_weights(path: Path, expected: str) -> WeightsInfo:
     if not path.is_file():
-        raise ModelLoadError(f"weights file not found: {path}")
+        raise ModelLoadError(f"weights file not found: {path}", "set MODEL_WEIGHTS to a file")
     actual = sha256_of(path)
     if not actual.startswith(expected):
         raise ModelLoadError(
-            f"weights file {path} has sha256 {actual}, expected {expected}: refusing to load it"
+            f"weights file {path} has sha256 {actual}, expected {expected}: refusing to load it",
+            "use the genuine file, or set MODEL_WEIGHTS_SHA256 to the hash of a file you trust",
         )
     return WeightsInfo(path=path, sha256=actual)
+
+
+def verified_weights(settings: Settings) -> WeightsInfo:
+    """The configured weights file, checked against the SHA-256 it must have."""
+    return verify_weights(*resolve_weights(settings))
 
 
 def _load_network(arch: Architecture, weights: WeightsInfo) -> nn.Module:
     try:
         state = torch.load(weights.path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle error, zip error, or a non-tensor payload
-        raise ModelLoadError(f"cannot read weights {weights.path}: {exc}") from exc
+        raise ModelLoadError(
+            f"cannot read weights {weights.path}: {exc}",
+            "MODEL_WEIGHTS must be a state_dict saved by torch.save (no pickled code)",
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     network = build_network(arch)
@@ -115,7 +141,9 @@ def _load_network(arch: Architecture, weights: WeightsInfo) -> nn.Module:
         network.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise ModelLoadError(
-            f"weights {weights.path.name} do not fit {arch.value}: {str(exc)[:500]}"
+            f"weights {weights.path.name} do not fit {arch.value}: {str(exc)[:500]}",
+            f"MODEL_ARCH={arch.value} needs weights of that architecture in torchvision's layout; "
+            "fix MODEL_ARCH or MODEL_WEIGHTS",
         ) from exc
     return network.eval().requires_grad_(False)
 
@@ -152,6 +180,10 @@ class Classifier:
     def backend_name(self) -> str:
         return self.backend.name
 
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.model_name, self.model_version, self.backend_name)
+
     def predict(self, batch: np.ndarray, top_ks: Sequence[int]) -> list[list[Prediction]]:
         """Softmax over all 1000 classes, then each image's `top_k` best, most confident first."""
         probabilities = softmax(self.backend.logits(batch))
@@ -162,13 +194,12 @@ class Classifier:
         return results
 
 
-def load_classifier(settings: Settings) -> Classifier:
-    """Verify the weights, build the network and its backend, prove the backend gives PyTorch's
-    answers, warm it up; raise ModelLoadError if any of it fails."""
+def load_classifier(settings: Settings, weights: WeightsInfo | None = None) -> Classifier:
+    """Build the network from verified weights (verified here unless given), build its backend,
+    prove the backend gives PyTorch's answers, warm it up; raise ModelLoadError if any of it fails."""
     started = time.perf_counter()
     torch.set_num_threads(settings.torch_threads)
-    path, expected = resolve_weights(settings)
-    weights = verify_weights(path, expected)
+    weights = weights or verified_weights(settings)
     network = _load_network(settings.model_arch, weights)
     crop = PREPROCESSING[settings.model_arch].crop_size
     backend = _build_backend(settings, network, weights, crop)
@@ -179,7 +210,7 @@ def load_classifier(settings: Settings) -> Classifier:
         model_name=classifier.model_name,
         model_version=classifier.model_version,
         backend=classifier.backend_name,
-        weights=str(path),
+        weights=str(weights.path),
         weights_sha256=weights.sha256,
         torch_threads=torch.get_num_threads(),
         load_ms=round((time.perf_counter() - started) * 1000, 1),
@@ -194,13 +225,19 @@ def _build_backend(
     if settings.inference_backend is Backend.PYTORCH:
         return reference
     tag = f"{settings.model_arch.value}-{weights.sha256[:16]}"
-    model = onnx_model(network, crop, settings.model_cache_dir, tag)
+    try:
+        model = onnx_model(network, crop, settings.model_cache_dir, tag)
+    except ModelCacheUnreadable as exc:
+        raise ModelLoadError(
+            str(exc), "fix MODEL_CACHE_DIR's permissions, or set MODEL_CACHE_DIR= (no cache)"
+        ) from exc
     backend = OnnxRuntimeBackend(model, settings.torch_threads)
     difference = max_confidence_difference(backend, reference, _probe_batch(crop))
     if difference > EQUIVALENCE_TOLERANCE:
         raise ModelLoadError(
             f"{backend.name} differs from PyTorch by {difference:.2e} in confidence "
-            f"(limit {EQUIVALENCE_TOLERANCE}); set INFERENCE_BACKEND=pytorch"
+            f"(limit {EQUIVALENCE_TOLERANCE})",
+            "delete the cached export in MODEL_CACHE_DIR, or set INFERENCE_BACKEND=pytorch",
         )
     log.info("model.backend_verified", backend=backend.name, max_confidence_diff=difference)
     return backend

@@ -22,8 +22,8 @@ from visinspect.errors import (
     AnimatedImage,
     CorruptImage,
     EmptyImage,
-    ImageTooLarge,
     NotAnImage,
+    TooManyPixels,
     UnsupportedImageFormat,
 )
 
@@ -78,14 +78,14 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise _unidentified(data) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fires above its ceiling, before ours can look at the header.
-        raise ImageTooLarge(f"image exceeds the limit of {max_pixels} pixels ({exc})") from None
+        raise TooManyPixels(f"image exceeds the limit of {max_pixels} pixels ({exc})") from None
     except _DECODE_ERRORS as exc:
         raise CorruptImage(f"the image header cannot be read: {exc}") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise CorruptImage(f"the image claims a size of {width}x{height} pixels")
     if width * height > max_pixels:
-        raise ImageTooLarge(
+        raise TooManyPixels(
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
             "(MAX_IMAGE_PIXELS)"
         )
@@ -162,7 +162,7 @@ def decode_rgb(image: Image.Image, shorter_side: int | None = None) -> Image.Ima
         image.load()
         oriented = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc)) from None
+        raise TooManyPixels(str(exc)) from None
     except _DECODE_ERRORS as exc:
         raise CorruptImage(f"the image data is truncated or corrupt: {exc}") from None
     return to_rgb(oriented)

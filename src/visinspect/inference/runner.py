@@ -14,12 +14,15 @@ import anyio
 import anyio.to_thread
 
 from visinspect.inference.batcher import MicroBatcher
-from visinspect.inference.model import Classifier, Prediction
+from visinspect.inference.model import Classifier, ModelIdentity, Prediction
 from visinspect.inference.preprocess import DecodedImage, preprocess
 
 
 @dataclass(frozen=True, slots=True)
 class Classification:
+    """One image's top-k, the model that produced it, and what the image was."""
+
+    model: ModelIdentity
     predictions: list[Prediction]
     image_sha256: str
     image_width: int
@@ -50,6 +53,7 @@ class InferenceRunner:
         decoded_at = time.perf_counter()
         predictions = await self.batcher.classify(decoded.pixels, top_k)
         return Classification(
+            model=self.classifier.identity,
             predictions=predictions,
             image_sha256=digest,
             image_width=decoded.width,

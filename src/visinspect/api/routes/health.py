@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
 
-from visinspect.api.deps import DatabaseDep, SettingsDep
+from visinspect.api.deps import ReadinessServiceDep
 from visinspect.api.schemas import CheckResult, LivenessOut, ReadinessOut
-from visinspect.db.schema import current_revision, schema_problem
-from visinspect.errors import DatabaseUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -26,41 +23,20 @@ async def live() -> LivenessOut:
     summary="Readiness: model loaded, database reachable, schema at the Alembic head",
     responses={503: {"model": ReadinessOut, "description": "A check failed; `checks` names it"}},
 )
-async def ready(request: Request, database: DatabaseDep, settings: SettingsDep) -> JSONResponse:
-    runner = getattr(request.app.state, "runner", None)
-    checks: dict[str, CheckResult] = {
-        "model": CheckResult(status="ok")
-        if runner is not None
-        else CheckResult(status="fail", detail="model not loaded"),
-    }
-    revision: str | None = None
-    try:
-        revision, problem = await database.run(_schema_state, settings.database_create_all)
-        checks["database"] = CheckResult(status="ok")
-        checks["schema"] = (
-            CheckResult(status="ok")
-            if problem is None
-            else CheckResult(status="fail", detail=problem)
-        )
-    except DatabaseUnavailable as exc:
+async def ready(request: Request, readiness: ReadinessServiceDep) -> JSONResponse:
+    result = await readiness.check()
+    if not result.checks["database"].ok:
         request.app.state.metrics.database_errors.inc()
-        checks["database"] = CheckResult(status="fail", detail=exc.message)
-        checks["schema"] = CheckResult(status="fail", detail="unknown: database unavailable")
-    failing = [name for name, check in checks.items() if check.status != "ok"]
-    ok = not failing
     body = ReadinessOut(
-        status="ready" if ok else "not_ready",
-        failing=failing,
-        checks=checks,
-        model_name=runner.classifier.model_name if runner else None,
-        model_version=runner.classifier.model_version if runner else None,
-        backend=runner.classifier.backend_name if runner else None,
-        schema_revision=revision,
+        status="not_ready" if result.failing else "ready",
+        failing=result.failing,
+        checks={
+            name: CheckResult(status="ok" if check.ok else "fail", detail=check.detail)
+            for name, check in result.checks.items()
+        },
+        model_name=result.model.name,
+        model_version=result.model.version,
+        backend=result.model.backend,
+        schema_revision=result.schema_revision,
     )
-    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
-
-
-def _schema_state(session: Session, create_all_mode: bool) -> tuple[str | None, str | None]:
-    connection = session.connection()
-    revision = None if create_all_mode else current_revision(connection)
-    return revision, schema_problem(connection, create_all_mode)
+    return JSONResponse(body.model_dump(mode="json"), status_code=503 if result.failing else 200)

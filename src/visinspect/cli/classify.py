@@ -1,7 +1,8 @@
 """`visinspect classify PATH...`: many images from the command line, with a progress bar.
 
 Against a server (`--url`, results stored there) through `visinspect.client.Client`, or in this
-process with no server and no database (the same model, preprocessing and labels).
+process through the same `PredictionService` the server uses: the same start-up, model,
+preprocessing and labels, and every prediction recorded in DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -9,20 +10,27 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import itertools
 import json
 import sys
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
+from anyio.from_thread import start_blocking_portal
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from visinspect.client import Client, ServiceError
 from visinspect.config import Settings
-from visinspect.errors import InvalidImage
+from visinspect.errors import VisinspectError
+from visinspect.services.predictions import Upload
+from visinspect.startup import open_services, prepare
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_MATCHED, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -105,22 +113,43 @@ def _remote(
 
 
 def _local(settings: Settings, top_k: int) -> tuple[Callable[[Path], Outcome], Callable[[], None]]:
-    from visinspect.inference.model import load_classifier
-    from visinspect.inference.preprocess import preprocess
-
-    classifier = load_classifier(settings)
+    """The service in this process: its event loop runs in a portal thread, and each file is one
+    blocking call into it, exactly as one request would be."""
+    prepared = prepare(settings)
+    stack = ExitStack()
+    try:
+        portal = stack.enter_context(start_blocking_portal())
+        services = stack.enter_context(
+            portal.wrap_async_context_manager(open_services(settings, prepared))
+        )
+    except BaseException:
+        stack.close()
+        prepared.close()
+        raise
+    stack.callback(prepared.close)
+    run_id, counter = uuid.uuid4().hex[:12], itertools.count(1)
 
     def classify_one(path: Path) -> Outcome:
         try:
-            decoded = preprocess(
-                path.read_bytes(), classifier.preprocessing, settings.max_image_pixels
+            upload = Upload(path.read_bytes(), path.name)
+        except OSError as exc:
+            return Outcome(path, [], error=f"unreadable: {exc}")
+        request_id = f"cli-{run_id}-{next(counter)}"
+        try:
+            record = portal.call(
+                partial(
+                    services.predictions.classify_and_record,
+                    upload,
+                    request_id=request_id,
+                    top_k=top_k,
+                )
             )
-        except (InvalidImage, OSError) as exc:
-            return Outcome(path, [], error=f"{getattr(exc, 'code', 'unreadable')}: {exc}")
-        predictions = classifier.predict(decoded.pixels[None], [top_k])[0]
-        return Outcome(path, [(p.class_name, p.confidence) for p in predictions])
+        except VisinspectError as exc:
+            return Outcome(path, [], error=f"{exc.code}: {exc.message}")
+        classes = [(p["class_name"], p["confidence"]) for p in record.predictions]
+        return Outcome(path, classes, record_id=record.id)
 
-    return classify_one, lambda: None
+    return classify_one, stack.close
 
 
 def _print(outcomes: list[Outcome], fmt: str) -> None:

@@ -1,0 +1,104 @@
+"""`visinspect classify | serve | db upgrade | db current`: the console entry point.
+
+Every command starts along one path (`visinspect.startup`); a start-up failure ends with one
+`startup.failed` log line that names the cause and what to do, and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from visinspect.config import Settings
+from visinspect.logging import configure_logging
+from visinspect.startup import StartupFailed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"visinspect: invalid configuration:\n{exc}", file=sys.stderr)
+        return 1
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        result: int = args.handler(settings, args)
+    except StartupFailed as exc:
+        exc.log()
+        return 1
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visinspect", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    classify = commands.add_parser(
+        "classify",
+        help="classify image files, folders or globs (against a server, or in-process)",
+        description=(
+            "Without --url the model runs in this process and every prediction is recorded in "
+            "DATABASE_URL, as the server would. Exit codes: 0 every image classified, 1 some "
+            "failed (or the in-process service could not start), 2 no image matched, "
+            "3 the server could not be reached."
+        ),
+    )
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs")
+    classify.add_argument("--url", help="server URL; without it the model runs in this process")
+    classify.add_argument("--api-key", help="API key for the server")
+    classify.add_argument("--top-k", type=int, default=None, help="classes per image")
+    classify.add_argument(
+        "--format", choices=["table", "jsonl", "csv"], default="table", help="output format"
+    )
+    classify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    classify.set_defaults(handler=_classify)
+    serve = commands.add_parser(
+        "serve", help="check the weights, migrate the database, load the model, serve HTTP"
+    )
+    serve.add_argument("--host", help="default: HOST (127.0.0.1)")
+    serve.add_argument("--port", type=int, help="default: PORT (8000)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.set_defaults(handler=_serve)
+    db = commands.add_parser("db", help="database schema").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    db.add_parser(
+        "upgrade", help="alembic upgrade head (waits up to DATABASE_WAIT_S for the database)"
+    ).set_defaults(handler=_db_upgrade)
+    db.add_parser(
+        "current", help="print the current and head revisions; exit 2 when they differ"
+    ).set_defaults(handler=_db_current)
+    return parser
+
+
+# The commands import what they need when they run: `visinspect classify --url` never loads torch.
+
+
+def _classify(settings: Settings, args: argparse.Namespace) -> int:
+    from visinspect.cli.classify import classify_paths
+
+    return classify_paths(settings, args)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from visinspect.cli.serve import serve
+
+    return serve(settings, args.host or settings.host, args.port or settings.port, args.workers)
+
+
+def _db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
+    from visinspect.cli.db import upgrade
+
+    return upgrade(settings)
+
+
+def _db_current(settings: Settings, _args: argparse.Namespace) -> int:
+    from visinspect.cli.db import current
+
+    return current(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""`visinspect db upgrade | current`: the schema, for a migrate Job or an operator."""
+
+from __future__ import annotations
+
+from visinspect.config import Settings
+from visinspect.db.schema import current_revision, head_revision
+from visinspect.db.session import create_db_engine
+from visinspect.startup import prepare_schema, wait_for_database
+
+
+def upgrade(settings: Settings) -> int:
+    """What `serve` does first with MIGRATE_ON_START=true, and nothing else."""
+    engine = create_db_engine(settings)
+    try:
+        wait_for_database(engine, settings.database_wait_s)
+        prepare_schema(engine, settings.model_copy(update={"migrate_on_start": True}))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def current(settings: Settings) -> int:
+    engine = create_db_engine(settings)
+    try:
+        wait_for_database(engine, settings.database_wait_s)
+        with engine.connect() as connection:
+            revision = current_revision(connection)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    print(f"current: {revision or '(empty database)'}\nhead:    {head}")
+    return 0 if revision == head else 2

@@ -1,0 +1,91 @@
+"""Read the records back: one prediction, a filtered page of them, and counts per class and day.
+
+Filters arrive as the client wrote them; this is where they become a valid UTC time range (or a
+422) before any query runs.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from visinspect.db import repository
+from visinspect.db.models import PredictionRecord
+from visinspect.db.repository import PredictionFilter
+from visinspect.db.session import Database
+from visinspect.errors import InvalidRequest, InvalidTimeRange, PredictionNotFound
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFilter:
+    """What to select. Times without a zone mean UTC; `created_after` is inclusive,
+    `created_before` exclusive."""
+
+    class_name: str | None = None
+    image_sha256: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def to_query(self) -> PredictionFilter:
+        if self.class_name is not None and _has_control_characters(self.class_name):
+            raise InvalidRequest("class_name contains control characters")
+        after, before = _as_utc(self.created_after), _as_utc(self.created_before)
+        if after is not None and before is not None and after >= before:
+            raise InvalidTimeRange("created_after must be earlier than created_before")
+        return PredictionFilter(self.class_name, self.image_sha256, after, before)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    records: list[PredictionRecord]
+    total: int  # rows matching the filter, over all pages
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    total: int
+    by_class: list[tuple[str, int]]  # most frequent first
+    by_day: list[tuple[date, int]]  # UTC days, oldest first
+
+
+class HistoryService:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def get(self, prediction_id: int) -> PredictionRecord:
+        record = await self.database.run(repository.get_prediction, prediction_id)
+        if record is None:
+            raise PredictionNotFound(f"no prediction with id {prediction_id}")
+        return record
+
+    async def page(self, where: HistoryFilter, limit: int, offset: int) -> HistoryPage:
+        """Newest first."""
+        records, total = await self.database.run(
+            repository.list_predictions, where.to_query(), limit, offset
+        )
+        return HistoryPage(records, total)
+
+    async def stats(self, where: HistoryFilter, top_classes: int) -> Stats:
+        total, by_class, by_day = await self.database.run(
+            repository.prediction_stats, where.to_query(), top_classes
+        )
+        return Stats(total, by_class, [(date.fromisoformat(d), n) for d, n in by_day])
+
+
+def _has_control_characters(text: str) -> bool:
+    """NUL and friends: PostgreSQL refuses NUL in text, and no class name contains any."""
+    return any(unicodedata.category(c) == "Cc" for c in text)
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 lies before year 1 in UTC
+        raise InvalidTimeRange(
+            f"{moment.isoformat()} is outside the range of dates this service can store"
+        ) from None

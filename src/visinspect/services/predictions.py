@@ -1,0 +1,139 @@
+"""Classify and record: the use case behind POST /predict, /predict/batch and `visinspect classify`.
+
+bytes -> classification (decode threads, micro-batched model) -> record -> committed row, with the
+timeout and the per-file outcomes of a batch decided here, once. A returned record is committed;
+anything else is a `VisinspectError` that says why nothing was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio
+import structlog
+
+from visinspect.db.models import PredictionRecord
+from visinspect.db.writer import PredictionWriter
+from visinspect.errors import RequestTimedOut, TooManyFiles, VisinspectError
+from visinspect.inference.runner import Classification, InferenceRunner
+
+log = structlog.get_logger("visinspect.predict")
+
+MAX_FILENAME_CHARS = 255  # the column's width
+
+# What became of one file of a batch: its committed record, or why nothing was stored.
+Outcome = PredictionRecord | VisinspectError
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One image as received: its bytes and the name the client gave it, if any."""
+
+    data: bytes
+    filename: str | None = None
+
+
+class PredictionService:
+    def __init__(
+        self,
+        runner: InferenceRunner,
+        writer: PredictionWriter,
+        *,
+        timeout_s: float,
+        default_top_k: int,
+        max_batch_files: int,
+    ) -> None:
+        self.runner = runner
+        self.writer = writer
+        self.timeout_s = timeout_s
+        self.default_top_k = default_top_k
+        self.max_batch_files = max_batch_files
+
+    async def classify_and_record(
+        self, upload: Upload, *, request_id: str, top_k: int | None = None
+    ) -> PredictionRecord:
+        """The committed record of one classified upload (it has its id)."""
+        started = time.perf_counter()
+        classification = await self._classify(upload.data, top_k or self.default_top_k)
+        latency_ms = (time.perf_counter() - started) * 1000
+        record = new_record(classification, upload, request_id, latency_ms)
+        stored = await self.writer.store(record)
+        log.info(
+            "prediction.stored",
+            record_id=stored.id,
+            class_name=stored.class_name,
+            confidence=round(stored.confidence, 4),
+            latency_ms=round(latency_ms, 2),
+            decode_ms=round(classification.decode_ms, 2),
+            inference_ms=round(classification.inference_ms, 2),
+        )
+        return stored
+
+    async def classify_many(
+        self, uploads: list[Upload], *, request_id: str, top_k: int | None = None
+    ) -> list[Outcome]:
+        """One outcome per upload, in order: its committed record, or the error that kept it out.
+        One bad file does not fail the others; too many files fail the whole request."""
+        if len(uploads) > self.max_batch_files:
+            raise TooManyFiles(
+                f"{len(uploads)} files sent; the limit is {self.max_batch_files} (MAX_BATCH_FILES)"
+            )
+        return list(await asyncio.gather(*(self._outcome(u, request_id, top_k) for u in uploads)))
+
+    async def _outcome(self, upload: Upload, request_id: str, top_k: int | None) -> Outcome:
+        try:
+            return await self.classify_and_record(upload, request_id=request_id, top_k=top_k)
+        except VisinspectError as exc:
+            return exc
+
+    async def _classify(self, data: bytes, top_k: int) -> Classification:
+        try:
+            with anyio.fail_after(self.timeout_s):
+                return await self.runner.classify(data, top_k)
+        except TimeoutError:
+            raise RequestTimedOut(
+                f"classification took longer than {self.timeout_s} s (REQUEST_TIMEOUT_S); "
+                "nothing was stored"
+            ) from None
+
+
+def new_record(
+    classification: Classification, upload: Upload, request_id: str, latency_ms: float
+) -> PredictionRecord:
+    top = classification.predictions[0]
+    return PredictionRecord(
+        created_at=datetime.now(UTC),
+        request_id=request_id,
+        model_name=classification.model.name,
+        model_version=classification.model.version,
+        backend=classification.model.backend,
+        class_id=top.class_id,
+        class_name=top.class_name,
+        confidence=top.confidence,
+        predictions=[
+            {"class_id": p.class_id, "class_name": p.class_name, "confidence": p.confidence}
+            for p in classification.predictions
+        ],
+        image_sha256=classification.image_sha256,
+        image_width=classification.image_width,
+        image_height=classification.image_height,
+        image_format=classification.image_format,
+        image_bytes=len(upload.data),
+        filename=clean_filename(upload.filename),
+        latency_ms=latency_ms,
+    )
+
+
+def clean_filename(name: str | None) -> str | None:
+    """The name as safe to store and show: no directory part, no control or format characters
+    (NUL, bidi overrides: PostgreSQL refuses NUL, a page would render the rest), at most 255
+    characters. None when nothing is left."""
+    if not name:
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(c for c in base if unicodedata.category(c) not in {"Cc", "Cf", "Cs"}).strip()
+    return kept[:MAX_FILENAME_CHARS] or None

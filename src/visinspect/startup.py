@@ -1,0 +1,201 @@
+"""The one start-up path, shared by `visinspect serve`, the app's lifespan, `visinspect classify`
+and the container (whose entrypoint is `visinspect serve`).
+
+`prepare(settings)` does the work that can fail for reasons an operator must fix, in this order:
+verify the weights' checksum, reach the database (waiting up to DATABASE_WAIT_S), migrate the schema
+to the head (MIGRATE_ON_START) or verify that it is there, load the model. Each failure is a
+`StartupFailed` naming the part, the cause and what to do; callers log it as one `startup.failed`
+line and exit 1.
+
+`open_services(settings, prepared)` then starts the background parts (micro-batcher, group-commit
+writer) and builds the services; leaving it drains and stops them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+from alembic.util import CommandError
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from visinspect.config import Settings
+from visinspect.db.schema import create_all_for_development, schema_problem, upgrade_to_head
+from visinspect.db.session import Database, create_db_engine, describe_failure
+from visinspect.db.writer import PredictionWriter
+from visinspect.inference.batcher import MicroBatcher
+from visinspect.inference.model import Classifier, ModelLoadError, load_classifier, verified_weights
+from visinspect.inference.runner import InferenceRunner
+from visinspect.services.health import ReadinessService
+from visinspect.services.history import HistoryService
+from visinspect.services.predictions import PredictionService
+
+log = structlog.get_logger("visinspect")
+
+_DATABASE_RETRY_INTERVAL_S = 1.0
+
+
+class StartupFailed(Exception):
+    """The service cannot start until an operator changes something; `action` says what."""
+
+    def __init__(self, part: str, reason: str, action: str) -> None:
+        super().__init__(f"{part}: {reason}")
+        self.part = part
+        self.reason = reason
+        self.action = action
+
+    def log(self) -> None:
+        """The one line every start-up failure ends with."""
+        log.error("startup.failed", part=self.part, reason=self.reason, action=self.action)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What start-up produced: a database at the expected schema and a loaded model."""
+
+    database: Database
+    classifier: Classifier
+
+    def close(self) -> None:
+        self.database.dispose()
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Check and load everything the service needs; raise StartupFailed if anything is wrong."""
+    log.info(
+        "startup.begin",
+        model_arch=settings.model_arch.value,
+        backend=settings.inference_backend.value,
+        migrate_on_start=settings.migrate_on_start,
+    )
+    try:
+        weights = verified_weights(settings)  # cheap, and the likeliest mistake: first
+    except ModelLoadError as exc:
+        raise StartupFailed("model", str(exc), exc.action) from exc
+    database = Database(create_db_engine(settings), settings.database_pool_size)
+    try:
+        log.info("startup.database", database=database.describe())
+        wait_for_database(database.engine, settings.database_wait_s)
+        prepare_schema(database.engine, settings)
+        try:
+            classifier = load_classifier(settings, weights)
+        except ModelLoadError as exc:
+            raise StartupFailed("model", str(exc), exc.action) from exc
+    except BaseException:
+        database.dispose()
+        raise
+    return Prepared(database, classifier)
+
+
+def wait_for_database(engine: Engine, wait_s: float) -> None:
+    """Containers may start before their database: retry for up to `wait_s` (0: one attempt)."""
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            reason = describe_failure(exc)
+            if time.monotonic() + _DATABASE_RETRY_INTERVAL_S > deadline:
+                raise StartupFailed(
+                    "database",
+                    reason,
+                    "check DATABASE_URL and that the database server is up; "
+                    "DATABASE_WAIT_S makes start-up wait for it",
+                ) from exc
+            log.warning("db.wait", attempt=attempt, reason=reason)
+            time.sleep(_DATABASE_RETRY_INTERVAL_S)
+            continue
+        if attempt > 1:
+            log.info("db.reachable", attempt=attempt)
+        return
+
+
+def prepare_schema(engine: Engine, settings: Settings) -> None:
+    """Migrate to the head (MIGRATE_ON_START=true), or refuse to serve a schema that is not there."""
+    try:
+        if settings.database_create_all:
+            create_all_for_development(engine)
+        elif settings.migrate_on_start:
+            upgrade_to_head(engine)
+        else:
+            with engine.connect() as connection:
+                problem = schema_problem(connection, create_all_mode=False)
+            if problem is not None:
+                raise StartupFailed(
+                    "schema",
+                    problem,
+                    "run `visinspect db upgrade` (the migrate Job), or set MIGRATE_ON_START=true",
+                )
+    except CommandError as exc:  # e.g. a revision in the database that this release lacks
+        raise StartupFailed(
+            "schema",
+            str(exc),
+            "the database was migrated by a newer release: run that release or a newer one",
+        ) from exc
+    except SQLAlchemyError as exc:
+        raise StartupFailed(
+            "database", describe_failure(exc), "check the database's log and permissions"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The use cases the API and the CLI call, and what /health and /metrics look at."""
+
+    predictions: PredictionService
+    history: HistoryService
+    readiness: ReadinessService
+    classifier: Classifier
+    batcher: MicroBatcher
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings,
+    prepared: Prepared,
+    on_batch: Callable[[int, float], None] | None = None,
+) -> AsyncIterator[Services]:
+    """Start the batcher and the writer, build the services; on exit, stop both after writing
+    what is queued (the server has drained its requests by then)."""
+    batcher = MicroBatcher(
+        prepared.classifier,
+        settings.max_batch_size,
+        settings.batch_max_wait_ms,
+        settings.max_queue,
+        on_batch=on_batch,
+    )
+    writer = PredictionWriter(prepared.database)
+    batcher.start()
+    writer.start()
+    runner = InferenceRunner(
+        prepared.classifier, batcher, settings.max_image_pixels, settings.decode_threads
+    )
+    predictions = PredictionService(
+        runner,
+        writer,
+        timeout_s=settings.request_timeout_s,
+        default_top_k=settings.default_top_k,
+        max_batch_files=settings.max_batch_files,
+    )
+    history = HistoryService(prepared.database)
+    readiness = ReadinessService(
+        prepared.database, prepared.classifier.identity, settings.database_create_all
+    )
+    try:
+        yield Services(predictions, history, readiness, prepared.classifier, batcher)
+    finally:
+        await batcher.close()
+        await writer.close()
+        log.info(
+            "shutdown.complete",
+            batches=batcher.stats.batches,
+            images=batcher.stats.images,
+            largest_batch=batcher.stats.largest,
+        )

@@ -1,0 +1,174 @@
+"""Plain helpers shared by the test modules (fixtures live in conftest.py).
+
+Real parts only: a PostgreSQL server (TEST_DATABASE_URL), real photos, real server processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from visinspect.config import Settings
+from visinspect.db.models import PredictionRecord
+from visinspect.inference.backends import InferenceBackend
+from visinspect.main import create_app
+from visinspect.startup import Services
+
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+VISINSPECT = str(Path(sys.executable).parent / "visinspect")
+
+
+def _skimage_data() -> Path:
+    spec = find_spec("skimage")
+    assert spec is not None, "scikit-image is a dev dependency"
+    assert spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+# Real photographs shipped in scikit-image's wheel (coffee.png, chelsea.png, ...).
+PHOTOS = _skimage_data()
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """Create an empty database on the test server; yield its URL; drop it afterwards."""
+    admin_url = make_url(TEST_DATABASE_URL)
+    name = f"visinspect_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def set_connections_allowed(database: str, allowed: bool) -> None:
+    """A real outage for one database: refuse new connections and cut the existing ones."""
+    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
+        )
+        if not allowed:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                {"d": database},
+            )
+    admin.dispose()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"database_url": database_url, "log_format": "console"}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextmanager
+def running_app(settings: Settings) -> Iterator[TestClient]:
+    """The real app with its lifespan run (migrations, model load), torn down afterwards."""
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def services_of(client: TestClient) -> Services:
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    return services
+
+
+def rows_with_request_id(client: TestClient, request_id: str) -> list[Any]:
+    """Read the table directly (not through the API) to check what a request really stored."""
+    engine = services_of(client).history.database.engine
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(PredictionRecord.__table__).where(PredictionRecord.request_id == request_id)
+        )
+        return list(rows)
+
+
+def count_rows(client: TestClient) -> int:
+    engine = services_of(client).history.database.engine
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(PredictionRecord)) or 0)
+
+
+class GatedBackend:
+    """Wraps the real backend; holds each forward pass until the test opens the gate."""
+
+    def __init__(self, inner: InferenceBackend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        self.release.wait(timeout=60)
+        return self.inner.logits(batch)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30, what: str = "") -> None:
+    """Poll `condition` until it holds; fail after `timeout_s` (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.01)
+
+
+# --- real server processes --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(**values: str) -> dict[str, str]:
+    """This process's environment without our settings, plus JSON logs and `values`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MODEL_"))}
+    env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", **values})
+    return env
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    """Every line the service printed must be a JSON object."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]
+
+
+def is_ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_ready(base: str, process: subprocess.Popen[Any], timeout_s: float = 90) -> None:
+    def ready_or_exited() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early with status {process.returncode}")
+        return is_ready(base)
+
+    wait_until(ready_or_exited, timeout_s, f"{base} to become ready")
