@@ -40,6 +40,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
     WORKERS=1 \
+    DATABASE_WAIT_S=60 \
     LOG_FORMAT=json \
     MODEL_CACHE_DIR=/opt/visinspect/model-cache \
     DATABASE_URL=sqlite:////app/visinspect.db

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run test audit chromium containers bench bench-smoke lint typecheck pytest postgres hey clean
+.PHONY: run test audit install-check chromium containers bench bench-smoke lint typecheck pytest postgres hey clean
 
 run: $(VENV)/.installed
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect serve
@@ -16,6 +16,10 @@ test: $(VENV)/.installed-dev postgres chromium lint typecheck pytest
 # Installed packages against PyPI's advisories; fails on a vulnerability that has a fix.
 audit: $(VENV)/.installed-dev
 	$(BIN)/python scripts/audit.py
+
+# A fresh venv with `pip install .` (no extras) runs the README's commands: runtime deps suffice.
+install-check: $(VENV)/.installed-dev
+	PIP_ARGS="$(PIP_ARGS)" bash scripts/install-check.sh
 
 # The container deliverables (Dockerfile, compose, Kubernetes), built and run for real; needs root.
 containers: $(VENV)/.installed-dev postgres

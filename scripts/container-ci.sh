@@ -88,12 +88,15 @@ echo "built in $((SECONDS - started)) s; size $(docker image inspect -f '{{.Size
 docker run --rm --entrypoint sh "$IMAGE" -c \
   'test "$(id -u)" = 10001 && ! pip list 2>/dev/null | grep -qi nvidia && python3 -c "import torch; assert not torch.cuda.is_available()"'
 echo "runs as uid 10001, no CUDA libraries"
+docker run --rm --entrypoint visinspect "$IMAGE" classify --help >/dev/null
+docker run --rm --entrypoint python3 "$IMAGE" -c "from visinspect.client import Client"
+echo "the image runs \`visinspect classify --help\` and imports the client"
 
 step "3. one container: migrate, healthy, classify, row, SIGTERM under load"
 db_url=$(new_database)
 port=$(free_port)
 docker run -d --name visinspect-smoke --network host --stop-timeout 40 \
-  -e DATABASE_URL="$db_url" -e HOST=127.0.0.1 -e PORT="$port" -e DB_WAIT_INTERVAL_S=1 "$IMAGE" >/dev/null
+  -e DATABASE_URL="$db_url" -e HOST=127.0.0.1 -e PORT="$port" "$IMAGE" >/dev/null
 containers+=(visinspect-smoke)
 wait_healthy visinspect-smoke 90
 curl -fsS "http://127.0.0.1:$port/health" && echo

@@ -89,26 +89,35 @@ def client(request: pytest.FixtureRequest) -> TestClient:
     return fixture
 
 
-@pytest.fixture(scope="session")
-def migrated_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('rows') / 'rows.db'}"
+def _migrated(url: str) -> str:
     engine = create_engine(url)
     upgrade_to_head(engine)
     engine.dispose()
     return url
 
 
+@pytest.fixture(scope="session")
+def empty_postgres_url() -> Iterator[str]:
+    """Migrated, and kept empty: only rolled-back transactions (`database`) use it."""
+    with fresh_postgres_database() as url:
+        yield _migrated(url)
+
+
+@pytest.fixture(scope="session")
+def empty_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _migrated(f"sqlite:///{tmp_path_factory.mktemp('rows') / 'rows.db'}")
+
+
 @pytest.fixture(params=["postgresql", "sqlite"])
 def database(
-    request: pytest.FixtureRequest, postgres_url: str, migrated_sqlite_url: str
+    request: pytest.FixtureRequest, empty_postgres_url: str, empty_sqlite_url: str
 ) -> Iterator[Database]:
     """A `Database` on the migrated schema whose every transaction is nested in one outer
     transaction that is rolled back afterwards: a test sees only its own rows, and no app starts."""
     if request.param == "postgresql":
-        engine = create_engine(postgres_url)
-        upgrade_to_head(engine)  # the session's app may not have started yet
+        engine = create_engine(empty_postgres_url)
     else:
-        engine = create_engine(migrated_sqlite_url)
+        engine = create_engine(empty_sqlite_url)
         # pysqlite's own transaction handling defeats SAVEPOINT; let SQLAlchemy emit BEGIN
         # (the SQLAlchemy documentation's recipe for SQLite savepoints).
         event.listen(engine, "connect", _sqlite_autocommit_driver)

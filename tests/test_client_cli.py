@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from visinspect.client import Client, ServiceError
 
@@ -38,13 +39,27 @@ def test_client_round_trip(server: tuple[object, str, str], photos: Path) -> Non
         assert (refused.value.status, refused.value.code) == (400, "empty_file")
 
 
-def _classify(*args: str) -> subprocess.CompletedProcess[str]:
+def test_the_client_imports_no_server_side_package() -> None:
+    """A user's script that only talks to a server needs neither the ORM, the web framework nor
+    the model runtime (a fresh interpreter, so nothing else was imported before)."""
+    probe = (
+        "import sys; import visinspect.client; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'sqlalchemy', 'fastapi', 'starlette', 'torch', 'onnxruntime', 'alembic'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def _classify(*args: str, database_url: str = "sqlite://") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [VISINSPECT, "classify", "--no-progress", *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env={"PATH": "/usr/bin:/bin", "LOG_LEVEL": "WARNING", "DATABASE_URL": "sqlite://"},
+        env={"PATH": "/usr/bin:/bin", "LOG_LEVEL": "WARNING", "DATABASE_URL": database_url},
     )
 
 
@@ -73,10 +88,26 @@ def test_cli_against_a_server(
     assert "corrupt_image" in partial.stdout
 
 
-def test_cli_in_process_csv_and_exit_codes(photos: Path, tmp_path: Path) -> None:
-    result = _classify(str(photos / "coffee.png"), "--format", "csv", "--top-k", "2")
+def test_cli_in_process_records_like_the_server(photos: Path, tmp_path: Path) -> None:
+    """No --url: the same start-up and PredictionService in this process; rows in DATABASE_URL."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    result = _classify(
+        str(photos / "coffee.png"), "--format", "csv", "--top-k", "2", database_url=url
+    )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["rank"], r["class_name"]) for r in rows] == [("1", "espresso"), ("2", "cup")]
+    assert {r["record_id"] for r in rows} == {"1"}
+    again = _classify(str(photos / "camera.png"), "--format", "jsonl", database_url=url)
+    assert json.loads(again.stdout)["record_id"] == 2
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT class_name, request_id FROM predictions")).all()
+    engine.dispose()
+    assert [name for name, _ in stored] == ["espresso", "tripod"]
+    assert all(request_id.startswith("cli-") for _, request_id in stored)
+
+
+def test_cli_exit_codes(photos: Path, tmp_path: Path) -> None:
     assert _classify(str(tmp_path / "nothing-*.png")).returncode == 2
     assert _classify(str(photos / "coffee.png"), "--url", "http://127.0.0.1:9").returncode == 3

@@ -52,5 +52,6 @@ def configure_logging(level: str, fmt: str) -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
     # Alembic narrates every context it opens (also for each readiness probe); `db.migrated` says
-    # what matters.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # what matters. httpx logs every request the client or `visinspect classify --url` makes.
+    for chatty in ("alembic", "httpx"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

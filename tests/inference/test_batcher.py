@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import anyio
 import numpy as np
 import pytest
 
@@ -46,6 +47,13 @@ def recording(classifier: Classifier) -> RecordingBackend:
     classifier.backend = original
 
 
+async def queued(batcher: MicroBatcher, count: int, timeout_s: float = 30) -> None:
+    """Yield to the loop until exactly `count` images wait (a condition, not a guessed sleep)."""
+    with anyio.fail_after(timeout_s):
+        while batcher.queued != count:  # noqa: ASYNC110 - polled: the queue has no event
+            await asyncio.sleep(0.001)
+
+
 def pixels(classifier: Classifier, name: str) -> np.ndarray:
     return preprocess((PHOTOS / name).read_bytes(), classifier.preprocessing, 10**8).pixels
 
@@ -74,7 +82,7 @@ async def test_requests_that_queue_up_share_one_pass(
         first = asyncio.ensure_future(batcher.classify(coffee, 1))
         await asyncio.to_thread(recording.entered.wait, 30)  # the first pass is now running
         rest = [asyncio.ensure_future(batcher.classify(im, 2)) for im in [coffee, cat] * 5]
-        await asyncio.sleep(0.05)  # all ten are queued behind the running pass
+        await queued(batcher, 10)  # all ten wait behind the running pass
         recording.release.set()
         results = await asyncio.gather(first, *rest)
     finally:
@@ -94,7 +102,7 @@ async def test_batch_size_is_capped(classifier: Classifier, recording: Recording
         first = asyncio.ensure_future(batcher.classify(image, 1))
         await asyncio.to_thread(recording.entered.wait, 30)
         rest = [asyncio.ensure_future(batcher.classify(image, 1)) for _ in range(9)]
-        await asyncio.sleep(0.05)
+        await queued(batcher, 9)
         recording.release.set()
         await asyncio.gather(first, *rest)
     finally:
@@ -110,7 +118,8 @@ async def test_max_wait_gathers_a_fuller_batch(
     image = pixels(classifier, "coffee.png")
     try:
         first = asyncio.ensure_future(batcher.classify(image, 1))
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0)  # `first` is queued
+        await queued(batcher, 0)  # ... and taken: the batcher now waits up to 300 ms for more
         second = asyncio.ensure_future(batcher.classify(image, 1))
         await asyncio.gather(first, second)
     finally:
@@ -129,7 +138,7 @@ async def test_full_queue_is_refused_at_once(
         running = asyncio.ensure_future(batcher.classify(image, 1))
         await asyncio.to_thread(recording.entered.wait, 30)
         waiting = [asyncio.ensure_future(batcher.classify(image, 1)) for _ in range(2)]
-        await asyncio.sleep(0)
+        await queued(batcher, 2)
         with pytest.raises(Overloaded, match="MAX_QUEUE"):
             await batcher.classify(image, 1)
         recording.release.set()

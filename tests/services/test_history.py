@@ -1,0 +1,123 @@
+"""HistoryService: pages, one record, statistics, and the filters' validation, on rows written
+with chosen timestamps (so day boundaries are tested on purpose, never by the clock), inside a
+transaction that is rolled back (PostgreSQL and SQLite)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy.orm import Session
+
+from visinspect.db import repository
+from visinspect.db.models import PredictionRecord
+from visinspect.db.session import Database
+from visinspect.errors import InvalidRequest, InvalidTimeRange, PredictionNotFound
+from visinspect.services.history import HistoryFilter, HistoryService
+
+pytestmark = pytest.mark.anyio
+
+MIDNIGHT = datetime(2026, 3, 1, tzinfo=UTC)  # the rows straddle it
+ROWS = [  # (seconds from MIDNIGHT, class_name)
+    (-120, "espresso"),
+    (-60, "tripod"),
+    (-1, "espresso"),
+    (0, "espresso"),
+    (3600, "tabby"),
+]
+
+
+def record(moment: datetime, class_name: str) -> PredictionRecord:
+    return PredictionRecord(
+        created_at=moment,
+        request_id=f"history-{moment.timestamp()}",
+        model_name="efficientnet_lite0",
+        model_version="sha256:0",
+        backend="onnxruntime",
+        class_id=0,
+        class_name=class_name,
+        confidence=0.5,
+        predictions=[{"class_id": 0, "class_name": class_name, "confidence": 0.5}],
+        image_sha256=("a" if class_name == "tabby" else "0") * 64,
+        image_width=1,
+        image_height=1,
+        image_format="PNG",
+        image_bytes=1,
+        filename=None,
+        latency_ms=1.0,
+    )
+
+
+@pytest.fixture
+async def history(database: Database) -> HistoryService:
+    def add(session: Session) -> None:
+        repository.add_predictions(
+            session, [record(MIDNIGHT + timedelta(seconds=s), c) for s, c in ROWS]
+        )
+
+    await database.run(add)
+    return HistoryService(database)
+
+
+async def test_statistics_count_per_class_and_per_utc_day(history: HistoryService) -> None:
+    stats = await history.stats(HistoryFilter(), top_classes=10)
+    assert stats.total == 5
+    assert stats.by_class == [("espresso", 3), ("tabby", 1), ("tripod", 1)]
+    assert stats.by_day == [(date(2026, 2, 28), 3), (date(2026, 3, 1), 2)]
+
+
+async def test_statistics_filters(history: HistoryService) -> None:
+    only = await history.stats(HistoryFilter(class_name="espresso"), top_classes=10)
+    assert (only.total, only.by_day) == (3, [(date(2026, 2, 28), 2), (date(2026, 3, 1), 1)])
+    after = await history.stats(HistoryFilter(created_after=MIDNIGHT), top_classes=1)
+    assert (after.total, after.by_class) == (2, [("espresso", 1)])
+    # A zone other than UTC: 01:00+01:00 is midnight UTC, and created_before is exclusive.
+    before = HistoryFilter(
+        created_before=datetime(2026, 3, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    )
+    assert (await history.stats(before, top_classes=10)).total == 3
+
+
+async def test_pages_are_newest_first_with_a_total(history: HistoryService) -> None:
+    first = await history.page(HistoryFilter(), limit=2, offset=0)
+    second = await history.page(HistoryFilter(), limit=2, offset=2)
+    assert first.total == second.total == 5
+    assert [r.class_name for r in first.records + second.records] == [
+        "tabby",
+        "espresso",
+        "espresso",
+        "tripod",
+    ]
+    naive = HistoryFilter(created_after=datetime(2026, 3, 1), image_sha256="A" * 64)  # UTC
+    assert [r.class_name for r in (await history.page(naive, 10, 0)).records] == ["tabby"]
+
+
+async def test_one_record_or_not_found(history: HistoryService) -> None:
+    newest = (await history.page(HistoryFilter(), limit=1, offset=0)).records[0]
+    assert (await history.get(newest.id)).class_name == "tabby"
+    with pytest.raises(PredictionNotFound):
+        await history.get(newest.id + 1000)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        HistoryFilter(created_after=MIDNIGHT, created_before=MIDNIGHT),
+        HistoryFilter(created_after=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))),
+        HistoryFilter(
+            created_before=datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14)))
+        ),
+    ],
+    ids=["empty range", "before year 1 in UTC", "after year 9999 in UTC"],
+)
+async def test_impossible_time_ranges_are_refused(
+    history: HistoryService, where: HistoryFilter
+) -> None:
+    with pytest.raises(InvalidTimeRange):
+        await history.page(where, 10, 0)
+
+
+async def test_control_characters_in_a_class_name_are_refused(history: HistoryService) -> None:
+    """PostgreSQL refuses NUL in text: a 422 on every database, never a driver error."""
+    with pytest.raises(InvalidRequest, match="control characters"):
+        await history.stats(HistoryFilter(class_name="a\x00b"), top_classes=10)

@@ -1,0 +1,194 @@
+"""PredictionService: bytes -> classification -> committed record, on the real model and a real
+database (PostgreSQL and SQLite), each test inside a transaction that is rolled back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import func, select, text
+
+from tests.support import GatedBackend, make_settings
+from visinspect.db.models import PredictionRecord
+from visinspect.db.session import Database
+from visinspect.errors import (
+    CorruptImage,
+    EmptyImage,
+    NotAnImage,
+    RecordNotStored,
+    RequestTimedOut,
+    TooManyFiles,
+)
+from visinspect.inference.model import Classifier
+from visinspect.services.predictions import Upload, clean_filename
+from visinspect.startup import Prepared, Services, open_services
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def services(database: Database, classifier: Classifier) -> AsyncIterator[Services]:
+    settings = make_settings("sqlite://", max_batch_files=3, request_timeout_s=5)
+    async with open_services(settings, Prepared(database, classifier)) as started:
+        yield started
+
+
+async def rows(database: Database) -> int:
+    def count(session: object) -> int:
+        return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)  # type: ignore[attr-defined]
+
+    return await database.run(count)
+
+
+async def test_a_classified_upload_is_a_committed_record_with_the_models_identity(
+    services: Services, database: Database, photos: Path, classifier: Classifier
+) -> None:
+    upload = Upload((photos / "coffee.png").read_bytes(), "coffee.png")
+    record = await services.predictions.classify_and_record(upload, request_id="svc-1", top_k=2)
+    assert record.id is not None
+    assert (record.model_name, record.model_version, record.backend) == (
+        classifier.identity.name,
+        classifier.identity.version,
+        classifier.identity.backend,
+    )
+    assert record.class_name == "espresso"
+    assert [p["class_name"] for p in record.predictions] == ["espresso", "cup"]
+    assert (record.request_id, record.filename, record.image_bytes) == (
+        "svc-1",
+        "coffee.png",
+        len(upload.data),
+    )
+    fetched = await services.history.get(record.id)  # read back in a new transaction
+    assert (fetched.id, fetched.predictions, fetched.created_at) == (
+        record.id,
+        record.predictions,
+        record.created_at,
+    )
+    assert await rows(database) == 1
+
+
+async def test_default_top_k_applies(services: Services, photos: Path) -> None:
+    upload = Upload((photos / "camera.png").read_bytes())
+    record = await services.predictions.classify_and_record(upload, request_id="svc-2")
+    assert len(record.predictions) == 3
+    assert record.filename is None
+
+
+async def test_a_batch_gives_each_file_its_outcome_in_order(
+    services: Services, database: Database, photos: Path
+) -> None:
+    uploads = [
+        Upload((photos / "coffee.png").read_bytes(), "coffee.png"),
+        Upload(b"", "empty.png"),
+        Upload(b"plain text", "notes.txt"),
+    ]
+    outcomes = await services.predictions.classify_many(uploads, request_id="svc-3")
+    assert isinstance(outcomes[0], PredictionRecord)
+    assert isinstance(outcomes[1], EmptyImage)
+    assert isinstance(outcomes[2], NotAnImage)
+    assert await rows(database) == 1
+    with pytest.raises(TooManyFiles, match="MAX_BATCH_FILES"):
+        await services.predictions.classify_many(uploads * 2, request_id="svc-4")
+
+
+async def test_a_bad_upload_stores_nothing(services: Services, database: Database) -> None:
+    with pytest.raises(CorruptImage):
+        await services.predictions.classify_and_record(
+            Upload(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40), request_id="svc-5"
+        )
+    assert await rows(database) == 0
+
+
+async def test_the_timeout_answers_and_stores_nothing(
+    database: Database, classifier: Classifier, photos: Path
+) -> None:
+    """The model is held inside a pass (a gate, not a slow machine) until the timeout fired."""
+    settings = make_settings("sqlite://", request_timeout_s=0.2)
+    gate = GatedBackend(classifier.backend)
+    classifier.backend = gate
+    try:
+        async with open_services(settings, Prepared(database, classifier)) as services:
+            upload = Upload((photos / "coffee.png").read_bytes())
+            with pytest.raises(RequestTimedOut, match="REQUEST_TIMEOUT_S"):
+                await services.predictions.classify_and_record(upload, request_id="svc-6")
+            gate.release.set()
+    finally:
+        gate.release.set()
+        classifier.backend = gate.inner
+    assert await rows(database) == 0
+
+
+async def test_a_row_the_database_refuses_is_record_not_stored_not_an_outage(
+    services: Services, database: Database, photos: Path
+) -> None:
+    """A real refusal (a constraint/trigger added inside the test's transaction), not a mock:
+    it is a 500-class error carrying the driver's error, never DatabaseUnavailable (a 503)."""
+
+    def refuse_inserts(session: object) -> None:
+        connection = session.connection()  # type: ignore[attr-defined]
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("ALTER TABLE predictions ADD CONSTRAINT refuse_all CHECK (confidence < 0)")
+            )
+        else:
+            connection.execute(
+                text(
+                    "CREATE TRIGGER refuse_all BEFORE INSERT ON predictions "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            )
+
+    await database.run(refuse_inserts)
+    upload = Upload((photos / "coffee.png").read_bytes())
+    with pytest.raises(RecordNotStored) as refused:
+        await services.predictions.classify_and_record(upload, request_id="svc-7")
+    assert refused.value.code == "internal_error"
+    assert refused.value.__cause__ is not None
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("coffee.png", "coffee.png"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\photo.jpg", "photo.jpg"),
+        ("nul\x00byte.png", "nulbyte.png"),
+        ("bidi\u202egnp.exe", "bidignp.exe"),
+        ("tab\tand\nnewline.png", "tabandnewline.png"),
+        ("x" * 1000 + ".png", "x" * 255),
+        ("", None),
+        (None, None),
+        ("dir/", None),
+        ("\x00\x01", None),
+    ],
+)
+def test_filenames_are_stored_safely(given: str | None, stored: str | None) -> None:
+    assert clean_filename(given) == stored
+
+
+async def test_a_nul_filename_is_stored_cleaned_on_every_database(
+    services: Services, photos: Path
+) -> None:
+    upload = Upload((photos / "coffee.png").read_bytes(), "a\x00b.png")
+    record = await services.predictions.classify_and_record(upload, request_id="svc-8")
+    assert (await services.history.get(record.id)).filename == "ab.png"
+
+
+async def test_concurrent_uploads_each_get_their_row(
+    database: Database, classifier: Classifier, photos: Path
+) -> None:
+    settings = make_settings("sqlite://")
+    data = (photos / "coffee.png").read_bytes()
+    async with (
+        open_services(settings, Prepared(database, classifier)) as services,
+        anyio.create_task_group() as group,
+    ):
+        for i in range(4):
+            group.start_soon(
+                lambda i=i: services.predictions.classify_and_record(
+                    Upload(data), request_id=f"svc-9-{i}"
+                )
+            )
+    assert await rows(database) == 4
