@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -48,3 +50,19 @@ def test_plain_postgres_urls_use_psycopg3(scheme: str) -> None:
 def test_invalid_settings_are_refused(values: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def test_home_in_paths_is_expanded_as_a_shell_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An .env file is not read by a shell: `~` must still mean the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".env").write_text("MODEL_CACHE_DIR=~/cache\nMODEL_WEIGHTS=~/w-0123abcd.pth\n")
+    settings = Settings(_env_file=tmp_path / ".env")  # type: ignore[call-arg]
+    assert settings.model_cache_dir == tmp_path / "cache"
+    assert settings.model_weights == tmp_path / "w-0123abcd.pth"
+
+
+def test_start_up_defaults() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.migrate_on_start, settings.database_wait_s) == (True, 0.0)
