@@ -29,8 +29,10 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     }
     if workers > 1:
         # uvicorn's supervisor starts fresh processes that import the app by name; each prepares
-        # again in its lifespan (the schema is at the head by now, so none migrates).
+        # again in its lifespan (the schema is at the head by now, so none migrates). The
+        # supervisor keeps no model of its own.
         prepared.close()
+        del prepared
         uvicorn.run("visinspect.main:create_app", factory=True, workers=workers, **options)
         return 0
     server = GracefulServer(
