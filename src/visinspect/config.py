@@ -100,7 +100,26 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=64, ge=1, le=100_000, description="Images waiting for the model; more = 503."
     )
-    decode_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    decode_workers: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)) + 1,
+        ge=1,
+        le=64,
+        description="Decoder processes (uploads decoded at once); default: usable CPUs + 1, so "
+        "one stays free while the others chew on hostile files.",
+    )
+    decode_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Longest decode of one upload; then the decoder is killed and the answer is 422.",
+    )
+    decode_max_memory_mb: int = Field(
+        default=384,
+        ge=32,
+        le=65536,
+        description="Memory one upload's decoding may take (header estimate and address-space cap); "
+        "more = 413.",
+    )
 
     default_top_k: int = Field(default=3, ge=1, le=1000)
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
@@ -163,6 +182,12 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url.removeprefix(prefix)
         return url
+
+    @model_validator(mode="after")
+    def _decode_within_request(self) -> Settings:
+        if self.decode_timeout_s >= self.request_timeout_s:
+            raise ValueError("DECODE_TIMEOUT_S must be below REQUEST_TIMEOUT_S")
+        return self
 
     @model_validator(mode="after")
     def _b0_needs_weights(self) -> Settings:

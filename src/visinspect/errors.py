@@ -59,6 +59,25 @@ class TooManyPixels(InvalidImage):
     code = "image_too_many_pixels"
 
 
+class ImageNeedsTooMuchMemory(TooManyPixels):
+    """Decoding would take more than DECODE_MAX_MEMORY_MB (estimated from the header, or found
+    out by the decoder's address-space limit) (413)."""
+
+    code = "image_too_large_to_decode"
+
+
+class ImageTooSlowToDecode(InvalidImage):
+    """Decoding did not finish within DECODE_TIMEOUT_S; the decoder was stopped (422)."""
+
+    code = "image_too_slow_to_decode"
+
+
+class DecoderCrashed(InvalidImage):
+    """The decoder process died on this file (422); a new one took its place."""
+
+    code = "undecodable_image"
+
+
 # --- the request itself is wrong -------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from visinspect.db.schema import create_all_for_development, schema_problem, upg
 from visinspect.db.session import Database, create_db_engine, describe_failure
 from visinspect.db.writer import PredictionWriter
 from visinspect.inference.batcher import MicroBatcher
+from visinspect.inference.decoders import DecoderLimits, DecoderPool
 from visinspect.inference.model import Classifier, ModelLoadError, load_classifier, verified_weights
 from visinspect.inference.runner import InferenceRunner
 from visinspect.services.health import ReadinessService
@@ -154,6 +155,7 @@ class Services:
     readiness: ReadinessService
     classifier: Classifier
     batcher: MicroBatcher
+    decoders: DecoderPool
 
 
 @asynccontextmanager
@@ -172,11 +174,19 @@ async def open_services(
         on_batch=on_batch,
     )
     writer = PredictionWriter(prepared.database)
+    decoders = DecoderPool(
+        DecoderLimits(
+            prepared.classifier.preprocessing,
+            settings.max_image_pixels,
+            settings.decode_max_memory_mb << 20,
+            settings.decode_timeout_s,
+        ),
+        settings.decode_workers,
+    )
+    await decoders.start()
     batcher.start()
     writer.start()
-    runner = InferenceRunner(
-        prepared.classifier, batcher, settings.max_image_pixels, settings.decode_threads
-    )
+    runner = InferenceRunner(prepared.classifier, batcher, decoders)
     predictions = PredictionService(
         runner,
         writer,
@@ -189,10 +199,11 @@ async def open_services(
         prepared.database, prepared.classifier.identity, settings.database_create_all
     )
     try:
-        yield Services(predictions, history, readiness, prepared.classifier, batcher)
+        yield Services(predictions, history, readiness, prepared.classifier, batcher, decoders)
     finally:
         await batcher.close()
         await writer.close()
+        await decoders.close()
         log.info(
             "shutdown.complete",
             batches=batcher.stats.batches,

@@ -105,7 +105,9 @@ def test_docs_can_be_switched_off(tmp_path: Path) -> None:
 def test_slow_classification_is_504_and_stores_nothing(tmp_path: Path, photos: Path) -> None:
     from tests.support import GatedBackend
 
-    settings = make_settings(f"sqlite:///{tmp_path / 't.db'}", request_timeout_s=0.5)
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 't.db'}", request_timeout_s=0.5, decode_timeout_s=0.4
+    )
     with running_app(settings) as client:
         classifier = services_of(client).classifier
         gate = GatedBackend(classifier.backend)

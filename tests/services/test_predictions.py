@@ -105,7 +105,7 @@ async def test_the_timeout_answers_and_stores_nothing(
     database: Database, classifier: Classifier, photos: Path
 ) -> None:
     """The model is held inside a pass (a gate, not a slow machine) until the timeout fired."""
-    settings = make_settings("sqlite://", request_timeout_s=0.2)
+    settings = make_settings("sqlite://", request_timeout_s=0.2, decode_timeout_s=0.1)
     gate = GatedBackend(classifier.backend)
     classifier.backend = gate
     try:

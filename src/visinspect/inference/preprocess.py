@@ -22,6 +22,7 @@ from visinspect.errors import (
     AnimatedImage,
     CorruptImage,
     EmptyImage,
+    ImageNeedsTooMuchMemory,
     NotAnImage,
     TooManyPixels,
     UnsupportedImageFormat,
@@ -68,10 +69,17 @@ class DecodedImage:
     format: str
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open (header only) and validate format, frames and size; nothing is decoded yet."""
+def open_image(data: bytes, max_pixels: int, max_decode_bytes: int | None = None) -> Image.Image:
+    """Open (header only) and validate format, frames, size and the memory decoding will take;
+    nothing is decoded yet.
+
+    The format is recognised by its signature alone: bytes that do not start like a supported
+    format never reach a Pillow plugin (some would spend seconds probing a large file).
+    """
     if not data:
         raise EmptyImage("the uploaded file is empty")
+    if sniff_format(data) is None:
+        raise _not_supported(data)
     try:
         image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
@@ -91,9 +99,76 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         )
     if _is_animated(image):
         raise AnimatedImage(f"animated {image.format} images are not supported; send one frame")
+    if max_decode_bytes is not None:
+        needed = decode_memory_estimate(image)
+        if needed > max_decode_bytes:
+            raise ImageNeedsTooMuchMemory(
+                f"decoding this {width}x{height} {image.mode} {image.format} image would take "
+                f"about {needed >> 20} MiB; the limit is {max_decode_bytes >> 20} MiB "
+                "(DECODE_MAX_MEMORY_MB)"
+            )
     if image.format == "PNG":
         _verify_png(data)
     return image
+
+
+# Bytes per pixel of Pillow's decoded modes; unknown modes count as the widest.
+_MODE_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "PA": 2,
+    "La": 2,
+    "I;16": 2,
+    "I;16L": 2,
+    "I;16B": 2,
+    "I;16N": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+    "RGBA": 4,
+    "RGBa": 4,
+    "RGBX": 4,
+    "CMYK": 4,
+    "I": 4,
+    "F": 4,
+}
+
+
+def decode_memory_estimate(image: Image.Image, shorter_side: int | None = 256) -> int:
+    """What `decode_rgb` will hold at its peak for this image, from the header alone.
+
+    The decoded pixels (a JPEG at the DCT scale `decode_rgb` will choose; a GIF at the size of its
+    logical screen, whatever its frame) plus the copies each conversion to RGB makes: alpha is
+    composited through RGBA, 16-bit samples widened to 32 bits, EXIF rotation copies the image.
+    """
+    width, height = _draft_size(image, shorter_side)
+    pixels = width * height
+    mode = image.mode
+    decoded = pixels * _MODE_BYTES.get(mode, 4)
+    if mode == "RGB":
+        conversion = 0
+    elif mode in _SIXTEEN_BIT_MODES:
+        conversion = pixels * (4 + 1 + 3)  # uint32 samples, uint8 samples, RGB
+    elif mode in _ALPHA_MODES or "transparency" in image.info:
+        conversion = pixels * (4 + 4 + 4 + 3)  # RGBA, white background, composite, RGB
+    else:
+        conversion = pixels * 3
+    rotation = decoded if _orientation(image) != 1 else 0
+    return decoded + conversion + rotation
+
+
+def _draft_size(image: Image.Image, shorter_side: int | None) -> tuple[int, int]:
+    """The size a JPEG is decoded at by `decode_rgb` (libjpeg scales by 1/2, 1/4 or 1/8)."""
+    width, height = image.size
+    if shorter_side is None or image.format != "JPEG":
+        return width, height
+    scale = 1
+    while scale < 8 and min(width, height) / (scale * 2) >= shorter_side:
+        scale *= 2
+    return math.ceil(width / scale), math.ceil(height / scale)
 
 
 def _verify_png(data: bytes) -> None:
@@ -119,23 +194,54 @@ _SIGNATURES = {
 }
 
 
-def _unidentified(data: bytes) -> Exception:
-    """Tell a damaged image, a real image in a format we refuse, and a non-image apart."""
+# Other image formats, recognised by signature only to name them in the 415 (never parsed).
+_OTHER_SIGNATURES = {
+    b"8BPS": "PSD",
+    b"\x00\x00\x01\x00": "ICO",
+    b"\x00\x00\x02\x00": "CUR",
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n": "JPEG2000",
+    b"\xffO\xffQ": "JPEG2000",
+    b"\xff\x0a": "JPEG XL",
+    b"\x00\x00\x00\x0cJXL \r\n\x87\n": "JPEG XL",
+    b"qoif": "QOI",
+    b"DDS ": "DDS",
+    b"v/1\x01": "OpenEXR",
+    b"#?RADIANCE": "HDR",
+    b"icns": "ICNS",
+    b"SIMPLE  =": "FITS",
+    b"gimp xcf": "XCF",
+    b"\x0a\x05\x01": "PCX",
+    **{f"P{n}".encode(): "PPM" for n in range(1, 8)},
+}
+_ISO_MEDIA_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The supported format these bytes claim by their signature, or None."""
     claimed = next((fmt for sig, fmt in _SIGNATURES.items() if data.startswith(sig)), None)
     if claimed is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         claimed = "WEBP"
-    if claimed is not None:
-        return CorruptImage(f"the file starts like a {claimed} image but cannot be read")
-    try:
-        with Image.open(io.BytesIO(data)) as other:
-            found = other.format
-    except Exception:  # any parser failure means the same thing here: not an image
+    return claimed
+
+
+def _not_supported(data: bytes) -> Exception:
+    """415: a real image in a format we refuse (named when its signature is known), or not an
+    image at all. Decided from the first bytes; nothing is parsed."""
+    other = next((fmt for sig, fmt in _OTHER_SIGNATURES.items() if data.startswith(sig)), None)
+    if other is None and data[4:8] == b"ftyp":
+        other = _ISO_MEDIA_BRANDS.get(data[8:12])
+    if other is None:
         return NotAnImage(
             "the uploaded file is not an image (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)"
         )
     return UnsupportedImageFormat(
-        f"{found} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}"
+        f"{other} images are not supported; send one of {', '.join(SUPPORTED_FORMATS)}"
     )
+
+
+def _unidentified(data: bytes) -> Exception:
+    """The signature said a supported format, yet Pillow cannot open it: a damaged image."""
+    return CorruptImage(f"the file starts like a {sniff_format(data)} image but cannot be read")
 
 
 def _is_animated(image: Image.Image) -> bool:
@@ -231,13 +337,18 @@ def to_pixels(image: Image.Image, spec: Preprocessing) -> np.ndarray:
 
 
 def preprocess(
-    data: bytes, spec: Preprocessing, max_pixels: int, reduced_decode: bool = True
+    data: bytes,
+    spec: Preprocessing,
+    max_pixels: int,
+    reduced_decode: bool = True,
+    max_decode_bytes: int | None = None,
 ) -> DecodedImage:
     """The whole path from upload bytes to the network's input; raises InvalidImage subclasses.
 
     `reduced_decode=False` decodes every pixel: the reference transform, for equivalence tests.
+    `max_decode_bytes` refuses (413) an image whose decoding would take more memory.
     """
-    image = open_image(data, max_pixels)
+    image = open_image(data, max_pixels, max_decode_bytes)
     image_format = image.format or "unknown"
     width, height = _oriented_size(image)
     rgb = decode_rgb(image, spec.resize_size if reduced_decode else None)
@@ -248,9 +359,12 @@ def preprocess(
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
     """Size as displayed: EXIF orientations 5 to 8 swap width and height."""
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-    except _DECODE_ERRORS:
-        orientation = 1
     width, height = image.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except _DECODE_ERRORS:
+        return 1

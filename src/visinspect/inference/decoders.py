@@ -1,0 +1,240 @@
+"""Every decode bounded in time and memory: uploads are decoded in supervised worker processes.
+
+Pillow's decoders cannot be interrupted from the inside (a progressive JPEG with thousands of
+scans decodes for seconds), and their memory is allocated in C. So decoding runs where it can be
+stopped from the outside, and off the serving process's GIL:
+
+- **time**: the server waits at most DECODE_TIMEOUT_S for a worker's answer, then kills the
+  worker (its CPU is freed at once), answers 422 `image_too_slow_to_decode` and starts a new one;
+- **memory per upload**: before decoding, the worker estimates from the header what the pipeline
+  will hold (`preprocess.decode_memory_estimate`) and refuses more than DECODE_MAX_MEMORY_MB with
+  413; its address space is capped as well (RLIMIT_AS: its size when idle, plus that budget, plus
+  a margin), so an estimate that is wrong still cannot take the host's memory;
+- **memory of all uploads together**: at most DECODE_WORKERS decodes run at once, each within its
+  budget; a worker whose resident memory stayed high after a job is replaced, so memory returns to
+  its baseline after an attack.
+
+Workers are forked from a forkserver that has imported the decoding code once: a replacement is
+ready in milliseconds, and no worker inherits the serving process's threads. Nothing here imports
+torch; a worker holds NumPy, Pillow and the preprocessing code only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import resource
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from visinspect.errors import (
+    CorruptImage,
+    DecoderCrashed,
+    ImageNeedsTooMuchMemory,
+    ImageTooSlowToDecode,
+    VisinspectError,
+)
+from visinspect.inference.preprocess import DecodedImage, Preprocessing, preprocess
+
+log = structlog.get_logger("visinspect.decoders")
+
+# Room in the worker's address space beyond its idle size and the decode budget (Pillow's
+# block allocator, NumPy temporaries, the reply).
+ADDRESS_SPACE_MARGIN = 128 << 20
+# A worker whose resident memory grew by more than this while decoding is replaced.
+RESIDENT_GROWTH_LIMIT = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderLimits:
+    preprocessing: Preprocessing
+    max_pixels: int
+    max_decode_bytes: int  # per upload: the estimate's bound and the address-space budget
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    image: DecodedImage
+    sha256: str
+    decode_ms: float
+
+
+class DecoderPool:
+    """DECODE_WORKERS processes; `decode` borrows an idle one for one upload."""
+
+    def __init__(self, limits: DecoderLimits, workers: int) -> None:
+        self.limits = limits
+        self.size = workers
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["visinspect.inference.decoders"])
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.replaced = 0  # workers killed or recycled, for the logs and the tests
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        for _ in range(self.size):
+            self._idle.put_nowait(await anyio.to_thread.run_sync(self._spawn))
+        log.info(
+            "decoders.started",
+            workers=self.size,
+            timeout_s=self.limits.timeout_s,
+            max_memory_mb=self.limits.max_decode_bytes >> 20,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    async def decode(self, data: bytes) -> Decoded:
+        """Decode and preprocess one upload in a worker; raises InvalidImage subclasses."""
+        worker = await self._idle.get()
+        reusable = False
+        try:
+            outcome, reusable = await anyio.to_thread.run_sync(
+                worker.decode, data, self.limits.timeout_s
+            )
+        finally:
+            if reusable:
+                self._idle.put_nowait(worker)
+            else:
+                self._replace(worker)
+        if isinstance(outcome, VisinspectError):
+            raise outcome
+        return outcome
+
+    def _spawn(self) -> _Worker:
+        return _Worker(self._context, self.limits)
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill the worker now; its successor joins the idle queue when it has started."""
+        worker.kill()
+        self.replaced += 1
+        if self._closed:
+            return
+
+        async def successor() -> None:
+            self._idle.put_nowait(await anyio.to_thread.run_sync(self._spawn))
+
+        task = asyncio.get_running_loop().create_task(successor())
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._replacing):
+            await task
+        while not self._idle.empty():
+            self._idle.get_nowait().kill()
+
+
+class _Worker:
+    """One decoder process and the pipe to it. Used by one thread at a time."""
+
+    def __init__(self, context: Any, limits: DecoderLimits) -> None:
+        parent_end, child_end = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(child_end, limits), name="visinspect-decoder", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+        self.connection: multiprocessing.connection.Connection = parent_end
+        self.idle_rss: int = self.connection.recv()  # the worker's hello: it is ready
+
+    def decode(self, data: bytes, timeout_s: float) -> tuple[Decoded | VisinspectError, bool]:
+        """The decoded upload or why it was refused, and whether this worker may be used again.
+        Raises (and the worker must go) when it overran its time or died."""
+        started = time.perf_counter()
+        try:
+            self.connection.send_bytes(data)
+            if not self.connection.poll(timeout_s):
+                raise ImageTooSlowToDecode(
+                    f"decoding did not finish within {timeout_s} s (DECODE_TIMEOUT_S); "
+                    "the file was abandoned"
+                )
+            outcome, warnings_seen, rss = self.connection.recv()
+        except (EOFError, OSError):
+            raise DecoderCrashed(
+                f"the decoder stopped on this file (exit code {self._exit_code()}); "
+                "it cannot be decoded within the service's limits"
+            ) from None
+        for message in warnings_seen:  # through the JSON logs, never as stray stderr text
+            log.warning("decode.warning", message=message)
+        reusable = rss - self.idle_rss <= RESIDENT_GROWTH_LIMIT
+        if isinstance(outcome, VisinspectError):
+            return outcome, reusable  # refused, not failed: the worker carries on
+        image, sha256 = outcome
+        return Decoded(image, sha256, (time.perf_counter() - started) * 1000), reusable
+
+    def _exit_code(self) -> int | None:
+        self.process.join(timeout=1)
+        code: int | None = self.process.exitcode
+        return code
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.connection.close()
+
+
+def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLimits) -> None:
+    """The worker's loop: bytes in, (DecodedImage and digest, or the error) out."""
+    _cap_address_space(limits.max_decode_bytes + ADDRESS_SPACE_MARGIN)
+    connection.send(_resident_bytes())
+    while True:
+        try:
+            data = connection.recv_bytes()
+        except EOFError:  # the server closed the pipe: stop
+            return
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outcome = _decode(data, limits)
+        del data
+        seen = [f"{w.category.__name__}: {w.message}" for w in caught]
+        connection.send((outcome, seen, _resident_bytes()))
+
+
+def _decode(data: bytes, limits: DecoderLimits) -> object:
+    try:
+        image = preprocess(
+            data, limits.preprocessing, limits.max_pixels, max_decode_bytes=limits.max_decode_bytes
+        )
+    except VisinspectError as exc:
+        return exc
+    except MemoryError:
+        return ImageNeedsTooMuchMemory(
+            "decoding this image needs more memory than DECODE_MAX_MEMORY_MB allows"
+        )
+    except Exception as exc:  # a decoder's own failure on hostile bytes is not our fault
+        return CorruptImage(f"the image cannot be decoded: {type(exc).__name__}")
+    return image, hashlib.sha256(data).hexdigest()
+
+
+def _cap_address_space(extra: int) -> None:
+    """RLIMIT_AS = what this process maps now + `extra`: allocations beyond fail (MemoryError)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _status_kib("VmSize") * 1024 + extra
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _resident_bytes() -> int:
+    return _status_kib("VmRSS") * 1024
+
+
+def _status_kib(field: str) -> int:
+    with open(f"/proc/{os.getpid()}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
