@@ -97,6 +97,9 @@ class DecoderPool:
     async def decode(self, data: bytes) -> Decoded:
         """Decode and preprocess one upload in a worker; raises InvalidImage subclasses."""
         worker = await self._idle.get()
+        while not worker.process.is_alive():  # died while idle (e.g. the OOM killer): replace
+            self._replace(worker)
+            worker = await self._idle.get()
         reusable = False
         try:
             outcome, reusable = await anyio.to_thread.run_sync(

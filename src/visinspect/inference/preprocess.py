@@ -112,52 +112,60 @@ def open_image(data: bytes, max_pixels: int, max_decode_bytes: int | None = None
     return image
 
 
-# Bytes per pixel of Pillow's decoded modes; unknown modes count as the widest.
-_MODE_BYTES = {
-    "1": 1,
-    "L": 1,
-    "P": 1,
-    "LA": 2,
-    "PA": 2,
-    "La": 2,
-    "I;16": 2,
-    "I;16L": 2,
-    "I;16B": 2,
-    "I;16N": 2,
-    "RGB": 3,
-    "YCbCr": 3,
-    "LAB": 3,
-    "HSV": 3,
-    "RGBA": 4,
-    "RGBa": 4,
-    "RGBX": 4,
-    "CMYK": 4,
-    "I": 4,
-    "F": 4,
-}
+# Bytes per pixel in Pillow's own storage: every multi-band mode (RGB included) takes 4.
+_SINGLE_BYTE_MODES = frozenset({"1", "L", "P"})
+# Pillow keeps a pointer per row of every image: 1 x 60,000,000 pixels costs 480 MB in pointers.
+_ROW_POINTER_BYTES = 8
 
 
 def decode_memory_estimate(image: Image.Image, shorter_side: int | None = 256) -> int:
-    """What `decode_rgb` will hold at its peak for this image, from the header alone.
+    """What `decode_rgb` and `to_pixels` hold at their peak for this image, from the header alone.
 
-    The decoded pixels (a JPEG at the DCT scale `decode_rgb` will choose; a GIF at the size of its
-    logical screen, whatever its frame) plus the copies each conversion to RGB makes: alpha is
-    composited through RGBA, 16-bit samples widened to 32 bits, EXIF rotation copies the image.
+    Counts the decoded image (a JPEG at the DCT scale `decode_rgb` will choose; a GIF at the size
+    of its logical screen, whatever its frame) and every copy the conversion to RGB makes (alpha
+    is composited through RGBA on a white RGBA background; 16-bit samples go through 32-bit arrays;
+    EXIF rotation copies the image), each at Pillow's storage size, row pointers included.
     """
     width, height = _draft_size(image, shorter_side)
     pixels = width * height
     mode = image.mode
-    decoded = pixels * _MODE_BYTES.get(mode, 4)
+
+    def pillow_image(bytes_per_pixel: int) -> int:
+        return pixels * bytes_per_pixel + height * _ROW_POINTER_BYTES
+
+    if mode in _SINGLE_BYTE_MODES:
+        decoded = pillow_image(1)
+    elif mode in _SIXTEEN_BIT_MODES - {"I"}:
+        decoded = pillow_image(2)
+    else:
+        decoded = pillow_image(4)
     if mode == "RGB":
         conversion = 0
     elif mode in _SIXTEEN_BIT_MODES:
-        conversion = pixels * (4 + 1 + 3)  # uint32 samples, uint8 samples, RGB
+        # NumPy: the uint32 samples and two temporaries, the uint8 result; then L and RGB images.
+        conversion = pixels * (3 * 4 + 1) + pillow_image(1) + pillow_image(4)
     elif mode in _ALPHA_MODES or "transparency" in image.info:
-        conversion = pixels * (4 + 4 + 4 + 3)  # RGBA, white background, composite, RGB
+        conversion = 4 * pillow_image(4)  # RGBA, white background, composite, RGB
     else:
-        conversion = pixels * 3
-    rotation = decoded if _orientation(image) != 1 else 0
-    return decoded + conversion + rotation
+        conversion = pillow_image(4)
+    rotation = decoded if _header_orientation(image) != 1 else 0
+    return decoded + conversion + rotation + _progressive_jpeg_coefficients(image)
+
+
+def _progressive_jpeg_coefficients(image: Image.Image) -> int:
+    """libjpeg holds every DCT coefficient of a progressive JPEG (2 bytes per sample, at full
+    resolution whatever the output scale) until the last scan is read."""
+    if image.format != "JPEG" or not image.info.get("progressive"):
+        return 0
+    return image.width * image.height * 2 * len(image.getbands())
+
+
+def _header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation, without decoding: Pillow loads a whole PNG to look for an eXIf chunk
+    behind the pixels, so a PNG counts only what its header already carried."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return _orientation(image)
 
 
 def _draft_size(image: Image.Image, shorter_side: int | None) -> tuple[int, int]:
@@ -350,17 +358,13 @@ def preprocess(
     """
     image = open_image(data, max_pixels, max_decode_bytes)
     image_format = image.format or "unknown"
-    width, height = _oriented_size(image)
+    width, height = image.size  # before a JPEG's reduced-scale decode changes it
     rgb = decode_rgb(image, spec.resize_size if reduced_decode else None)
+    if _orientation(image) in (5, 6, 7, 8):  # as displayed: these orientations swap the sides
+        width, height = height, width
     return DecodedImage(
         pixels=to_pixels(rgb, spec), width=width, height=height, format=image_format
     )
-
-
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    """Size as displayed: EXIF orientations 5 to 8 swap width and height."""
-    width, height = image.size
-    return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
 
 
 def _orientation(image: Image.Image) -> int:
