@@ -22,13 +22,10 @@ from sqlalchemy.orm import sessionmaker
 
 from tests.support import (
     PHOTOS,
-    VISINSPECT,
-    environment,
-    free_port,
     fresh_postgres_database,
     make_settings,
     running_app,
-    wait_ready,
+    serving,
 )
 from visinspect.config import Settings
 from visinspect.db.schema import upgrade_to_head
@@ -141,23 +138,9 @@ def _sqlite_autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    """A real `visinspect serve` on a fresh database; its output goes to tmp_path/server.log (a file,
-    not a pipe, which would block the server once full)."""
-    with fresh_postgres_database() as url, (tmp_path / "server.log").open("w") as log_file:
-        port = free_port()
-        process = subprocess.Popen(
-            [VISINSPECT, "serve", "--port", str(port)],
-            env=environment(DATABASE_URL=url),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=tmp_path,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(base, process)
-            yield process, base, url
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    """A real `visinspect serve` on a fresh database; its log is tmp_path/server.log."""
+    with (
+        fresh_postgres_database() as url,
+        serving(url, tmp_path / "server.log") as (process, base),
+    ):
+        yield process, base, url

@@ -165,6 +165,32 @@ def is_ready(base: str) -> bool:
         return False
 
 
+@contextmanager
+def serving(
+    database_url: str, log_path: Path, **env: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A real `visinspect serve` on a free port, ready; its output goes to `log_path` (a file, not
+    a pipe, which would block the server once full). Killed afterwards if still running."""
+    with log_path.open("w") as log_file:
+        port = free_port()
+        process = subprocess.Popen(
+            [VISINSPECT, "serve", "--port", str(port)],
+            env=environment(DATABASE_URL=database_url, **env),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=log_path.parent,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, process)
+            yield process, base
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def wait_ready(base: str, process: subprocess.Popen[Any], timeout_s: float = 90) -> None:
     def ready_or_exited() -> bool:
         if process.poll() is not None:

@@ -131,6 +131,38 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="Decode + queue + inference limit; then 504."
     )
+    max_concurrent_requests: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Requests in progress per process; more are answered 503 at once.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="Open connections per process (uvicorn's limit_concurrency).",
+    )
+    http_max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1 << 20, description="Request line and headers; more = 431."
+    )
+    http_max_headers: int = Field(
+        default=100, ge=10, le=1000, description="Header fields; more = 431."
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="The headers must arrive within this; then 408."
+    )
+    http_body_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="The whole body must arrive within this; then 408."
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, le=3600, description="Idle keep-alive connections are closed after this."
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Proxies whose X-Forwarded-For/-Proto are trusted (comma-separated IPs or *); "
+        "empty = none, the peer address is the client.",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated keys (or sha256:<hex> of a key); empty = no authentication.",

@@ -53,5 +53,7 @@ def configure_logging(level: str, fmt: str) -> None:
     logging.getLogger("uvicorn.access").disabled = True
     # Alembic narrates every context it opens (also for each readiness probe); `db.migrated` says
     # what matters. httpx logs every request the client or `visinspect classify --url` makes.
+    # Library warnings (Pillow's, say) become log lines in the same format, not stray stderr text.
+    logging.captureWarnings(True)
     for chatty in ("alembic", "httpx"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -18,7 +18,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from visinspect import __version__
 from visinspect.api.errors import install_error_handlers
-from visinspect.api.limits import BodySizeLimitMiddleware
+from visinspect.api.limits import (
+    ApiKeyGateMiddleware,
+    ConcurrencyLimitMiddleware,
+    LimitedHttpToolsProtocol,
+    RequestBodyLimitsMiddleware,
+)
 from visinspect.api.middleware import RequestObservationMiddleware
 from visinspect.api.routes import health, predict, predictions
 from visinspect.api.routes import metrics as metrics_route
@@ -59,7 +64,16 @@ def create_app(settings: Settings | None = None, prepared: Prepared | None = Non
     if settings.docs_enabled:
         mount_docs(app)
     mount_ui(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    app.router.redirect_slashes = False  # a redirect would be built from the client's Host header
+    LimitedHttpToolsProtocol.configure(settings)  # header limits, for the server in this process
+    # Innermost first: body limits, then keys (checked before the body is read), concurrency.
+    app.add_middleware(
+        RequestBodyLimitsMiddleware,
+        max_body_bytes=settings.max_upload_bytes,
+        body_timeout_s=settings.http_body_timeout_s,
+    )
+    app.add_middleware(ApiKeyGateMiddleware, keys=app.state.api_keys)
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrent_requests)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -148,4 +148,6 @@ def test_unexpected_errors_are_a_generic_500_with_the_request_id(tmp_path: Path)
         }
     }
     assert response.headers["x-request-id"] == "trace-me-1"
+    assert response.headers["x-content-type-options"] == "nosniff"  # sent outside our middleware
+    assert "default-src 'none'" in response.headers["content-security-policy"]
     assert "secret" not in response.text

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visinspect import errors
 from visinspect.api.middleware import request_id_from
+from visinspect.api.security import SECURITY_HEADERS
 
 log = structlog.get_logger("visinspect.api")
 
@@ -41,8 +42,10 @@ STATUS_BY_ERROR: dict[type[errors.VisinspectError], int] = {
 }
 RETRY_AFTER_SECONDS = "5"
 _HTTP_CODES = {
+    400: "malformed_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
 }
@@ -132,7 +135,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("request.failed", error_type=type(exc).__name__)
-    return error_response(request, 500, "internal_error", INTERNAL_ERROR_MESSAGE)
+    # Sent by Starlette's outermost middleware, outside ours: add what they would have added.
+    headers = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
+    return error_response(request, 500, "internal_error", INTERNAL_ERROR_MESSAGE, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,35 +1,60 @@
-"""The request-body limit (MAX_UPLOAD_BYTES), enforced on every route while the body streams in.
+"""HTTP-level limits: what a connection or a request may cost before any route runs.
 
-A declared Content-Length over the limit is refused before a byte is read. A body without one
-(chunked) is counted as it arrives and cut off at the limit, so no request ever holds more than
-MAX_UPLOAD_BYTES in memory or in a spooled temporary file.
+- **Headers** (`LimitedHttpToolsProtocol`, uvicorn's httptools protocol with limits): at most
+  HTTP_MAX_HEADER_BYTES of request line and headers and HTTP_MAX_HEADERS fields (431), all of it
+  within HTTP_HEADER_TIMEOUT_S of the connection opening or the request starting (408): a
+  slowloris client trickling its headers is cut off, and nothing waits for a request that never
+  comes.
+- **Body** (`RequestBodyLimitsMiddleware`): a declared Content-Length over MAX_UPLOAD_BYTES is
+  refused before a byte is read, a chunked body is counted as it arrives (413), and the whole body
+  must arrive within HTTP_BODY_TIMEOUT_S (408), so no request holds more than MAX_UPLOAD_BYTES in
+  memory or in a spooled file, nor a connection forever.
+- **Keys before bodies** (`ApiKeyGateMiddleware`): with API_KEYS set, a protected route without a
+  valid key is answered 401/403 before its body is read.
+- **Concurrency** (`ConcurrencyLimitMiddleware`): at most MAX_CONCURRENT_REQUESTS requests in
+  progress; more are answered 503 `overloaded` at once, with Retry-After.
 
-(FastAPI's own `max_body_size` answers in plain text when a route never reads the body; this one
-always answers with the service's JSON error body.)
+Every refusal is the service's JSON error body with the security headers.
+(FastAPI's own `max_body_size` answers in plain text when a route never reads the body.)
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any, ClassVar
+
+import anyio
+import httptools
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from visinspect.api.errors import body_too_large_message, error_response
+from visinspect.api.errors import RETRY_AFTER_SECONDS, body_too_large_message, error_response
+from visinspect.api.security import SECURITY_HEADERS, ApiKeys, check_api_key
+from visinspect.config import Settings
+from visinspect.errors import VisinspectError
+
+# Routes that need a key when API_KEYS is set (the same routes declare it for OpenAPI).
+PROTECTED_PREFIXES = ("/predict", "/predictions")
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from `receive`; FastAPI passes HTTPExceptions from body parsing through unchanged,
-    so the JSON error handler answers it."""
+class _BodyRefused(HTTPException):
+    """Raised from `receive`. FastAPI's body parsing hands it to the JSON error handler
+    (`api/errors.py`); raised elsewhere, the middleware below answers it. Either way the
+    connection is closed: the rest of the body is not worth reading."""
 
-    def __init__(self) -> None:
-        super().__init__(status_code=413, headers={"Connection": "close"})
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(status_code, detail, headers={"Connection": "close"})
 
 
-class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+class RequestBodyLimitsMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,19 +62,23 @@ class BodySizeLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, self._too_large())
             return
-
+        deadline = anyio.current_time() + self.body_timeout_s
         received = 0
         response_started = False
 
-        async def counting_receive() -> Message:
+        async def limited_receive() -> Message:
             nonlocal received
-            message = await receive()
+            try:
+                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                    message = await receive()
+            except TimeoutError:
+                raise self._too_slow() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge
+                    raise self._too_large()
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -58,18 +87,228 @@ class BodySizeLimitMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyRefused as refusal:
             if response_started:
                 raise
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, refusal)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _too_large(self) -> _BodyRefused:
+        return _BodyRefused(413, body_too_large_message(self.max_body_bytes))
+
+    def _too_slow(self) -> _BodyRefused:
+        return _BodyRefused(
+            408,
+            f"the request body did not arrive within {self.body_timeout_s} s (HTTP_BODY_TIMEOUT_S)",
+        )
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, refusal: _BodyRefused
+    ) -> None:
+        code = "request_too_large" if refusal.status_code == 413 else "request_timeout"
         response = error_response(
             Request(scope, receive),
-            413,
-            "request_too_large",
-            body_too_large_message(self.max_body_bytes),
+            refusal.status_code,
+            code,
+            str(refusal.detail),
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+class ApiKeyGateMiddleware:
+    """API keys are checked from the headers, before a protected route's body is read."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and self.keys.enabled
+            and scope.get("method") != "OPTIONS"  # CORS preflights carry no key
+            and str(scope.get("path", "")).startswith(PROTECTED_PREFIXES)
+        ):
+            request = Request(scope, receive)
+            try:
+                check_api_key(self.keys, request.headers)
+            except VisinspectError as exc:
+                from visinspect.api.errors import record_rejection
+
+                status = record_rejection(request, exc)
+                response = error_response(
+                    request,
+                    status,
+                    exc.code,
+                    exc.message,
+                    headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class ConcurrencyLimitMiddleware:
+    """At most `limit` requests in progress in this process; the next is refused at once."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_progress = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").startswith("/health"):
+            await self.app(scope, receive, send)  # probes must answer while the service is full
+            return
+        if self.in_progress >= self.limit:
+            response = error_response(
+                Request(scope, receive),
+                503,
+                "overloaded",
+                f"{self.limit} requests are already in progress (MAX_CONCURRENT_REQUESTS); "
+                "retry shortly",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+            await response(scope, receive, send)
+            return
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+
+
+class _HeadersRefused(Exception):
+    pass
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with limits on the request line and headers.
+
+    Class attributes, set once per process by `configure` (uvicorn builds one protocol object per
+    connection and offers no other way in); `create_app` calls it, so every worker has them.
+    """
+
+    max_header_bytes: ClassVar[int] = 16 * 1024
+    max_headers: ClassVar[int] = 100
+    header_timeout_s: ClassVar[float] = 10.0
+
+    @classmethod
+    def configure(cls, settings: Settings) -> None:
+        cls.max_header_bytes = settings.http_max_header_bytes
+        cls.max_headers = settings.http_max_headers
+        cls.header_timeout_s = settings.http_header_timeout_s
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_bytes = 0  # request line and header fields, as parsed
+        self._unparsed_bytes = 0  # bytes fed while the headers were incomplete
+        self._header_count = 0
+        self._reading_headers = True
+        self._refusal: tuple[int, str, str] | None = None
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_clock()
+        super().connection_lost(exc)
+
+    def _start_headers(self) -> None:
+        self._header_bytes = self._unparsed_bytes = self._header_count = 0
+        self._reading_headers = True
+        self._stop_header_clock()
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _stop_header_clock(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_headers:
+            self._unparsed_bytes += len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()  # no WebSockets here
+        except httptools.HttpParserError:
+            self._refuse(*(self._refusal or (400, "bad_request", "invalid HTTP request")))
+            return
+        if self._reading_headers and self._unparsed_bytes > self.max_header_bytes:
+            self._refuse(*self._too_large())
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._reading_headers:  # the next request on a kept-alive connection
+            self._start_headers()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.max_headers:
+            self._refusal = (
+                431,
+                "too_many_headers",
+                f"more than {self.max_headers} header fields (HTTP_MAX_HEADERS)",
+            )
+            raise _HeadersRefused
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._stop_header_clock()
+        super().on_headers_complete()
+
+    def _count_header_bytes(self, count: int) -> None:
+        self._header_bytes += count
+        if self._header_bytes > self.max_header_bytes:
+            self._refusal = self._too_large()
+            raise _HeadersRefused
+
+    def _too_large(self) -> tuple[int, str, str]:
+        return (
+            431,
+            "headers_too_large",
+            f"the request line and headers exceed {self.max_header_bytes} bytes "
+            "(HTTP_MAX_HEADER_BYTES)",
+        )
+
+    def _headers_late(self) -> None:
+        self._header_deadline = None
+        if self._reading_headers and not self.transport.is_closing():
+            self._refuse(
+                408,
+                "request_timeout",
+                f"the request headers did not arrive within {self.header_timeout_s} s "
+                "(HTTP_HEADER_TIMEOUT_S)",
+            )
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer at the protocol level (no app, no request id yet) and close the connection."""
+        self._stop_header_clock()
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"error": {"code": code, "message": message, "request_id": ""}}).encode()
+        reason = {
+            400: b"Bad Request",
+            408: b"Request Timeout",
+            431: b"Request Header Fields Too Large",
+        }
+        head = [
+            b"HTTP/1.1 %d %s" % (status, reason[status]),
+            b"content-type: application/json",
+            b"content-length: %d" % len(body),
+            b"connection: close",
+            *(name + b": " + value for name, value in SECURITY_HEADERS),
+        ]
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.transport.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -43,20 +44,27 @@ def _digest_of(entry: str) -> bytes:
     return hashlib.sha256(entry.encode()).digest()
 
 
+def check_api_key(keys: ApiKeys, headers: Mapping[str, str]) -> None:
+    """401 without a key, 403 with a wrong one; a no-op when API_KEYS is empty. Reads headers
+    only, so `api/limits.ApiKeyGateMiddleware` can run it before a body is read."""
+    if not keys.enabled:
+        return
+    authorization = headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    presented = credentials.strip() if scheme.lower() == "bearer" else headers.get("x-api-key")
+    if not presented:
+        raise MissingApiKey("this route needs an API key: Authorization: Bearer <key> or X-API-Key")
+    if not keys.accepts(presented):
+        raise InvalidApiKey("the API key is not valid")
+
+
 async def require_api_key(
     request: Request,
     bearer: HTTPAuthorizationCredentials | None = Security(_bearer),  # noqa: B008
     header: str | None = Security(_header),
 ) -> None:
-    """401 without a key, 403 with a wrong one; a no-op when API_KEYS is empty."""
-    keys: ApiKeys = request.app.state.api_keys
-    if not keys.enabled:
-        return
-    presented = bearer.credentials if bearer is not None else header
-    if not presented:
-        raise MissingApiKey("this route needs an API key: Authorization: Bearer <key> or X-API-Key")
-    if not keys.accepts(presented):
-        raise InvalidApiKey("the API key is not valid")
+    """Declares the key in OpenAPI and checks it again for routes the gate does not cover."""
+    check_api_key(request.app.state.api_keys, request.headers)
 
 
 _COMMON_HEADERS = [
@@ -66,6 +74,9 @@ _COMMON_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+# What an API answer carries; also sent by answers made outside the middleware stack (the 500
+# of Starlette's outermost error middleware, and the protocol's own 400/408/431).
+SECURITY_HEADERS = [*_COMMON_HEADERS, _API_CSP]
 # Swagger UI's page has an inline bootstrap script and inline styles; everything else is ours.
 _DOCS_CSP = (
     b"content-security-policy",

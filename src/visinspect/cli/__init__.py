@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from visinspect.config import Settings
 from visinspect.logging import configure_logging
-from visinspect.startup import StartupFailed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visinspect: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
     configure_logging(settings.log_level, settings.log_format)
+    from visinspect.startup import StartupFailed  # heavy (the model's libraries): import late
+
     try:
         result: int = args.handler(settings, args)
     except StartupFailed as exc:
@@ -73,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The commands import what they need when they run: `visinspect classify --url` never loads torch.
+# The commands import what they need when they run: `visinspect classify --url` never loads torch,
+# and the decoder processes, which re-import this module as their main, stay small.
 
 
 def _classify(settings: Settings, args: argparse.Namespace) -> int:

@@ -14,18 +14,31 @@ from visinspect.main import create_app
 from visinspect.startup import prepare
 
 log = structlog.get_logger("visinspect.cli")
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     """Everything that can fail for an operator's reason fails here, before a port is opened."""
     prepared = prepare(settings)
+    if not settings.api_keys and host not in _LOOPBACK:
+        log.warning(
+            "security.open",
+            host=host,
+            message="API_KEYS is empty: anyone who can reach this port can classify and read "
+            "every stored prediction; set API_KEYS (deploy/k8s reads it from a Secret)",
+        )
     options: dict[str, Any] = {
         "host": host,
         "port": port,
+        "http": "visinspect.api.limits:LimitedHttpToolsProtocol",  # header size, count, deadline
         "log_config": None,  # keep our structured logging
         "access_log": False,  # replaced by the `http.request` event
         "timeout_graceful_shutdown": 30,
-        "proxy_headers": True,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "limit_concurrency": settings.max_connections,
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
+        "server_header": False,
     }
     if workers > 1:
         # uvicorn's supervisor starts fresh processes that import the app by name; each prepares

@@ -11,7 +11,7 @@ from visinspect.api.errors import public_message, record_rejection
 from visinspect.api.middleware import request_id_from
 from visinspect.api.schemas import BatchItem, BatchOut, ErrorDetail, PredictionOut, error_responses
 from visinspect.api.security import require_api_key
-from visinspect.errors import VisinspectError
+from visinspect.errors import InvalidRequest, VisinspectError
 from visinspect.services.predictions import Outcome, Upload
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
@@ -42,6 +42,8 @@ async def predict(
     The prediction is committed to the database before this answers 200; when the database is
     unavailable the answer is 503 and nothing is stored.
     """
+    if len((await request.form()).getlist("file")) > 1:  # parsed already: this reads the cache
+        raise InvalidRequest("send exactly one `file` field; POST /predict/batch takes several")
     record = await service.classify_and_record(
         await _upload(file), request_id=request_id_from(request.scope), top_k=top_k
     )

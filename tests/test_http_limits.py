@@ -1,0 +1,193 @@
+"""HTTP-level limits on a real `visinspect serve`, spoken to over raw sockets: header size and
+count (431), headers and bodies that trickle in (408), keys checked before the body is read,
+forwarded headers ignored unless a proxy is configured. Every refusal is a JSON error body with
+the security headers, and the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import json_lines, serving
+
+pytestmark = pytest.mark.slow
+
+HEADER_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 2.0
+KEY = "limits-test-key"
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    folder = tmp_path_factory.mktemp("limits")
+    with serving(
+        f"sqlite:///{folder / 'limits.db'}",
+        folder / "server.log",
+        HTTP_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        HTTP_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+        HTTP_MAX_HEADER_BYTES="8192",
+        HTTP_MAX_HEADERS="50",
+        API_KEYS=KEY,
+    ) as (_process, base):
+        yield base, folder / "server.log"
+
+
+def _connect(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=15)
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:  # type: ignore[type-arg]
+    """Read until the server closes; parse status, headers and the JSON body."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, json.loads(body)
+
+
+def _refused(base: str, payload: bytes) -> tuple[int, dict[str, str], dict]:  # type: ignore[type-arg]
+    with _connect(base) as sock:
+        sock.sendall(payload)
+        return _answer(sock)
+
+
+def _still_serving(base: str) -> None:
+    assert httpx.get(f"{base}/health/live", timeout=5).status_code == 200
+
+
+def test_oversized_headers_are_431(limited: tuple[str, Path]) -> None:
+    base, _ = limited
+    big = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 50_000 + b"\r\n\r\n"
+    status, headers, body = _refused(base, big)
+    assert (status, body["error"]["code"]) == (431, "headers_too_large")
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-type"] == "application/json"
+    _still_serving(base)
+
+
+def test_a_header_that_never_ends_is_cut_off_at_the_limit(limited: tuple[str, Path]) -> None:
+    """50 MB of one header value, sent in pieces: refused once the limit is crossed, long before
+    the server would have buffered it all."""
+    base, _ = limited
+    with _connect(base) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        sent = 0
+        try:
+            while sent < 50_000_000:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert sent < 5_000_000, sent
+    _still_serving(base)
+
+
+def test_too_many_headers_are_431(limited: tuple[str, Path]) -> None:
+    base, _ = limited
+    fields = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+    status, _, body = _refused(base, b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
+    assert (status, body["error"]["code"]) == (431, "too_many_headers")
+    _still_serving(base)
+
+
+def test_headers_trickled_in_are_408_after_the_header_timeout(limited: tuple[str, Path]) -> None:
+    base, _ = limited
+    started = time.monotonic()
+    with _connect(base) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(20):  # one byte every 0.3 s: slowloris
+                sock.sendall(b"X")
+                time.sleep(0.3)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, _, body = _answer(sock)
+    assert (status, body["error"]["code"]) == (408, "request_timeout")
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 2
+    _still_serving(base)
+
+
+def test_a_connection_that_sends_nothing_is_closed(limited: tuple[str, Path]) -> None:
+    base, _ = limited
+    started = time.monotonic()
+    with _connect(base) as sock:
+        status, _, _ = _answer(sock)
+    assert status == 408
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 2
+
+
+def test_a_body_trickled_in_is_408_after_the_body_timeout(limited: tuple[str, Path]) -> None:
+    base, _ = limited
+    started = time.monotonic()
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+    )
+    with _connect(base) as sock:
+        sock.sendall(head + b"--b\r\n")
+        try:
+            for _ in range(40):
+                sock.sendall(b"x")
+                time.sleep(0.25)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, headers, body = _answer(sock)
+    assert (status, body["error"]["code"]) == (408, "request_timeout")
+    assert "HTTP_BODY_TIMEOUT_S" in body["error"]["message"]
+    assert headers["x-request-id"]
+    assert time.monotonic() - started < BODY_TIMEOUT_S + 3
+    _still_serving(base)
+
+
+def test_the_key_is_checked_before_the_body_is_read(limited: tuple[str, Path]) -> None:
+    """10 MB announced, not one byte of it sent: the 401 comes at once."""
+    base, _ = limited
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    started = time.monotonic()
+    status, headers, body = _refused(base, head)
+    assert (status, body["error"]["code"]) == (401, "missing_api_key")
+    assert headers["www-authenticate"] == "Bearer"
+    assert time.monotonic() - started < 1.5
+    wrong = head.replace(b"Host: x\r\n", b"Host: x\r\nX-API-Key: nope\r\n")
+    assert _refused(base, wrong)[0] == 403
+
+
+def test_forwarded_for_is_ignored_without_a_configured_proxy(limited: tuple[str, Path]) -> None:
+    base, log = limited
+    response = httpx.get(
+        f"{base}/health/live",
+        headers={"X-Forwarded-For": "203.0.113.9", "X-Request-ID": "forwarded-test"},
+    )
+    assert response.status_code == 200
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [e for e in json_lines(log.read_text()) if e.get("request_id") == "forwarded-test"]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    (line,) = [e for e in lines if e["event"] == "http.request"]
+    assert line["client"] == "127.0.0.1"
+
+
+def test_the_open_service_warns_when_it_listens_beyond_loopback(tmp_path: Path) -> None:
+    """No API_KEYS and 0.0.0.0: one loud `security.open` line at start."""
+    log = tmp_path / "open.log"
+    with serving(f"sqlite:///{tmp_path / 'open.db'}", log, HOST="0.0.0.0") as (process, _):
+        process.terminate()
+        process.wait(timeout=30)
+    warnings = [e for e in json_lines(log.read_text()) if e["event"] == "security.open"]
+    assert len(warnings) == 1
+    assert warnings[0]["level"] == "warning"
+    assert "API_KEYS" in warnings[0]["message"]
