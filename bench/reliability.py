@@ -7,7 +7,14 @@
    answers, resident memory bounded (start / peak / end printed), every 200 has exactly one row
    (counted in the database), and afterwards the service answers normally;
 2. big uploads: 2 GB declared in Content-Length, and 2 GB streamed without a length: both refused
-   with 413 while the server's resident memory stays flat (it never reads them into memory).
+   with 413 while the server's resident memory stays flat (it never reads them into memory);
+3. decode budgets: every file of the generated bomb corpus (tests/decode_bombs.py) decoded in a
+   fresh decoder worker with the service's default limits: its outcome, time and peak memory
+   against DECODE_TIMEOUT_S and DECODE_MAX_MEMORY_MB;
+4. under attack: two clients post the worst files of the corpus back to back while one benign
+   client posts a real photo: the benign client's worst latency (target: at most 2 s), the
+   attackers' answers (no 5xx), and the resident memory of the server and its decoders before,
+   at the peak and after (target: back within 300 MB of the baseline).
 """
 
 from __future__ import annotations
@@ -143,6 +150,127 @@ def big_uploads(base: str, pid: int) -> dict[str, object]:
     return results
 
 
+def decode_budgets() -> tuple[list[str], bool]:
+    from tests.decode_bombs import BOMBS, bomb_bytes, measure
+
+    from visinspect.config import Settings
+    from visinspect.inference.decoders import DecoderLimits
+    from visinspect.inference.preprocess import PREPROCESSING
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    limits = DecoderLimits(
+        PREPROCESSING[settings.model_arch],
+        settings.max_image_pixels,
+        settings.decode_max_memory_mb << 20,
+        settings.decode_timeout_s,
+    )
+    lines = [
+        f"budgets: DECODE_TIMEOUT_S={limits.timeout_s}, "
+        f"DECODE_MAX_MEMORY_MB={settings.decode_max_memory_mb}\n",
+        "| file | bytes | outcome | seconds | peak MB above idle |",
+        "|---|---|---|---|---|",
+    ]
+    passed = True
+    for bomb in BOMBS:
+        data = bomb_bytes(bomb.name)
+        cost = measure(data, limits)
+        within = (
+            cost.outcome in bomb.codes
+            and cost.seconds <= limits.timeout_s + 0.5
+            and (cost.peak_mb or 0) <= settings.decode_max_memory_mb
+        )
+        passed &= within
+        peak = "-" if cost.peak_mb is None else f"{cost.peak_mb:.0f}"
+        lines.append(
+            f"| {bomb.name} | {len(data):,} | {cost.outcome} | {cost.seconds:.2f} | {peak} |"
+            + ("" if within else " OVER BUDGET")
+        )
+    return lines, passed
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the decoders, the forkserver)."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += rss_mb(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return total
+
+
+def under_attack(base: str, pid: int, seconds: float) -> dict[str, object]:
+    from tests.decode_bombs import bomb_bytes
+
+    worst = [
+        bomb_bytes(name)
+        for name in (
+            "scans-8000x8000-L-3000.jpg",
+            "rows-1x60000000-L.png",
+            "alpha-7000x7000-RGBA.png",
+            "canvas-7000x7000.gif",
+            "probe-postscript-19MB.ps",
+        )
+    ]
+    photo = photo_jpeg((640, 480))
+    stop = threading.Event()
+    attacks: Counter[str] = Counter()
+    benign: list[float] = []
+    benign_status: Counter[int] = Counter()
+    time.sleep(2)
+    baseline = tree_rss_mb(pid)
+    peak = baseline
+
+    def attacker(offset: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            i = offset
+            while not stop.is_set():
+                answer = client.post(
+                    f"{base}/predict", files={"file": ("x", worst[i % len(worst)])}
+                )
+                attacks[f"{answer.status_code} {answer.json()['error']['code']}"] += 1
+                i += 1
+
+    def benign_client() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                answer = client.post(f"{base}/predict", files={"file": ("ok.jpg", photo)})
+                benign.append(time.perf_counter() - started)
+                benign_status[answer.status_code] += 1
+
+    threads = [threading.Thread(target=attacker, args=(i,)) for i in (0, 2)]
+    threads.append(threading.Thread(target=benign_client))
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        peak = max(peak, tree_rss_mb(pid))
+        time.sleep(0.2)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    time.sleep(2)
+    after = tree_rss_mb(pid)
+    worst_benign = max(benign) if benign else float("inf")
+    p99 = sorted(benign)[int(0.99 * (len(benign) - 1))] if benign else float("inf")
+    failures = [a for a in attacks if a.startswith("5")]
+    return {
+        "attackers": f"2 clients, worst files back to back for {seconds:.0f} s: {dict(attacks)}",
+        "benign": f"{len(benign)} requests {dict(benign_status)}, p99 {p99:.3f} s, "
+        f"worst {worst_benign:.3f} s (target <= 2 s)",
+        "rss_mb (server + decoders)": f"baseline {baseline:.0f} / peak {peak:.0f} / "
+        f"after {after:.0f} (target: after <= baseline + 300)",
+        "passed": worst_benign <= 2.0
+        and after <= baseline + 300
+        and not failures
+        and set(benign_status) == {200},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=60)
@@ -165,7 +293,14 @@ def main() -> int:
             print("\n## Big uploads\n")
             for key, value in big_uploads(base, pid).items():
                 print(f"- {key}: {value}")
-    return 0 if result["passed"] else 1
+            print("\n## Under attack\n")
+            attack = under_attack(base, pid, 4 if args.smoke else 30)
+            for key, value in attack.items():
+                print(f"- {key}: {value}")
+    print("\n## Decode budgets (each file in a fresh decoder worker)\n")
+    lines, budgets_held = decode_budgets()
+    print("\n".join(lines))
+    return 0 if result["passed"] and attack["passed"] and budgets_held else 1
 
 
 if __name__ == "__main__":

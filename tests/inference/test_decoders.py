@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from visinspect.config import Architecture
 from visinspect.errors import DecoderCrashed, ImageTooSlowToDecode, NotAnImage
 from visinspect.inference.decoders import RESIDENT_GROWTH_LIMIT, DecoderLimits, DecoderPool
 from visinspect.inference.preprocess import PREPROCESSING
+from visinspect.services.predictions import Upload
 
 BUDGET_MB = 384
 LIMITS = DecoderLimits(
@@ -55,7 +56,7 @@ async def test_a_decode_over_time_is_stopped_and_its_worker_replaced(
 ) -> None:
     bomb = scan_bomb((8000, 8000), 3000)
     with pytest.raises(ImageTooSlowToDecode, match="DECODE_TIMEOUT_S"):
-        await pool.decode(bomb)
+        await pool.decode(_reader(bomb))
     assert pool.replaced == 1
     # The pool is whole again and decodes real photos, twice at once.
     coffee = (photos / "coffee.png").read_bytes()
@@ -70,16 +71,16 @@ async def test_a_crashed_decoder_is_a_422_and_replaced(pool: DecoderPool, photos
     killer = threading.Timer(0.3, lambda: [os.kill(p, signal.SIGKILL) for p in pids_before])
     killer.start()
     with pytest.raises(DecoderCrashed):
-        await pool.decode(bomb)
+        await pool.decode(_reader(bomb))
     killer.join()
-    assert (await pool.decode((photos / "camera.png").read_bytes())).image.format == "PNG"
+    assert (await pool.decode(_reader((photos / "camera.png").read_bytes()))).image.format == "PNG"
 
 
 async def test_memory_returns_after_a_large_decode(pool: DecoderPool) -> None:
     """A legitimate but large image (about 310 MB to decode): afterwards no decoder holds more
     than RESIDENT_GROWTH_LIMIT above its idle size (freed, or the worker replaced)."""
     idle = max(_status_kib(pid, "VmRSS") << 10 for pid in _decoder_pids())
-    decoded = await pool.decode(canvas_gif(8000, 8000, transparent=False))
+    decoded = await pool.decode(_reader(canvas_gif(8000, 8000, transparent=False)))
     assert decoded.image.width == 8000
     for pid in _decoder_pids():
         rss = _status_kib(pid, "VmRSS") << 10
@@ -89,7 +90,7 @@ async def test_memory_returns_after_a_large_decode(pool: DecoderPool) -> None:
 async def test_refusals_keep_the_worker(pool: DecoderPool) -> None:
     for _ in range(3):
         with pytest.raises(NotAnImage):
-            await pool.decode(b"plain text, not an image")
+            await pool.decode(_reader(b"plain text, not an image"))
     assert pool.replaced == 0
 
 
@@ -112,12 +113,16 @@ async def _both(pool: DecoderPool, a: bytes, b: bytes) -> tuple:  # type: ignore
     results: list = [None, None]  # type: ignore[type-arg]
 
     async def one(i: int, data: bytes) -> None:
-        results[i] = await pool.decode(data)
+        results[i] = await pool.decode(_reader(data))
 
     async with anyio.create_task_group() as group:
         group.start_soon(one, 0, a)
         group.start_soon(one, 1, b)
     return results[0], results[1]
+
+
+def _reader(data: bytes) -> Callable[[], Awaitable[bytes]]:
+    return Upload.from_bytes(data).read
 
 
 def _status_kib(pid: int, field: str) -> int:

@@ -45,7 +45,7 @@ async def rows(database: Database) -> int:
 async def test_a_classified_upload_is_a_committed_record_with_the_models_identity(
     services: Services, database: Database, photos: Path, classifier: Classifier
 ) -> None:
-    upload = Upload((photos / "coffee.png").read_bytes(), "coffee.png")
+    upload = Upload.from_bytes((photos / "coffee.png").read_bytes(), "coffee.png")
     record = await services.predictions.classify_and_record(upload, request_id="svc-1", top_k=2)
     assert record.id is not None
     assert (record.model_name, record.model_version, record.backend) == (
@@ -58,7 +58,7 @@ async def test_a_classified_upload_is_a_committed_record_with_the_models_identit
     assert (record.request_id, record.filename, record.image_bytes) == (
         "svc-1",
         "coffee.png",
-        len(upload.data),
+        (photos / "coffee.png").stat().st_size,
     )
     fetched = await services.history.get(record.id)  # read back in a new transaction
     assert (fetched.id, fetched.predictions, fetched.created_at) == (
@@ -70,7 +70,7 @@ async def test_a_classified_upload_is_a_committed_record_with_the_models_identit
 
 
 async def test_default_top_k_applies(services: Services, photos: Path) -> None:
-    upload = Upload((photos / "camera.png").read_bytes())
+    upload = Upload.from_bytes((photos / "camera.png").read_bytes())
     record = await services.predictions.classify_and_record(upload, request_id="svc-2")
     assert len(record.predictions) == 3
     assert record.filename is None
@@ -80,9 +80,9 @@ async def test_a_batch_gives_each_file_its_outcome_in_order(
     services: Services, database: Database, photos: Path
 ) -> None:
     uploads = [
-        Upload((photos / "coffee.png").read_bytes(), "coffee.png"),
-        Upload(b"", "empty.png"),
-        Upload(b"plain text", "notes.txt"),
+        Upload.from_bytes((photos / "coffee.png").read_bytes(), "coffee.png"),
+        Upload.from_bytes(b"", "empty.png"),
+        Upload.from_bytes(b"plain text", "notes.txt"),
     ]
     outcomes = await services.predictions.classify_many(uploads, request_id="svc-3")
     assert isinstance(outcomes[0], PredictionRecord)
@@ -96,7 +96,7 @@ async def test_a_batch_gives_each_file_its_outcome_in_order(
 async def test_a_bad_upload_stores_nothing(services: Services, database: Database) -> None:
     with pytest.raises(CorruptImage):
         await services.predictions.classify_and_record(
-            Upload(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40), request_id="svc-5"
+            Upload.from_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40), request_id="svc-5"
         )
     assert await rows(database) == 0
 
@@ -110,7 +110,7 @@ async def test_the_timeout_answers_and_stores_nothing(
     classifier.backend = gate
     try:
         async with open_services(settings, Prepared(database, classifier)) as services:
-            upload = Upload((photos / "coffee.png").read_bytes())
+            upload = Upload.from_bytes((photos / "coffee.png").read_bytes())
             with pytest.raises(RequestTimedOut, match="REQUEST_TIMEOUT_S"):
                 await services.predictions.classify_and_record(upload, request_id="svc-6")
             gate.release.set()
@@ -141,7 +141,7 @@ async def test_a_row_the_database_refuses_is_record_not_stored_not_an_outage(
             )
 
     await database.run(refuse_inserts)
-    upload = Upload((photos / "coffee.png").read_bytes())
+    upload = Upload.from_bytes((photos / "coffee.png").read_bytes())
     with pytest.raises(RecordNotStored) as refused:
         await services.predictions.classify_and_record(upload, request_id="svc-7")
     assert refused.value.code == "internal_error"
@@ -171,7 +171,7 @@ def test_filenames_are_stored_safely(given: str | None, stored: str | None) -> N
 async def test_a_nul_filename_is_stored_cleaned_on_every_database(
     services: Services, photos: Path
 ) -> None:
-    upload = Upload((photos / "coffee.png").read_bytes(), "a\x00b.png")
+    upload = Upload.from_bytes((photos / "coffee.png").read_bytes(), "a\x00b.png")
     record = await services.predictions.classify_and_record(upload, request_id="svc-8")
     assert (await services.history.get(record.id)).filename == "ab.png"
 
@@ -188,7 +188,7 @@ async def test_concurrent_uploads_each_get_their_row(
         for i in range(4):
             group.start_soon(
                 lambda i=i: services.predictions.classify_and_record(
-                    Upload(data), request_id=f"svc-9-{i}"
+                    Upload.from_bytes(data), request_id=f"svc-9-{i}"
                 )
             )
     assert await rows(database) == 4

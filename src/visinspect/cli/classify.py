@@ -131,7 +131,7 @@ def _local(settings: Settings, top_k: int) -> tuple[Callable[[Path], Outcome], C
 
     def classify_one(path: Path) -> Outcome:
         try:
-            upload = Upload(path.read_bytes(), path.name)
+            upload = Upload.from_bytes(path.read_bytes(), path.name)
         except OSError as exc:
             return Outcome(path, [], error=f"unreadable: {exc}")
         request_id = f"cli-{run_id}-{next(counter)}"

@@ -29,6 +29,7 @@ import os
 import resource
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,7 @@ class DecoderLimits:
 class Decoded:
     image: DecodedImage
     sha256: str
+    size: int  # bytes of the upload
     decode_ms: float
 
 
@@ -94,19 +96,21 @@ class DecoderPool:
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    async def decode(self, data: bytes) -> Decoded:
-        """Decode and preprocess one upload in a worker; raises InvalidImage subclasses."""
+    async def decode(self, read: Callable[[], Awaitable[bytes]]) -> Decoded:
+        """Decode and preprocess one upload in a worker; raises InvalidImage subclasses. The
+        upload is read (`read`) only once a worker is free for it."""
         worker = await self._idle.get()
         while not worker.process.is_alive():  # died while idle (e.g. the OOM killer): replace
             self._replace(worker)
             worker = await self._idle.get()
         reusable = False
         try:
+            data = await read()
             outcome, reusable = await anyio.to_thread.run_sync(
                 worker.decode, data, self.limits.timeout_s
             )
         finally:
-            if reusable:
+            if reusable or worker.unused:
                 self._idle.put_nowait(worker)
             else:
                 self._replace(worker)
@@ -151,11 +155,13 @@ class _Worker:
         child_end.close()
         self.connection: multiprocessing.connection.Connection = parent_end
         self.idle_rss: int = self.connection.recv()  # the worker's hello: it is ready
+        self.unused = True  # nothing sent yet (e.g. reading the upload failed)
 
     def decode(self, data: bytes, timeout_s: float) -> tuple[Decoded | VisinspectError, bool]:
         """The decoded upload or why it was refused, and whether this worker may be used again.
         Raises (and the worker must go) when it overran its time or died."""
         started = time.perf_counter()
+        self.unused = False
         try:
             self.connection.send_bytes(data)
             if not self.connection.poll(timeout_s):
@@ -175,7 +181,8 @@ class _Worker:
         if isinstance(outcome, VisinspectError):
             return outcome, reusable  # refused, not failed: the worker carries on
         image, sha256 = outcome
-        return Decoded(image, sha256, (time.perf_counter() - started) * 1000), reusable
+        decode_ms = (time.perf_counter() - started) * 1000
+        return Decoded(image, sha256, len(data), decode_ms), reusable
 
     def _exit_code(self) -> int | None:
         self.process.join(timeout=1)

@@ -7,6 +7,7 @@ processes (`decoders.py`: bounded in time and memory), the network in the batche
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from visinspect.inference.batcher import MicroBatcher
@@ -21,6 +22,7 @@ class Classification:
     model: ModelIdentity
     predictions: list[Prediction]
     image_sha256: str
+    image_bytes: int
     image_width: int
     image_height: int
     image_format: str
@@ -36,16 +38,17 @@ class InferenceRunner:
         self.batcher = batcher
         self.decoders = decoders
 
-    async def classify(self, data: bytes, top_k: int) -> Classification:
-        """Top-k classes of one uploaded image; raises InvalidImage subclasses for bad input and
-        Overloaded when the model's queue is full."""
-        decoded = await self.decoders.decode(data)
+    async def classify(self, read: Callable[[], Awaitable[bytes]], top_k: int) -> Classification:
+        """Top-k classes of one uploaded image (read when a decoder is free); raises InvalidImage
+        subclasses for bad input and Overloaded when the model's queue is full."""
+        decoded = await self.decoders.decode(read)
         decoded_at = time.perf_counter()
         predictions = await self.batcher.classify(decoded.image.pixels, top_k)
         return Classification(
             model=self.classifier.identity,
             predictions=predictions,
             image_sha256=decoded.sha256,
+            image_bytes=decoded.size,
             image_width=decoded.image.width,
             image_height=decoded.image.height,
             image_format=decoded.image.format,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -31,10 +32,22 @@ Outcome = PredictionRecord | VisinspectError
 
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """One image as received: its bytes and the name the client gave it, if any."""
+    """One image as received, and the name the client gave it, if any.
 
-    data: bytes
+    Its bytes are read (`read`) only when a decoder is free to take them: uploads waiting for one
+    stay where the server spooled them (in memory up to 1 MiB each, on disk beyond), so the
+    memory of the uploads in flight is bounded by the decoders, not by the clients.
+    """
+
+    read: Callable[[], Awaitable[bytes]]
     filename: str | None = None
+
+    @classmethod
+    def from_bytes(cls, data: bytes, filename: str | None = None) -> Upload:
+        async def read() -> bytes:
+            return data
+
+        return cls(read, filename)
 
 
 class PredictionService:
@@ -58,7 +71,7 @@ class PredictionService:
     ) -> PredictionRecord:
         """The committed record of one classified upload (it has its id)."""
         started = time.perf_counter()
-        classification = await self._classify(upload.data, top_k or self.default_top_k)
+        classification = await self._classify(upload.read, top_k or self.default_top_k)
         latency_ms = (time.perf_counter() - started) * 1000
         record = new_record(classification, upload, request_id, latency_ms)
         stored = await self.writer.store(record)
@@ -90,10 +103,10 @@ class PredictionService:
         except VisinspectError as exc:
             return exc
 
-    async def _classify(self, data: bytes, top_k: int) -> Classification:
+    async def _classify(self, read: Callable[[], Awaitable[bytes]], top_k: int) -> Classification:
         try:
             with anyio.fail_after(self.timeout_s):
-                return await self.runner.classify(data, top_k)
+                return await self.runner.classify(read, top_k)
         except TimeoutError:
             raise RequestTimedOut(
                 f"classification took longer than {self.timeout_s} s (REQUEST_TIMEOUT_S); "
@@ -122,7 +135,7 @@ def new_record(
         image_width=classification.image_width,
         image_height=classification.image_height,
         image_format=classification.image_format,
-        image_bytes=len(upload.data),
+        image_bytes=classification.image_bytes,
         filename=clean_filename(upload.filename),
         latency_ms=latency_ms,
     )

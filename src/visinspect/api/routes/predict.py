@@ -45,7 +45,7 @@ async def predict(
     if len((await request.form()).getlist("file")) > 1:  # parsed already: this reads the cache
         raise InvalidRequest("send exactly one `file` field; POST /predict/batch takes several")
     record = await service.classify_and_record(
-        await _upload(file), request_id=request_id_from(request.scope), top_k=top_k
+        _upload(file), request_id=request_id_from(request.scope), top_k=top_k
     )
     return PredictionOut.model_validate(record)
 
@@ -66,7 +66,7 @@ async def predict_batch(
 ) -> BatchOut:
     """Each file gets its own result or its own error: one bad file does not fail the others.
     One row per successful item, committed before this answers."""
-    uploads = [await _upload(f) for f in files]
+    uploads = [_upload(f) for f in files]
     outcomes = await service.classify_many(
         uploads, request_id=request_id_from(request.scope), top_k=top_k
     )
@@ -78,8 +78,8 @@ async def predict_batch(
     )
 
 
-async def _upload(file: UploadFile) -> Upload:
-    return Upload(await file.read(), file.filename)
+def _upload(file: UploadFile) -> Upload:
+    return Upload(file.read, file.filename)  # read when a decoder is free
 
 
 def _item(request: Request, filename: str | None, outcome: Outcome) -> BatchItem:
