@@ -103,6 +103,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(settings, prepared, on_batch=metrics.observe_batch) as services:
             identity = services.classifier.identity
             metrics.watch_queue(lambda: services.batcher.queued)
+            metrics.watch_decoders(lambda: services.decoders.replaced)
             metrics.model.info(
                 {
                     "model_name": identity.name,

@@ -58,6 +58,12 @@ class Metrics:
             registry=self.registry,
         )
         self.model = Info("visinspect_model", "The model being served.", registry=self.registry)
+        self.decoder_replacements = Gauge(
+            "visinspect_decoder_replacements",
+            "Decoder processes replaced since start (killed after DECODE_TIMEOUT_S, crashed, "
+            "or recycled after a large decode); climbing fast means hostile or broken uploads.",
+            registry=self.registry,
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -65,3 +71,6 @@ class Metrics:
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
+
+    def watch_decoders(self, replaced: Callable[[], int]) -> None:
+        self.decoder_replacements.set_function(lambda: float(replaced()))

@@ -45,6 +45,15 @@ def test_decode_budgets_answer_and_store_nothing(
     assert rows_with_request_id(client, request_id) == []
 
 
+def test_decoder_replacements_are_a_metric(tmp_path: Path) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'm.db'}", decode_timeout_s=0.5)
+    with running_app(settings) as client:
+        bomb = scan_bomb((8000, 8000), 3000)
+        assert client.post("/predict", files={"file": ("b.jpg", bomb)}).status_code == 422
+        scrape = client.get("/metrics").text
+    assert "visinspect_decoder_replacements 1.0" in scrape
+
+
 def test_one_file_field_per_predict(client: TestClient, photos: Path) -> None:
     coffee = (photos / "coffee.png").read_bytes()
     request_id = uuid.uuid4().hex

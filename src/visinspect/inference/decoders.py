@@ -129,7 +129,13 @@ class DecoderPool:
             return
 
         async def successor() -> None:
-            self._idle.put_nowait(await anyio.to_thread.run_sync(self._spawn))
+            for attempt in range(1, 4):
+                try:
+                    self._idle.put_nowait(await anyio.to_thread.run_sync(self._spawn))
+                    return
+                except (OSError, EOFError) as exc:  # the forkserver or the system is struggling
+                    log.error("decoders.spawn_failed", attempt=attempt, reason=str(exc))
+                    await anyio.sleep(attempt)
 
         task = asyncio.get_running_loop().create_task(successor())
         self._replacing.add(task)
