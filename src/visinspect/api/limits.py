@@ -32,7 +32,12 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from visinspect.api.errors import RETRY_AFTER_SECONDS, body_too_large_message, error_response
+from visinspect.api.errors import (
+    RETRY_AFTER_SECONDS,
+    body_too_large_message,
+    error_response,
+    record_rejection,
+)
 from visinspect.api.security import SECURITY_HEADERS, ApiKeys, check_api_key
 from visinspect.config import Settings
 from visinspect.errors import VisinspectError
@@ -66,10 +71,13 @@ class RequestBodyLimitsMiddleware:
             return
         deadline = anyio.current_time() + self.body_timeout_s
         received = 0
+        body_complete = False
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, body_complete
+            if body_complete:  # later receives wait for a disconnect: no deadline applies
+                return await receive()
             try:
                 with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
                     message = await receive()
@@ -79,6 +87,7 @@ class RequestBodyLimitsMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise self._too_large()
+                body_complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -134,8 +143,6 @@ class ApiKeyGateMiddleware:
             try:
                 check_api_key(self.keys, request.headers)
             except VisinspectError as exc:
-                from visinspect.api.errors import record_rejection
-
                 status = record_rejection(request, exc)
                 response = error_response(
                     request,
