@@ -101,16 +101,34 @@ def public_message(exc: errors.VisinspectError, status: int) -> str:
     return INTERNAL_ERROR_MESSAGE if status == 500 else exc.message
 
 
+def domain_error_response(
+    request: Request, exc: errors.VisinspectError, extra_headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The answer to a domain error, logged and counted. Used by the exception handler and by
+    middleware that refuses before any route runs (`api/limits.py`)."""
+    status = record_rejection(request, exc)
+    headers = dict(extra_headers or {})
+    if status == 503:  # transient: the same request may succeed later
+        headers["Retry-After"] = RETRY_AFTER_SECONDS
+    elif status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    message = public_message(exc, status)
+    return error_response(request, status, exc.code, message, headers=headers or None)
+
+
+def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """The answer to an HTTP-level refusal (404, 405, 408, 413, ...), with a stable code."""
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = str(exc.detail)
+    if exc.status_code == 413:
+        message = body_too_large_message(request.app.state.settings.max_upload_bytes)
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(request, exc.status_code, code, message, headers=headers)
+
+
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.VisinspectError)
-    status = record_rejection(request, exc)
-    headers: dict[str, str] | None = None
-    if status == 503:  # transient: the same request may succeed later
-        headers = {"Retry-After": RETRY_AFTER_SECONDS}
-    elif status == 401:
-        headers = {"WWW-Authenticate": "Bearer"}
-    message = public_message(exc, status)
-    return error_response(request, status, exc.code, message, headers=headers)
+    return domain_error_response(request, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -125,12 +143,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    message = str(exc.detail)
-    if exc.status_code == 413:
-        message = body_too_large_message(request.app.state.settings.max_upload_bytes)
-    headers = dict(exc.headers) if exc.headers else None
-    return error_response(request, exc.status_code, code, message, headers=headers)
+    return http_error_response(request, exc)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -35,8 +35,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from visinspect.api.errors import (
     RETRY_AFTER_SECONDS,
     body_too_large_message,
+    domain_error_response,
     error_response,
-    record_rejection,
+    http_error_response,
 )
 from visinspect.api.security import SECURITY_HEADERS, ApiKeys, check_api_key
 from visinspect.config import Settings
@@ -48,8 +49,9 @@ PROTECTED_PREFIXES = ("/predict", "/predictions")
 
 class _BodyRefused(HTTPException):
     """Raised from `receive`. FastAPI's body parsing hands it to the JSON error handler
-    (`api/errors.py`); raised elsewhere, the middleware below answers it. Either way the
-    connection is closed: the rest of the body is not worth reading."""
+    (`api/errors.py`); raised elsewhere, the middleware below answers it through the same
+    `http_error_response`. Either way the connection is closed: the rest of the body is not
+    worth reading."""
 
     def __init__(self, status_code: int, detail: str) -> None:
         super().__init__(status_code, detail, headers={"Connection": "close"})
@@ -114,14 +116,7 @@ class RequestBodyLimitsMiddleware:
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, refusal: _BodyRefused
     ) -> None:
-        code = "request_too_large" if refusal.status_code == 413 else "request_timeout"
-        response = error_response(
-            Request(scope, receive),
-            refusal.status_code,
-            code,
-            str(refusal.detail),
-            headers={"Connection": "close"},
-        )
+        response = http_error_response(Request(scope, receive), refusal)
         await response(scope, receive, send)
 
 
@@ -143,14 +138,8 @@ class ApiKeyGateMiddleware:
             try:
                 check_api_key(self.keys, request.headers)
             except VisinspectError as exc:
-                status = record_rejection(request, exc)
-                response = error_response(
-                    request,
-                    status,
-                    exc.code,
-                    exc.message,
-                    headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
-                )
+                # The unread body is not worth reading: close the connection after the answer.
+                response = domain_error_response(request, exc, {"Connection": "close"})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
