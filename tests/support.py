@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy.engine import make_url
 from visinspect.config import Settings
 from visinspect.db.models import PredictionRecord
 from visinspect.inference.backends import InferenceBackend
+from visinspect.inference.model import Classifier
 from visinspect.main import create_app
 from visinspect.startup import Services
 
@@ -97,6 +99,34 @@ def services_of(client: TestClient) -> Services:
     return services
 
 
+def synthetic_record(
+    request_id: str,
+    class_name: str = "espresso",
+    created_at: datetime | None = None,
+    image_sha256: str = "0" * 64,
+) -> PredictionRecord:
+    """A row as the service would write it, for tests of the database layer that need rows, not
+    classifications."""
+    return PredictionRecord(
+        created_at=created_at or datetime.now(UTC),
+        request_id=request_id,
+        model_name="efficientnet_lite0",
+        model_version="sha256:0",
+        backend="onnxruntime",
+        class_id=967,
+        class_name=class_name,
+        confidence=0.9,
+        predictions=[{"class_id": 967, "class_name": class_name, "confidence": 0.9}],
+        image_sha256=image_sha256,
+        image_width=1,
+        image_height=1,
+        image_format="PNG",
+        image_bytes=1,
+        filename=None,
+        latency_ms=1.0,
+    )
+
+
 def rows_with_request_id(client: TestClient, request_id: str) -> list[Any]:
     """Read the table directly (not through the API) to check what a request really stored."""
     engine = services_of(client).history.database.engine
@@ -126,6 +156,19 @@ class GatedBackend:
         self.entered.set()
         self.release.wait(timeout=60)
         return self.inner.logits(batch)
+
+
+@contextmanager
+def gated_model(classifier: Classifier) -> Iterator[GatedBackend]:
+    """Hold every forward pass of `classifier` until the test sets `gate.release`; the gate is
+    opened and removed again when the block ends, whatever happened in it."""
+    gate = GatedBackend(classifier.backend)
+    classifier.backend = gate
+    try:
+        yield gate
+    finally:
+        gate.release.set()
+        classifier.backend = gate.inner
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 30, what: str = "") -> None:

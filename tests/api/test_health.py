@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 from tests.support import (
-    GatedBackend,
     fresh_postgres_database,
+    gated_model,
     make_settings,
     rows_with_request_id,
     running_app,
@@ -114,10 +114,6 @@ def test_schema_behind_head_is_not_ready(tmp_path: Path) -> None:
 def test_health_answers_while_an_image_is_being_classified(
     sqlite_client: TestClient, photos: Path
 ) -> None:
-    classifier = services_of(sqlite_client).classifier
-    original = classifier.backend
-    gate = GatedBackend(original)
-    classifier.backend = gate
     result: dict[str, httpx.Response] = {}
 
     def classify() -> None:
@@ -126,7 +122,7 @@ def test_health_answers_while_an_image_is_being_classified(
         )
 
     worker = threading.Thread(target=classify)
-    try:
+    with gated_model(services_of(sqlite_client).classifier) as gate:
         worker.start()
         assert gate.entered.wait(timeout=30), "the forward pass never started"
         # The forward pass is now parked inside the model thread. If it ran on the event loop,
@@ -137,9 +133,6 @@ def test_health_answers_while_an_image_is_being_classified(
         assert "predict" not in result
         assert health.status_code == 200
         assert live.status_code == 200
-    finally:
-        gate.release.set()
-        worker.join(timeout=60)
-        classifier.backend = original
+    worker.join(timeout=60)
     assert result["predict"].status_code == 200
     assert result["predict"].json()["predictions"][0]["class_name"] == "espresso"

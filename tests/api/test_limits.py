@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from tests.decode_bombs import canvas_gif, scan_bomb
 from tests.support import (
-    GatedBackend,
+    gated_model,
     make_settings,
     rows_with_request_id,
     running_app,
@@ -79,24 +79,18 @@ def test_requests_beyond_the_concurrency_limit_are_503_at_once(
     settings = make_settings(f"sqlite:///{tmp_path / 'c.db'}", max_concurrent_requests=1)
     coffee = (photos / "coffee.png").read_bytes()
     with running_app(settings) as client:
-        classifier = services_of(client).classifier
-        gate = GatedBackend(classifier.backend)
-        classifier.backend = gate
         first: list[int] = []
         worker = threading.Thread(
             target=lambda: first.append(
                 client.post("/predict", files={"file": ("c.png", coffee)}).status_code
             )
         )
-        try:
+        with gated_model(services_of(client).classifier) as gate:
             worker.start()
             wait_until(gate.entered.is_set, what="the first request to reach the model")
             refused = client.post("/predict", files={"file": ("c.png", coffee)})
             health = client.get("/health")  # probes are never refused
-        finally:
-            gate.release.set()
-            worker.join(30)
-            classifier.backend = gate.inner
+        worker.join(30)
     assert (refused.status_code, refused.json()["error"]["code"]) == (503, "overloaded")
     assert "MAX_CONCURRENT_REQUESTS" in refused.json()["error"]["message"]
     assert refused.headers["retry-after"]

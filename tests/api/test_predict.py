@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.support import (
     count_rows,
+    gated_model,
     make_settings,
     rows_with_request_id,
     running_app,
@@ -227,14 +228,9 @@ def test_unknown_route_and_method_use_the_error_body(client: TestClient) -> None
 def test_full_inference_queue_answers_503_at_once_and_stores_nothing(
     tmp_path: Path, photos: Path
 ) -> None:
-    from tests.support import GatedBackend
-
     settings = make_settings(f"sqlite:///{tmp_path / 'q.db'}", max_queue=1, max_batch_size=1)
     coffee = (photos / "coffee.png").read_bytes()
-    with running_app(settings) as client:
-        classifier = services_of(client).classifier
-        gate = GatedBackend(classifier.backend)
-        classifier.backend = gate
+    with running_app(settings) as client, gated_model(services_of(client).classifier) as gate:
         results: list[int] = []
 
         def post() -> None:
@@ -254,7 +250,6 @@ def test_full_inference_queue_answers_503_at_once_and_stores_nothing(
         gate.release.set()
         running.join(30)
         queued.join(30)
-        classifier.backend = gate.inner
 
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "overloaded"

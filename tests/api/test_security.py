@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import make_settings, rows_with_request_id, running_app, services_of
+from tests.support import (
+    gated_model,
+    make_settings,
+    rows_with_request_id,
+    running_app,
+    services_of,
+)
 
 KEY_PLAIN = "plain-key-0123456789"
 KEY_HASHED = "hashed-key-9876543210"
@@ -103,25 +109,17 @@ def test_docs_can_be_switched_off(tmp_path: Path) -> None:
 
 
 def test_slow_classification_is_504_and_stores_nothing(tmp_path: Path, photos: Path) -> None:
-    from tests.support import GatedBackend
-
     settings = make_settings(
         f"sqlite:///{tmp_path / 't.db'}", request_timeout_s=0.5, decode_timeout_s=0.4
     )
     with running_app(settings) as client:
-        classifier = services_of(client).classifier
-        gate = GatedBackend(classifier.backend)
-        classifier.backend = gate
         request_id = uuid.uuid4().hex
-        try:
+        with gated_model(services_of(client).classifier):
             response = client.post(
                 "/predict",
                 files={"file": ("c.png", (photos / "coffee.png").read_bytes())},
                 headers={"X-Request-ID": request_id},
             )
-        finally:
-            gate.release.set()
-            classifier.backend = gate.inner
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "timeout"
         assert rows_with_request_id(client, request_id) == []

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.support import fresh_postgres_database
+from tests.support import fresh_postgres_database, synthetic_record
 from visinspect.db.models import PredictionRecord
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
@@ -31,27 +30,6 @@ def committed_database() -> Iterator[Database]:
         engine.dispose()
 
 
-def record(request_id: str, class_name: str = "espresso") -> PredictionRecord:
-    return PredictionRecord(
-        created_at=datetime.now(UTC),
-        request_id=request_id,
-        model_name="efficientnet_lite0",
-        model_version="sha256:0",
-        backend="onnxruntime",
-        class_id=967,
-        class_name=class_name,
-        confidence=0.9,
-        predictions=[{"class_id": 967, "class_name": class_name, "confidence": 0.9}],
-        image_sha256="0" * 64,
-        image_width=1,
-        image_height=1,
-        image_format="PNG",
-        image_bytes=1,
-        filename=None,
-        latency_ms=1.0,
-    )
-
-
 def count(database: Database) -> int:
     with database.sessions() as session:
         return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)
@@ -61,7 +39,7 @@ async def test_concurrent_stores_each_get_their_committed_row(committed_database
     writer = PredictionWriter(committed_database)
     writer.start()
     try:
-        stored = await asyncio.gather(*(writer.store(record(f"r{i}")) for i in range(50)))
+        stored = await asyncio.gather(*(writer.store(synthetic_record(f"r{i}")) for i in range(50)))
     finally:
         await writer.close()
     assert len({r.id for r in stored}) == 50
@@ -74,9 +52,9 @@ async def test_a_bad_row_fails_alone(committed_database: Database) -> None:
     too_long = "x" * 500  # class_name is VARCHAR(128): PostgreSQL refuses the row
     try:
         results = await asyncio.gather(
-            writer.store(record("a")),
-            writer.store(record("bad", class_name=too_long)),
-            writer.store(record("b")),
+            writer.store(synthetic_record("a")),
+            writer.store(synthetic_record("bad", class_name=too_long)),
+            writer.store(synthetic_record("b")),
             return_exceptions=True,
         )
     finally:

@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from sqlalchemy.orm import Session
 
+from tests.support import synthetic_record
 from visinspect.db import repository
-from visinspect.db.models import PredictionRecord
 from visinspect.db.session import Database
 from visinspect.errors import InvalidRequest, InvalidTimeRange, PredictionNotFound
 from visinspect.services.history import HistoryFilter, HistoryService
@@ -27,32 +27,20 @@ ROWS = [  # (seconds from MIDNIGHT, class_name)
 ]
 
 
-def record(moment: datetime, class_name: str) -> PredictionRecord:
-    return PredictionRecord(
-        created_at=moment,
-        request_id=f"history-{moment.timestamp()}",
-        model_name="efficientnet_lite0",
-        model_version="sha256:0",
-        backend="onnxruntime",
-        class_id=0,
-        class_name=class_name,
-        confidence=0.5,
-        predictions=[{"class_id": 0, "class_name": class_name, "confidence": 0.5}],
-        image_sha256=("a" if class_name == "tabby" else "0") * 64,
-        image_width=1,
-        image_height=1,
-        image_format="PNG",
-        image_bytes=1,
-        filename=None,
-        latency_ms=1.0,
-    )
-
-
 @pytest.fixture
 async def history(database: Database) -> HistoryService:
     def add(session: Session) -> None:
         repository.add_predictions(
-            session, [record(MIDNIGHT + timedelta(seconds=s), c) for s, c in ROWS]
+            session,
+            [
+                synthetic_record(
+                    f"history-{s}",
+                    c,
+                    created_at=MIDNIGHT + timedelta(seconds=s),
+                    image_sha256=("a" if c == "tabby" else "0") * 64,
+                )
+                for s, c in ROWS
+            ],
         )
 
     await database.run(add)

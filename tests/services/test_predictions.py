@@ -10,7 +10,7 @@ import anyio
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.support import GatedBackend, make_settings
+from tests.support import gated_model, make_settings
 from visinspect.db.models import PredictionRecord
 from visinspect.db.session import Database
 from visinspect.errors import (
@@ -106,17 +106,12 @@ async def test_the_timeout_answers_and_stores_nothing(
 ) -> None:
     """The model is held inside a pass (a gate, not a slow machine) until the timeout fired."""
     settings = make_settings("sqlite://", request_timeout_s=0.2, decode_timeout_s=0.1)
-    gate = GatedBackend(classifier.backend)
-    classifier.backend = gate
-    try:
+    with gated_model(classifier) as gate:
         async with open_services(settings, Prepared(database, classifier)) as services:
             upload = Upload.from_bytes((photos / "coffee.png").read_bytes())
             with pytest.raises(RequestTimedOut, match="REQUEST_TIMEOUT_S"):
                 await services.predictions.classify_and_record(upload, request_id="svc-6")
-            gate.release.set()
-    finally:
-        gate.release.set()
-        classifier.backend = gate.inner
+            gate.release.set()  # let the held pass end before the services stop
     assert await rows(database) == 0
 
 
