@@ -6,6 +6,7 @@ the security headers, and the server keeps serving."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -52,6 +53,17 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:  # type: i
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, json.loads(body)
+
+
+def _trickle(sock: socket.socket, byte: bytes, interval_s: float, most: int) -> None:
+    """Send one byte every `interval_s` until the server answers or closes (or `most` sent)."""
+    for _ in range(most):
+        if select.select([sock], [], [], interval_s)[0]:
+            return  # the answer is there to read
+        try:
+            sock.sendall(byte)
+        except (BrokenPipeError, ConnectionResetError):
+            return
 
 
 def _refused(base: str, payload: bytes) -> tuple[int, dict[str, str], dict]:  # type: ignore[type-arg]
@@ -104,12 +116,7 @@ def test_headers_trickled_in_are_408_after_the_header_timeout(limited: tuple[str
     started = time.monotonic()
     with _connect(base) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
-        try:
-            for _ in range(20):  # one byte every 0.3 s: slowloris
-                sock.sendall(b"X")
-                time.sleep(0.3)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        _trickle(sock, b"X", interval_s=0.3, most=20)  # slowloris
         status, _, body = _answer(sock)
     assert (status, body["error"]["code"]) == (408, "request_timeout")
     assert time.monotonic() - started < HEADER_TIMEOUT_S + 2
@@ -134,12 +141,7 @@ def test_a_body_trickled_in_is_408_after_the_body_timeout(limited: tuple[str, Pa
     )
     with _connect(base) as sock:
         sock.sendall(head + b"--b\r\n")
-        try:
-            for _ in range(40):
-                sock.sendall(b"x")
-                time.sleep(0.25)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        _trickle(sock, b"x", interval_s=0.25, most=40)
         status, headers, body = _answer(sock)
     assert (status, body["error"]["code"]) == (408, "request_timeout")
     assert "HTTP_BODY_TIMEOUT_S" in body["error"]["message"]
