@@ -3,6 +3,7 @@ the decoder pool's supervision (timeouts kill, crashes and bloated workers are r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -60,7 +61,7 @@ async def test_a_decode_over_time_is_stopped_and_its_worker_replaced(
     assert pool.replaced == 1
     # The pool is whole again and decodes real photos, twice at once.
     coffee = (photos / "coffee.png").read_bytes()
-    first, second = await _both(pool, coffee, coffee)
+    first, second = await asyncio.gather(pool.decode(_reader(coffee)), pool.decode(_reader(coffee)))
     assert first.image.format == second.image.format == "PNG"
 
 
@@ -105,20 +106,6 @@ def test_the_address_space_cap_turns_an_overrun_into_memory_error() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "refused"
-
-
-async def _both(pool: DecoderPool, a: bytes, b: bytes) -> tuple:  # type: ignore[type-arg]
-    import anyio
-
-    results: list = [None, None]  # type: ignore[type-arg]
-
-    async def one(i: int, data: bytes) -> None:
-        results[i] = await pool.decode(_reader(data))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(one, 0, a)
-        group.start_soon(one, 1, b)
-    return results[0], results[1]
 
 
 def _reader(data: bytes) -> Callable[[], Awaitable[bytes]]:
