@@ -103,14 +103,18 @@ class DecoderPool:
         while not worker.process.is_alive():  # died while idle (e.g. the OOM killer): replace
             self._replace(worker)
             worker = await self._idle.get()
-        reusable = False
         try:
             data = await read()
+        except BaseException:  # the worker was never used: it goes back as it came
+            self._idle.put_nowait(worker)
+            raise
+        reusable = False
+        try:
             outcome, reusable = await anyio.to_thread.run_sync(
                 worker.decode, data, self.limits.timeout_s
             )
         finally:
-            if reusable or worker.unused:
+            if reusable:
                 self._idle.put_nowait(worker)
             else:
                 self._replace(worker)
@@ -161,13 +165,11 @@ class _Worker:
         child_end.close()
         self.connection: multiprocessing.connection.Connection = parent_end
         self.idle_rss: int = self.connection.recv()  # the worker's hello: it is ready
-        self.unused = True  # nothing sent yet (e.g. reading the upload failed)
 
     def decode(self, data: bytes, timeout_s: float) -> tuple[Decoded | VisinspectError, bool]:
         """The decoded upload or why it was refused, and whether this worker may be used again.
         Raises (and the worker must go) when it overran its time or died."""
         started = time.perf_counter()
-        self.unused = False
         try:
             self.connection.send_bytes(data)
             if not self.connection.poll(timeout_s):
