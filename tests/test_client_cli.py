@@ -39,11 +39,12 @@ def test_client_round_trip(server: tuple[object, str, str], photos: Path) -> Non
         assert (refused.value.status, refused.value.code) == (400, "empty_file")
 
 
-def test_the_client_imports_no_server_side_package() -> None:
-    """A user's script that only talks to a server needs neither the ORM, the web framework nor
-    the model runtime (a fresh interpreter, so nothing else was imported before)."""
+@pytest.mark.parametrize("module", ["visinspect.client", "visinspect.cli.classify"])
+def test_talking_to_a_server_imports_no_server_side_package(module: str) -> None:
+    """A user's script, or `visinspect classify --url`, that only talks to a server needs neither
+    the ORM, the web framework nor the model runtime (a fresh interpreter each time)."""
     probe = (
-        "import sys; import visinspect.client; "
+        f"import sys; import {module}; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'sqlalchemy', 'fastapi', 'starlette', 'torch', 'onnxruntime', 'alembic'}))"
     )

@@ -29,8 +29,6 @@ from rich.table import Table
 from visinspect.client import Client, ServiceError
 from visinspect.config import Settings
 from visinspect.errors import VisinspectError
-from visinspect.services.predictions import Upload
-from visinspect.startup import open_services, prepare
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_MATCHED, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -115,8 +113,13 @@ def _remote(
 def _local(settings: Settings, top_k: int) -> tuple[Callable[[Path], Outcome], Callable[[], None]]:
     """The service in this process: its event loop runs in a portal thread, and each file is one
     blocking call into it, exactly as one request would be."""
+    # Imported here: they load the model's libraries, which `--url` never needs.
+    from visinspect.services.predictions import Upload
+    from visinspect.startup import open_services, prepare
+
     prepared = prepare(settings)
     stack = ExitStack()
+    stack.callback(prepared.close)  # unwound last, after the services and the portal
     try:
         portal = stack.enter_context(start_blocking_portal())
         services = stack.enter_context(
@@ -124,9 +127,7 @@ def _local(settings: Settings, top_k: int) -> tuple[Callable[[Path], Outcome], C
         )
     except BaseException:
         stack.close()
-        prepared.close()
         raise
-    stack.callback(prepared.close)
     run_id, counter = uuid.uuid4().hex[:12], itertools.count(1)
 
     def classify_one(path: Path) -> Outcome:
