@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run test audit install-check chromium containers bench bench-smoke lint typecheck pytest postgres hey clean
+.PHONY: run test audit install-check chromium containers bench bench-smoke reliability lint typecheck pytest postgres hey clean
 
 run: $(VENV)/.installed
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect serve
@@ -31,6 +31,11 @@ bench: $(VENV)/.installed-dev postgres hey
 
 bench-smoke: $(VENV)/.installed-dev postgres hey
 	$(BIN)/python -m bench.load --smoke
+
+# Soak at twice the capacity, 2 GB uploads, benign traffic under attack, the decode-bomb corpus
+# against the budgets (docs/reliability.md). SOAK_SECONDS=60 by default.
+reliability: $(VENV)/.installed-dev postgres hey
+	$(BIN)/python -m bench.reliability --seconds $${SOAK_SECONDS:-60}
 
 # The browser test drives Debian's Chromium (never `playwright install`, which downloads one).
 chromium:
