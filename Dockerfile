@@ -1,4 +1,6 @@
-# Visual Inspection Service: CPU-only image with the model weights baked in.
+# Visual Inspection Service: a lean CPU-only serving image. The build stage has PyTorch and builds
+# the model artifact (ONNX graph + manifest, measured against PyTorch); the runtime stage has neither
+# torch nor the weights package, only the artifact and what serves it.
 #   docker build -t visinspect .                      (torch from the PyTorch CPU wheel index)
 #   docker build --build-arg TORCH_INDEX_URL= ...     (no index: torch from docker/wheels/)
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -9,23 +11,27 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_DEFAULT_TIMEOUT=120
 WORKDIR /src
-RUN python3 -m venv /opt/venv
+# /opt/venv serves (copied into the runtime image); /opt/build builds the model (torch).
+RUN python3 -m venv /opt/venv && python3 -m venv /opt/build
 # Wheels placed in docker/wheels/ (may be none) are preferred to downloads.
 COPY docker/wheels/ /wheels/
 COPY pyproject.toml README.md ./
-# Dependencies first, pinned in pyproject.toml: this layer survives source changes.
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
- && /opt/venv/bin/pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt \
- && if /opt/venv/bin/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "CUDA libraries in the image: use a CPU torch wheel" >&2; exit 1; fi
+# Dependencies first, pinned in pyproject.toml: these layers survive source changes.
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies']))" > /tmp/serve.txt \
+ && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['optional-dependencies']['model']))" > /tmp/model.txt \
+ && /opt/venv/bin/pip install --find-links /wheels -r /tmp/serve.txt \
+ && /opt/build/bin/pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/serve.txt -r /tmp/model.txt \
+ && if /opt/build/bin/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "CUDA libraries in the build: use a CPU torch wheel" >&2; exit 1; fi
 COPY src ./src
-# Install the service; load the model once, which checks the weights against their pinned SHA-256,
-# exports the ONNX graph and proves it matches PyTorch, so containers start from the cached export;
-# then drop what a server never uses (torch's C++ headers and test binaries, source maps, pip).
-ENV MODEL_CACHE_DIR=/opt/visinspect/model-cache
-RUN /opt/venv/bin/pip install --no-deps . \
- && /opt/venv/bin/python -c "from visinspect.config import Settings; from visinspect.inference.model import load_classifier; load_classifier(Settings(_env_file=None))" \
+# Build the artifact (checks the weights' SHA-256, exports, proves the graph gives PyTorch's answers
+# on real photographs), then load it with the serving venv, which has no torch, as a container will.
+# Drop what a server never uses (source maps, pip).
+ENV MODEL_DIR=/opt/visinspect/model
+RUN /opt/build/bin/pip install --no-deps . \
+ && /opt/build/bin/visinspect model build \
+ && /opt/venv/bin/pip install --no-deps . \
+ && /opt/venv/bin/python -c "import sys; from visinspect.config import Settings; from visinspect.inference.model import load_classifier; load_classifier(Settings(_env_file=None)); assert 'torch' not in sys.modules" \
  && site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
- && rm -rf "$site/torch/include" "$site/torch/test" \
  && find "$site/swagger_ui_bundle" -name '*.map' -delete \
  && /opt/venv/bin/pip uninstall --yes --quiet pip
 
@@ -33,7 +39,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 visinspect \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /app --shell /usr/sbin/nologin visinspect
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /opt/visinspect/model-cache /opt/visinspect/model-cache
+COPY --from=build /opt/visinspect/model /opt/visinspect/model
 COPY docker/entrypoint.sh /usr/local/bin/visinspect-entrypoint
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -42,7 +48,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     WORKERS=1 \
     DATABASE_WAIT_S=60 \
     LOG_FORMAT=json \
-    MODEL_CACHE_DIR=/opt/visinspect/model-cache \
+    MODEL_DIR=/opt/visinspect/model \
     DATABASE_URL=sqlite:////app/visinspect.db
 USER 10001:10001
 WORKDIR /app

@@ -6,10 +6,15 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run test audit install-check chromium containers bench bench-smoke reliability lint typecheck pytest postgres hey clean
+.PHONY: run model test audit install-check chromium containers bench bench-smoke footprint photos quantization reliability lint typecheck pytest postgres hey clean
 
-run: $(VENV)/.installed
+# The first run builds the model artifact (MODEL_DIR, default ~/.cache/visinspect/model); later runs
+# find it up to date and start at once.
+run: model
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect serve
+
+model: $(VENV)/.installed
+	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect model build --if-missing
 
 test: $(VENV)/.installed-dev postgres chromium lint typecheck pytest
 
@@ -34,6 +39,18 @@ bench-smoke: $(VENV)/.installed-dev postgres hey
 
 # Soak at twice the capacity, 2 GB uploads, benign traffic under attack, the decode-bomb corpus
 # against the budgets (docs/reliability.md). SOAK_SECONDS=60 by default.
+# One serving process: start to ready, RSS after warm-up, no torch mapped (docs/model.md).
+footprint: $(VENV)/.installed-dev model
+	$(BIN)/python -m bench.footprint --check
+
+# Debian's packages of photographs (tuxpaint stamps, OpenCV's samples): int8 calibration and evaluation.
+photos:
+	@test -d /usr/share/tuxpaint/stamps -a -d /usr/share/doc/opencv-doc/examples/data || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default opencv-doc >/dev/null)
+
+# int8 recipes side by side on the same photographs: agreement with fp32 and speed (docs/model.md).
+quantization: $(VENV)/.installed-dev photos
+	$(BIN)/python -m bench.quantization
+
 reliability: $(VENV)/.installed-dev postgres hey
 	$(BIN)/python -m bench.reliability --seconds $${SOAK_SECONDS:-60}
 
@@ -62,7 +79,7 @@ $(VENV)/bin/python:
 	$(BIN)/pip install --quiet --upgrade "pip>=25"
 
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet $(PIP_ARGS) -e .
+	$(BIN)/pip install --quiet $(PIP_ARGS) -e ".[model]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python

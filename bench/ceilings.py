@@ -28,9 +28,10 @@ import torch
 from PIL import Image
 
 from visinspect.config import Settings
-from visinspect.inference.backends import InferenceBackend, TorchBackend
+from visinspect.inference.backends import InferenceBackend
 from visinspect.inference.model import Classifier, load_classifier
 from visinspect.inference.preprocess import preprocess
+from visinspect.inference.reference import TorchBackend
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 

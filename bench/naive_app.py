@@ -17,8 +17,9 @@ from fastapi import FastAPI, File, UploadFile
 
 from visinspect.config import Architecture, Settings
 from visinspect.inference.architectures import build_network
-from visinspect.inference.model import load_labels, resolve_weights
+from visinspect.inference.model import load_labels
 from visinspect.inference.preprocess import PREPROCESSING, preprocess
+from visinspect.inference.weights import weights_path
 
 CONNINFO = os.environ["NAIVE_DATABASE_URL"]  # a plain libpq URL
 SPEC = PREPROCESSING[Architecture.EFFICIENTNET_LITE0]
@@ -26,7 +27,7 @@ LABELS = load_labels()
 
 network = build_network(Architecture.EFFICIENTNET_LITE0)
 network.load_state_dict(
-    torch.load(resolve_weights(Settings(_env_file=None))[0], weights_only=True)  # type: ignore[call-arg]
+    torch.load(weights_path(Settings(_env_file=None)), weights_only=True)  # type: ignore[call-arg]
 )
 network.eval()
 

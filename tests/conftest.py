@@ -27,13 +27,26 @@ from tests.support import (
     running_app,
     serving,
 )
-from visinspect.config import Settings
+from visinspect.config import Precision, Settings
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
 from visinspect.inference.model import Classifier, load_classifier
 
-# One ONNX export per test session, not one per app the tests start.
-os.environ.setdefault("MODEL_CACHE_DIR", tempfile.mkdtemp(prefix="visinspect-model-cache-"))
+# One model artifact per test session (fp32, measured on scikit-image's photos), served by every app
+# and server process the tests start. MODEL_DIR=... reuses an artifact that is up to date.
+os.environ.setdefault("MODEL_DIR", tempfile.mkdtemp(prefix="visinspect-model-"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_artifact() -> Path:
+    from visinspect.cli.model import is_up_to_date
+    from visinspect.inference.build import build_artifact
+    from visinspect.inference.photos import find_photos
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    if not is_up_to_date(settings, {Precision.FP32}):
+        build_artifact(settings, {Precision.FP32}, find_photos([PHOTOS], installed=False))
+    return settings.model_dir
 
 
 @pytest.fixture

@@ -113,6 +113,7 @@ def synthetic_record(
         model_name="efficientnet_lite0",
         model_version="sha256:0",
         backend="onnxruntime",
+        precision="fp32",
         class_id=967,
         class_name=class_name,
         confidence=0.9,
@@ -191,7 +192,9 @@ def free_port() -> int:
 def environment(**values: str) -> dict[str, str]:
     """This process's environment without our settings, plus JSON logs and `values`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "MODEL_"))}
-    env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", **values})
+    # The session's model artifact (tests/conftest.py), unless `values` names another.
+    env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "MODEL_DIR": os.environ["MODEL_DIR"]})
+    env.update(values)
     return env
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,12 @@ def _classify(*args: str, database_url: str = "sqlite://") -> subprocess.Complet
         capture_output=True,
         text=True,
         timeout=300,
-        env={"PATH": "/usr/bin:/bin", "LOG_LEVEL": "WARNING", "DATABASE_URL": database_url},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "LOG_LEVEL": "WARNING",
+            "DATABASE_URL": database_url,
+            "MODEL_DIR": os.environ["MODEL_DIR"],
+        },
     )
 
 

@@ -57,10 +57,10 @@ def test_home_in_paths_is_expanded_as_a_shell_would(
 ) -> None:
     """An .env file is not read by a shell: `~` must still mean the home folder."""
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("MODEL_CACHE_DIR", raising=False)  # conftest sets one for the session
-    (tmp_path / ".env").write_text("MODEL_CACHE_DIR=~/cache\nMODEL_WEIGHTS=~/w-0123abcd.pth\n")
+    monkeypatch.delenv("MODEL_DIR", raising=False)  # conftest sets one for the session
+    (tmp_path / ".env").write_text("MODEL_DIR=~/model\nMODEL_WEIGHTS=~/w-0123abcd.pth\n")
     settings = Settings(_env_file=tmp_path / ".env")  # type: ignore[call-arg]
-    assert settings.model_cache_dir == tmp_path / "cache"
+    assert settings.model_dir == tmp_path / "model"
     assert settings.model_weights == tmp_path / "w-0123abcd.pth"
 
 

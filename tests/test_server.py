@@ -7,7 +7,6 @@ and, for every kind of start-up failure, a refusal to start: exit code 1 and exa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -19,8 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support import VISINSPECT, environment, free_port, json_lines
-from visinspect.inference.model import Classifier
+from tests.support import PHOTOS, VISINSPECT, environment, free_port, json_lines
 
 pytestmark = pytest.mark.slow
 
@@ -101,11 +99,14 @@ def _lite0_weights() -> Path:
 
 
 def test_tampered_weights_refuse_to_start(tmp_path: Path) -> None:
+    """The PyTorch backend reads the weights file: a changed byte is refused."""
     tampered = tmp_path / "efficientnet-lite0-57934424.pth"
     shutil.copyfile(_lite0_weights(), tampered)
     with tampered.open("ab") as fh:
         fh.write(b"\x00")
-    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_WEIGHTS=str(tampered))
+    env = environment(
+        DATABASE_URL=_sqlite(tmp_path), MODEL_WEIGHTS=str(tampered), INFERENCE_BACKEND="pytorch"
+    )
     error = _start_and_fail(env, tmp_path)
     assert error["part"] == "model"
     assert "refusing to load" in error["reason"]
@@ -128,6 +129,7 @@ def test_weights_that_do_not_fit_the_architecture_refuse_to_start(tmp_path: Path
         DATABASE_URL=_sqlite(tmp_path),
         MODEL_ARCH="efficientnet_b0",
         MODEL_WEIGHTS=str(_lite0_weights()),
+        INFERENCE_BACKEND="pytorch",
     )
     error = _start_and_fail(env, tmp_path)
     assert error["part"] == "model"
@@ -135,40 +137,52 @@ def test_weights_that_do_not_fit_the_architecture_refuse_to_start(tmp_path: Path
     assert "MODEL_ARCH" in error["action"]
 
 
-def test_onnx_graph_that_disagrees_with_pytorch_refuses_to_start(
-    tmp_path: Path, classifier: Classifier
-) -> None:
-    """A cached export whose checksum is intact but whose graph is not the model's (a bias
-    moved): the start-up comparison with PyTorch catches it."""
-    import onnx
-    from onnx import numpy_helper
-
-    (exported,) = Path(os.environ["MODEL_CACHE_DIR"]).glob("efficientnet_lite0-*.onnx")
-    graph = onnx.load_from_string(exported.read_bytes())
-    bias = next(i for i in graph.graph.initializer if tuple(i.dims) == (1000,))
-    moved = numpy_helper.to_array(bias).copy()
-    moved[0] += 10.0
-    bias.CopyFrom(numpy_helper.from_array(moved, bias.name))
-    data = graph.SerializeToString()
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / exported.name).write_bytes(data)
-    (cache / exported.name).with_suffix(".onnx.sha256").write_text(hashlib.sha256(data).hexdigest())
-    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_CACHE_DIR=str(cache))
+def test_changed_graph_refuses_to_start(tmp_path: Path) -> None:
+    """One byte of the served graph changed after the build: its checksum in the manifest
+    no longer matches, and the service says to rebuild instead of serving it."""
+    artifact = tmp_path / "model"
+    shutil.copytree(os.environ["MODEL_DIR"], artifact)
+    graph = artifact / "model.fp32.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_DIR=str(artifact))
     error = _start_and_fail(env, tmp_path)
     assert error["part"] == "model"
-    assert "differs from PyTorch" in error["reason"]
-    assert "INFERENCE_BACKEND=pytorch" in error["action"]
+    assert "the graph was changed" in error["reason"]
+    assert "visinspect model build" in error["action"]
 
 
-def test_unreadable_model_cache_refuses_to_start(tmp_path: Path) -> None:
-    not_a_folder = tmp_path / "cache"
-    not_a_folder.write_text("a file where the cache folder belongs")
-    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_CACHE_DIR=str(not_a_folder))
+def test_missing_artifact_refuses_to_start(tmp_path: Path) -> None:
+    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_DIR=str(tmp_path / "nothing"))
     error = _start_and_fail(env, tmp_path)
     assert error["part"] == "model"
-    assert "cannot be read" in error["reason"]
-    assert "MODEL_CACHE_DIR" in error["action"]
+    assert "no model artifact" in error["reason"]
+    assert "visinspect model build" in error["action"]
+
+
+def test_serving_process_holds_no_torch(server: tuple[subprocess.Popen[str], str, str]) -> None:
+    """The lean serving path: after classifying, neither the server process nor its decoder
+    processes have a torch library mapped."""
+    process, base, _ = server
+    photo = (PHOTOS / "coffee.png").read_bytes()
+    response = httpx.post(f"{base}/predict", files={"file": ("c.png", photo)}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["precision"] == "fp32"
+    pids = [process.pid, *_children(process.pid)]
+    assert len(pids) > 1  # the decoders are there too
+    for pid in pids:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "libtorch" not in maps, pid
+        assert "/torch/" not in maps, pid
+    assert "onnxruntime" in Path(f"/proc/{process.pid}/maps").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found + [g for c in found for g in _children(c)]
 
 
 def test_schema_behind_head_without_migrate_on_start_refuses_to_start(tmp_path: Path) -> None:

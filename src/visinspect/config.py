@@ -29,6 +29,17 @@ class Backend(StrEnum):
     PYTORCH = "pytorch"
 
 
+class Precision(StrEnum):
+    """Numeric precision of the served graph; each is measured against PyTorch fp32 at build."""
+
+    FP32 = "fp32"
+    INT8 = "int8"
+
+
+def _default_model_dir() -> Path:
+    return Path.home() / ".cache" / "visinspect" / "model"
+
+
 class Settings(BaseSettings):
     """Typed view of the environment. Nothing else in the package reads `os.environ`."""
 
@@ -79,11 +90,22 @@ class Settings(BaseSettings):
     )
     inference_backend: Backend = Field(
         default=Backend.ONNXRUNTIME,
-        description="onnxruntime (fastest; exported from the PyTorch model) or pytorch (reference).",
+        description="onnxruntime (the artifact in MODEL_DIR; no PyTorch in the process) or "
+        "pytorch (the reference; needs the `model` extra).",
     )
-    model_cache_dir: Path | None = Field(
-        default_factory=lambda: Path.home() / ".cache" / "visinspect",
-        description="Where the ONNX export is cached (keyed by weights hash); empty = no cache.",
+    model_dir: Path = Field(
+        default_factory=_default_model_dir,
+        description="The model artifact that `visinspect model build` writes and the service "
+        "serves (ONNX graphs + manifest.json).",
+    )
+    model_precision: Precision = Field(
+        default=Precision.FP32,
+        description="Which graph of MODEL_DIR to serve: fp32, or int8 (built with "
+        "`visinspect model build --precision int8`).",
+    )
+    model_accept_low_agreement: bool = Field(
+        default=False,
+        description="Serve a precision whose measured agreement with fp32 is below its bar.",
     )
     max_batch_size: int = Field(
         default=8,
@@ -195,12 +217,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("model_cache_dir", mode="before")
-    @classmethod
-    def _empty_means_none(cls, value: object) -> object:
-        return None if value == "" else value
-
-    @field_validator("model_weights", "model_cache_dir")
+    @field_validator("model_weights", "model_dir")
     @classmethod
     def _expand_home(cls, path: Path | None) -> Path | None:
         """`~/...` as a shell would read it: an .env file is not read by a shell."""

@@ -109,6 +109,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                     "model_name": identity.name,
                     "model_version": identity.version,
                     "backend": identity.backend,
+                    "precision": identity.precision,
                 }
             )
             app.state.services = services
@@ -117,6 +118,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 model_name=identity.name,
                 model_version=identity.version,
                 backend=identity.backend,
+                precision=identity.precision,
             )
             try:
                 yield

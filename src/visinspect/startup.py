@@ -2,8 +2,9 @@
 and the container (whose entrypoint is `visinspect serve`).
 
 `prepare(settings)` does the work that can fail for reasons an operator must fix, in this order:
-verify the weights' checksum, reach the database (waiting up to DATABASE_WAIT_S), migrate the schema
-to the head (MIGRATE_ON_START) or verify that it is there, load the model. Each failure is a
+load the model (the artifact in MODEL_DIR, checked against its manifest), reach the database
+(waiting up to DATABASE_WAIT_S), migrate the schema to the head (MIGRATE_ON_START) or verify that it
+is there. Each failure is a
 `StartupFailed` naming the part, the cause and what to do; callers log it as one `startup.failed`
 line and exit 1.
 
@@ -28,8 +29,8 @@ from visinspect.db.schema import create_all_for_development, schema_problem, upg
 from visinspect.db.session import Database, create_db_engine, describe_failure
 from visinspect.db.writer import PredictionWriter
 from visinspect.inference.batcher import MicroBatcher
-from visinspect.inference.decoders import DecoderLimits, DecoderPool
-from visinspect.inference.model import Classifier, ModelLoadError, load_classifier, verified_weights
+from visinspect.inference.decoders import DecoderLimits, DecoderPool, start_forkserver
+from visinspect.inference.model import Classifier, ModelLoadError, load_classifier
 from visinspect.inference.runner import InferenceRunner
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
@@ -71,10 +72,12 @@ def prepare(settings: Settings) -> Prepared:
         "startup.begin",
         model_arch=settings.model_arch.value,
         backend=settings.inference_backend.value,
+        precision=settings.model_precision.value,
         migrate_on_start=settings.migrate_on_start,
     )
+    start_forkserver()  # the decoders' process server starts while the model loads
     try:
-        weights = verified_weights(settings)  # cheap, and the likeliest mistake: first
+        classifier = load_classifier(settings)  # the artifact's checks are cheap: first
     except ModelLoadError as exc:
         raise StartupFailed("model", str(exc), exc.action) from exc
     database = Database(create_db_engine(settings), settings.database_pool_size)
@@ -82,10 +85,6 @@ def prepare(settings: Settings) -> Prepared:
         log.info("startup.database", database=database.describe())
         wait_for_database(database.engine, settings.database_wait_s)
         prepare_schema(database.engine, settings)
-        try:
-            classifier = load_classifier(settings, weights)
-        except ModelLoadError as exc:
-            raise StartupFailed("model", str(exc), exc.action) from exc
     except BaseException:
         database.dispose()
         raise

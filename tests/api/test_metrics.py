@@ -51,6 +51,7 @@ def test_metrics_move_with_traffic(sqlite_client: TestClient, photos: Path) -> N
         "model_name": "efficientnet_lite0",
         "model_version": "sha256:579344248a93e230",
         "backend": "onnxruntime",
+        "precision": "fp32",
     }
 
 

@@ -14,16 +14,10 @@ from pydantic import ValidationError
 from tests.support import PHOTOS
 from visinspect.config import Architecture, Settings
 from visinspect.inference.architectures import EfficientNetB0
-from visinspect.inference.backends import TorchBackend
-from visinspect.inference.model import (
-    LITE0_WEIGHTS_SHA256,
-    Classifier,
-    ModelLoadError,
-    load_classifier,
-    load_labels,
-    resolve_weights,
-)
+from visinspect.inference.model import Classifier, ModelLoadError, load_classifier, load_labels
 from visinspect.inference.preprocess import PREPROCESSING, preprocess
+from visinspect.inference.reference import TorchBackend
+from visinspect.inference.weights import LITE0_WEIGHTS_SHA256, weights_path
 
 # Top-1 of the shipped Lite0 weights under their reference transform (shared/notes/model-weights.md).
 EXPECTED_TOP1 = {
@@ -37,6 +31,11 @@ EXPECTED_TOP1 = {
 
 def settings(**values: object) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def reference(**values: object) -> Settings:
+    """The PyTorch backend: the path that reads the weights file (as `visinspect model build`)."""
+    return settings(inference_backend="pytorch", **values)
 
 
 def classify(classifier: Classifier, name: str, top_k: int = 3) -> list[tuple[str, float]]:
@@ -106,24 +105,25 @@ def test_a_batch_gives_each_image_its_own_answer(classifier: Classifier) -> None
 def test_default_model_tells_the_truth_about_itself(classifier: Classifier) -> None:
     assert classifier.model_name == "efficientnet_lite0"
     assert classifier.model_version == f"sha256:{LITE0_WEIGHTS_SHA256[:16]}"
-    assert classifier.weights.sha256 == LITE0_WEIGHTS_SHA256
+    assert classifier.weights_sha256 == LITE0_WEIGHTS_SHA256
+    assert classifier.identity.precision == "fp32"
 
 
 def test_weights_with_wrong_checksum_are_refused(tmp_path: Path) -> None:
-    default_path, _ = resolve_weights(settings())
+    default_path = weights_path(settings())
     tampered = tmp_path / "efficientnet-lite0-57934424.pth"
     shutil.copyfile(default_path, tampered)
     with tampered.open("r+b") as fh:
         fh.seek(1000)
         fh.write(b"\x00\x01\x02\x03")
     with pytest.raises(ModelLoadError, match="refusing to load"):
-        load_classifier(settings(model_weights=tampered))
+        load_classifier(reference(model_weights=tampered))
 
 
 def test_missing_weights_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not found"):
         load_classifier(
-            settings(model_weights=tmp_path / "nope.pth", model_weights_sha256="0" * 64)
+            reference(model_weights=tmp_path / "nope.pth", model_weights_sha256="0" * 64)
         )
 
 
@@ -131,7 +131,7 @@ def test_weights_without_any_expected_hash_are_refused(tmp_path: Path) -> None:
     unnamed = tmp_path / "weights.pth"
     unnamed.write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="carries no hash") as refused:
-        load_classifier(settings(model_weights=unnamed))
+        load_classifier(reference(model_weights=unnamed))
     assert "MODEL_WEIGHTS_SHA256" in refused.value.action
 
 
@@ -177,10 +177,10 @@ def test_torchvision_format_b0_file_loads_through_the_setting(tmp_path: Path) ->
 
 
 def test_lite0_weights_do_not_pass_as_b0() -> None:
-    default_path, _ = resolve_weights(settings())
+    default_path = weights_path(settings())
     with pytest.raises(ModelLoadError, match="do not fit efficientnet_b0"):
         load_classifier(
-            settings(
+            reference(
                 model_arch="efficientnet_b0",
                 model_weights=default_path,
                 model_weights_sha256=LITE0_WEIGHTS_SHA256,

@@ -38,6 +38,7 @@ class PredictionOut(BaseModel):
                     "model_name": "efficientnet_lite0",
                     "model_version": "sha256:579344248a93e230",
                     "backend": "onnxruntime",
+                    "precision": "fp32",
                     "predictions": _PREDICTIONS_EXAMPLE,
                     "image_sha256": "2b7e1510b2f6a3c0a0f8a8f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1",
                     "image_width": 400,
@@ -56,6 +57,7 @@ class PredictionOut(BaseModel):
     model_name: str = Field(description="Architecture that produced the prediction")
     model_version: str = Field(description="sha256 prefix of the exact weights file used")
     backend: str = Field(description="Runtime that executed the network: onnxruntime or pytorch")
+    precision: str = Field(description="Numeric precision of the graph that answered: fp32 or int8")
     predictions: list[ClassScore] = Field(description="Top-k classes, most confident first")
     image_sha256: str
     image_width: int = Field(description="Width after EXIF orientation")
@@ -128,6 +130,7 @@ class ReadinessOut(BaseModel):
     model_name: str | None = None
     model_version: str | None = None
     backend: str | None = None
+    precision: str | None = None
     schema_revision: str | None = None
 
 

@@ -1,4 +1,4 @@
-"""`visinspect classify | serve | db upgrade | db current`: the console entry point.
+"""`visinspect classify | serve | model build | model show | db upgrade | db current`.
 
 Every command starts along one path (`visinspect.startup`); a start-up failure ends with one
 `startup.failed` log line that names the cause and what to do, and exit code 1.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -62,6 +63,42 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default: PORT (8000)")
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     serve.set_defaults(handler=_serve)
+    model = commands.add_parser("model", help="the model artifact").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    build = model.add_parser(
+        "build",
+        help="export the ONNX graph(s) to MODEL_DIR and measure them against PyTorch "
+        "(needs the `model` extra)",
+    )
+    build.add_argument(
+        "--precision",
+        action="append",
+        default=[],
+        choices=["fp32", "int8"],
+        help="also build this precision (fp32 is always built); repeatable",
+    )
+    build.add_argument(
+        "--photos",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="more photographs to measure and calibrate on; repeatable",
+    )
+    build.add_argument(
+        "--accept-low-agreement",
+        action="store_true",
+        help="write an int8 graph below its agreement bar (served only with "
+        "MODEL_ACCEPT_LOW_AGREEMENT=true)",
+    )
+    build.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing when MODEL_DIR already holds a matching artifact",
+    )
+    build.set_defaults(handler=_model_build)
+    model.add_parser("show", help="print MODEL_DIR's manifest").set_defaults(handler=_model_show)
     db = commands.add_parser("db", help="database schema").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -88,6 +125,18 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from visinspect.cli.serve import serve
 
     return serve(settings, args.host or settings.host, args.port or settings.port, args.workers)
+
+
+def _model_build(settings: Settings, args: argparse.Namespace) -> int:
+    from visinspect.cli.model import build
+
+    return build(settings, args)
+
+
+def _model_show(settings: Settings, args: argparse.Namespace) -> int:
+    from visinspect.cli.model import show
+
+    return show(settings, args)
 
 
 def _db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:

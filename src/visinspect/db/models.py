@@ -58,6 +58,8 @@ class PredictionRecord(Base):
     model_version: Mapped[str] = mapped_column(String(64), nullable=False)
     # Attribute names follow the API (`backend`, `predictions`); the columns keep their names.
     backend: Mapped[str] = mapped_column("inference_backend", String(32), nullable=False)
+    # The server default lets a previous release (which does not know the column) keep inserting.
+    precision: Mapped[str] = mapped_column(String(8), nullable=False, server_default="fp32")
     class_id: Mapped[int] = mapped_column(Integer, nullable=False)
     class_name: Mapped[str] = mapped_column(String(128), nullable=False)
     confidence: Mapped[float] = mapped_column(nullable=False)

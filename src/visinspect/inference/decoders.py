@@ -25,8 +25,10 @@ import asyncio
 import hashlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import resource
+import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -71,6 +73,21 @@ class Decoded:
     decode_ms: float
 
 
+_PRELOAD = ["visinspect.inference.decoders"]
+
+
+def start_forkserver() -> threading.Thread:
+    """Start the forkserver (and its import of the decoding code, about a second) in the
+    background, so that it overlaps the rest of start-up; DecoderPool.start waits for it."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    thread = threading.Thread(
+        target=multiprocessing.forkserver.ensure_running, name="forkserver-start", daemon=True
+    )
+    thread.start()
+    return thread
+
+
 class DecoderPool:
     """DECODE_WORKERS processes; `decode` borrows an idle one for one upload."""
 
@@ -78,7 +95,7 @@ class DecoderPool:
         self.limits = limits
         self.size = workers
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["visinspect.inference.decoders"])
+        self._context.set_forkserver_preload(_PRELOAD)
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._replacing: set[asyncio.Task[None]] = set()
         self._closed = False

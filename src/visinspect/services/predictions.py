@@ -124,6 +124,7 @@ def new_record(
         model_name=classification.model.name,
         model_version=classification.model.version,
         backend=classification.model.backend,
+        precision=classification.model.precision,
         class_id=top.class_id,
         class_name=top.class_name,
         confidence=top.confidence,

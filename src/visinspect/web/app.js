@@ -87,7 +87,7 @@ async function classify(file) {
     bars(list, result.predictions.map((p) => ({
       label: p.class_name, value: p.confidence, text: percent(p.confidence),
     })), 1);
-    status.textContent = `${result.model_name} (${result.model_version}, ${result.backend}), `
+    status.textContent = `${result.model_name} (${result.model_version}, ${result.backend}, ${result.precision}), `
       + `${result.latency_ms.toFixed(0)} ms, record #${result.id}`;
     card.insertBefore(list, status);
     card.dataset.topClass = result.predictions[0].class_name;

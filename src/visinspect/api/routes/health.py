@@ -37,6 +37,7 @@ async def ready(request: Request, readiness: ReadinessServiceDep) -> JSONRespons
         model_name=result.model.name,
         model_version=result.model.version,
         backend=result.model.backend,
+        precision=result.model.precision,
         schema_revision=result.schema_revision,
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=503 if result.failing else 200)

@@ -1,0 +1,150 @@
+"""Footprint of one serving process: start to ready, resident memory after warm-up, no torch.
+
+  make footprint        (= python -m bench.footprint; MODEL_DIR must hold a built artifact)
+
+Starts the real `visinspect serve` several times against an already-migrated SQLite database (a
+restart, the common case; the first start migrates and is not counted), measures the time from
+spawning the process to the first 200 from /health, sends warm-up requests (a real photograph),
+then reads the server process's RSS and its memory map: a torch library in it fails the run. The
+decoder processes are reported separately (they never load the model).
+
+Targets (issue: lean serving): RSS after warm-up <= 250 MB, start to ready <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from bench.load import free_port
+
+VISINSPECT = str(Path(sys.executable).parent / "visinspect")
+RSS_TARGET_MB = 250
+START_TARGET_S = 3.0
+
+
+def photo_jpeg() -> bytes:
+    """coffee.png from scikit-image's wheel as a JPEG (the usual upload)."""
+    import skimage.data
+
+    png = Path(skimage.data.__file__).parent / "coffee.png"
+    buffer = io.BytesIO()
+    Image.open(png).convert("RGB").save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(c) for c in text]
+    return found + [g for c in found for g in children(c)]
+
+
+def torch_mapped(pid: int) -> bool:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "libtorch" in maps or "/torch/" in maps
+
+
+def one_start(env: dict[str, str], photo: bytes, warmup: int) -> dict[str, object]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [VISINSPECT, "serve", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with httpx.Client(timeout=5) as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"visinspect serve exited with {process.returncode}")
+                try:
+                    if client.get(f"{base}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.01)
+            ready_s = time.perf_counter() - started
+            for _ in range(warmup):
+                response = client.post(
+                    f"{base}/predict", files={"file": ("coffee.jpg", photo, "image/jpeg")}
+                )
+                response.raise_for_status()
+            precision = response.json()["precision"]
+        decoders = children(process.pid)
+        return {
+            "ready_s": round(ready_s, 3),
+            "rss_mb": round(rss_mb(process.pid), 1),
+            "decoder_rss_mb": [round(rss_mb(pid), 1) for pid in decoders],
+            "torch_in_server": torch_mapped(process.pid),
+            "torch_in_decoders": any(torch_mapped(pid) for pid in decoders),
+            "precision": precision,
+        }
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=50, help="requests before RSS is read")
+    parser.add_argument("--precision", default=os.environ.get("MODEL_PRECISION", "fp32"))
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    photo = photo_jpeg()
+    with tempfile.TemporaryDirectory(prefix="visinspect-footprint-") as work:
+        env = {
+            "DATABASE_URL": f"sqlite:///{work}/footprint.db",
+            "MODEL_PRECISION": args.precision,
+            "LOG_FORMAT": "json",
+        }
+        one_start(env, photo, 1)  # migrates the new database; not counted
+        runs = [one_start(env, photo, args.warmup) for _ in range(args.starts)]
+    ready = [float(r["ready_s"]) for r in runs]  # type: ignore[arg-type]
+    rss = [float(r["rss_mb"]) for r in runs]  # type: ignore[arg-type]
+    torch_free = not any(r["torch_in_server"] or r["torch_in_decoders"] for r in runs)
+    summary = {
+        "precision": runs[0]["precision"],
+        "starts": len(runs),
+        "ready_s_median": round(statistics.median(ready), 3),
+        "ready_s_max": max(ready),
+        "rss_mb_median": round(statistics.median(rss), 1),
+        "rss_mb_max": max(rss),
+        "decoder_rss_mb": runs[-1]["decoder_rss_mb"],
+        "torch_free": torch_free,
+    }
+    passed = {
+        f"RSS after warm-up <= {RSS_TARGET_MB} MB": summary["rss_mb_max"] <= RSS_TARGET_MB,  # type: ignore[operator]
+        f"start to ready <= {START_TARGET_S} s": summary["ready_s_max"] <= START_TARGET_S,  # type: ignore[operator]
+        "no torch in any serving process": torch_free,
+    }
+    print(json.dumps(summary, indent=2))
+    for target, ok in passed.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {target}")
+    return 1 if args.check and not all(passed.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

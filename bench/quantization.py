@@ -1,0 +1,105 @@
+"""int8 recipes side by side: top-1 agreement with PyTorch fp32 and speed against the fp32 graph.
+
+  make quantization     (= python -m bench.quantization; `make photos` installs the photographs)
+
+Every recipe is calibrated on the same calibration photographs and measured on the same, disjoint
+evaluation photographs (`visinspect.inference.photos`), in one run on one machine. Agreement is
+reported overall and by the fp32 reference's own confidence; speed is milliseconds per image at
+batch 1 and 8, the recipe and fp32 alternating (`build.measure_speed`). The default recipe also runs
+with ONNX Runtime's fast u8s8 kernels, to show what they cost on a CPU without VNNI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from visinspect.config import Architecture, Precision, Settings
+from visinspect.inference.backends import OnnxRuntimeBackend
+from visinspect.inference.build import (
+    INT8_CONFIDENT,
+    Int8Recipe,
+    cpu_description,
+    load_photos,
+    measure_speed,
+    quantize_int8,
+    softmax_of,
+)
+from visinspect.inference.photos import find_photos
+from visinspect.inference.preprocess import PREPROCESSING
+from visinspect.inference.reference import TorchBackend, export_onnx, load_network
+from visinspect.inference.weights import verified_weights
+
+RECIPES = {
+    "MinMax, flips (default)": Int8Recipe(),
+    "MinMax, no flips": Int8Recipe(flip=False),
+    "Entropy": Int8Recipe(calibrator="Entropy", flip=False),
+    "Percentile 99.999": Int8Recipe(calibrator="Percentile", flip=False),
+    "MinMax, 7-bit weights": Int8Recipe(reduce_range=True),
+    "MinMax, ends in fp32": Int8Recipe(keep_fp32=("ends",)),
+    "MinMax, depthwise in fp32": Int8Recipe(keep_fp32=("depthwise",)),
+}
+
+
+class FastKernels(OnnxRuntimeBackend):
+    """The int8 graph on ONNX Runtime's default (saturating on AVX2) u8s8 kernels."""
+
+    def __init__(self, model: bytes, threads: int) -> None:
+        super().__init__(model, threads, Precision.FP32)  # FP32: no precise-kernel option
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="two recipes only")
+    args = parser.parse_args()
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    spec = PREPROCESSING[Architecture.EFFICIENTNET_LITE0]
+    network = load_network(settings.model_arch, verified_weights(settings))
+    reference = TorchBackend(network)
+    photos = find_photos()
+    print(f"photographs: {', '.join(photos.sources)}")
+    print(f"calibration {len(photos.calibration)}, evaluation {len(photos.evaluation)} (disjoint)")
+    print(f"CPU: {cpu_description()}, {settings.torch_threads} threads\n")
+    evaluation = load_photos(photos.evaluation, spec, reference)
+    calibration = load_photos(photos.calibration, spec, None).tensors
+    fp32_bytes = export_onnx(network, spec.crop_size)
+    fp32 = OnnxRuntimeBackend(fp32_bytes, settings.torch_threads)
+    confidence = evaluation.reference.max(1)
+    confident = confidence >= INT8_CONFIDENT
+    print(
+        "| recipe | top-1 agreement | fp32 conf >= 0.5 | fp32 conf < 0.5 | mean / max |Δ conf| "
+        "| ms/img b1 (fp32) | ms/img b8 (fp32) | speed-up b8 | quantize s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    recipes = dict(list(RECIPES.items())[:2]) if args.quick else RECIPES
+    for name, recipe in recipes.items():
+        started = time.perf_counter()
+        int8, _ = quantize_int8(fp32_bytes, calibration, recipe)
+        seconds = time.perf_counter() - started
+        backends = {name: OnnxRuntimeBackend(int8, settings.torch_threads, Precision.INT8)}
+        if recipe == Int8Recipe():
+            backends[f"{name}, fast u8s8 kernels"] = FastKernels(int8, settings.torch_threads)
+        for label, backend in backends.items():
+            probabilities = softmax_of(backend, evaluation.tensors)
+            agree = probabilities.argmax(1) == evaluation.reference.argmax(1)
+            diff = np.abs(probabilities - evaluation.reference).max(1)
+            speed = measure_speed(backend, fp32, evaluation.tensors, settings.torch_threads)
+            print(
+                f"| {label} | {agree.sum()}/{len(agree)} ({agree.mean():.1%}) "
+                f"| {agree[confident].sum()}/{confident.sum()} "
+                f"| {agree[~confident].sum()}/{(~confident).sum()} "
+                f"| {diff.mean():.3f} / {diff.max():.3f} "
+                f"| {speed.ms_per_image_batch1:.2f} ({speed.fp32_ms_per_image_batch1:.2f}) "
+                f"| {speed.ms_per_image_batch8:.2f} ({speed.fp32_ms_per_image_batch8:.2f}) "
+                f"| {speed.fp32_ms_per_image_batch8 / speed.ms_per_image_batch8:.2f}x "
+                f"| {seconds:.0f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`visinspect model build | show`: make the artifact the service serves, and say what it is."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from visinspect.config import Precision, Settings
+from visinspect.inference.artifact import ArtifactError, describe, read_manifest
+from visinspect.startup import StartupFailed
+
+
+def build(settings: Settings, args: argparse.Namespace) -> int:
+    """Build MODEL_DIR (fp32, plus int8 when asked); with --if-missing, only when what is there
+    does not match the settings (make run calls it before every start)."""
+    precisions = {Precision.FP32, *(Precision(p) for p in args.precision)}
+    if args.if_missing and is_up_to_date(settings, precisions):
+        print(f"visinspect: the model artifact in {settings.model_dir} is up to date")
+        return 0
+    try:
+        from visinspect.inference.build import BuildFailed, build_artifact
+        from visinspect.inference.photos import find_photos
+        from visinspect.inference.weights import ModelLoadError
+    except ImportError as exc:
+        raise StartupFailed(
+            "model",
+            f"building the model needs PyTorch and ONNX: {exc}",
+            "install the `model` extra: pip install 'visual-inspection-service[model]'",
+        ) from exc
+    try:
+        manifest = build_artifact(
+            settings, precisions, find_photos(args.photos), args.accept_low_agreement
+        )
+    except (BuildFailed, ModelLoadError) as exc:
+        raise StartupFailed("model", str(exc), exc.action) from exc
+    print(_summary(manifest))
+    return 0
+
+
+def show(settings: Settings, _args: argparse.Namespace) -> int:
+    try:
+        print(describe(read_manifest(settings.model_dir)))
+    except ArtifactError as exc:
+        print(f"visinspect: {exc}; {exc.action}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def is_up_to_date(settings: Settings, precisions: set[Precision]) -> bool:
+    from visinspect.inference.artifact import check_manifest
+    from visinspect.inference.model import load_labels
+    from visinspect.inference.weights import ModelLoadError, expected_sha256
+
+    try:
+        manifest = read_manifest(settings.model_dir)
+        check_manifest(manifest, settings.model_arch, expected_sha256(settings), load_labels())
+    except (ArtifactError, ModelLoadError):
+        return False
+    return precisions <= set(manifest.graphs)
+
+
+def _summary(manifest: object) -> str:
+    from visinspect.inference.artifact import Manifest
+
+    assert isinstance(manifest, Manifest)
+    lines = [
+        f"model artifact: {manifest.model_name}, weights sha256:{manifest.weights_sha256[:16]}"
+    ]
+    for precision, graph in sorted(manifest.graphs.items()):
+        a = graph.agreement
+        line = (
+            f"  {precision.value}: {graph.file} ({graph.bytes / 1e6:.1f} MB), top-1 agreement "
+            f"{a.top1_agree}/{a.photos} ({a.top1_agreement:.1%}), max |Δ confidence| "
+            f"{a.max_abs_confidence_diff:.2g}, meets its bar: {'yes' if a.meets_bar else 'NO'}"
+        )
+        if graph.speed is not None:
+            s = graph.speed
+            line += (
+                f"; {s.ms_per_image_batch1:.2f}/{s.ms_per_image_batch8:.2f} ms per image at "
+                f"batch 1/8 vs fp32 {s.fp32_ms_per_image_batch1:.2f}/"
+                f"{s.fp32_ms_per_image_batch8:.2f} ({s.cpu})"
+            )
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""The model artifact: ONNX graphs plus a `manifest.json` that says exactly what they are.
+
+`visinspect model build` (the `model` extra, with PyTorch) writes the directory once; the serving
+process reads it here without importing torch. Everything the graphs were built from is pinned by
+checksum: the weights, each graph, the class-name list, the preprocessing contract and the ONNX
+Runtime version the agreement was measured with. A directory that does not match what the settings
+ask for is refused with a `ModelLoadError` that says how to rebuild it, never served.
+
+    MODEL_DIR/
+      manifest.json
+      model.fp32.onnx
+      model.int8.onnx        (visinspect model build --precision int8)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from visinspect.config import Architecture, Precision, Settings
+from visinspect.inference.preprocess import PREPROCESSING, Preprocessing
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+REBUILD = (
+    "run `visinspect model build` with the same settings (MODEL_ARCH, MODEL_WEIGHTS, MODEL_DIR)"
+)
+
+
+class ArtifactError(RuntimeError):
+    """MODEL_DIR cannot be served as configured; `action` tells the operator what to do."""
+
+    def __init__(self, message: str, action: str = REBUILD) -> None:
+        super().__init__(message)
+        self.action = action
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreprocessingContract(_Strict):
+    resize: int
+    crop: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, spec: Preprocessing) -> PreprocessingContract:
+        return cls(
+            resize=spec.resize_size,
+            crop=spec.crop_size,
+            interpolation=spec.interpolation.name.lower(),
+            mean=spec.mean,
+            std=spec.std,
+        )
+
+
+class Band(_Strict):
+    """Agreement on the photos whose fp32 top-1 confidence is at least `min_confidence`."""
+
+    min_confidence: float
+    photos: int
+    top1_agree: int
+
+
+class Agreement(_Strict):
+    """A graph measured against the PyTorch fp32 reference on real photographs."""
+
+    photos: int
+    sources: list[str]
+    top1_agree: int
+    top1_agreement: float
+    mean_abs_confidence_diff: float
+    max_abs_confidence_diff: float
+    bands: list[Band]
+    bar: str  # the rule this graph had to pass, in words
+    meets_bar: bool
+
+
+class Speed(_Strict):
+    """Milliseconds per image on the build machine, this graph and fp32 side by side."""
+
+    threads: int
+    ms_per_image_batch1: float
+    ms_per_image_batch8: float
+    fp32_ms_per_image_batch1: float
+    fp32_ms_per_image_batch8: float
+    cpu: str
+
+
+class Graph(_Strict):
+    file: str
+    sha256: str
+    bytes: int
+    agreement: Agreement
+    speed: Speed | None = None
+    quantization: dict[str, object] | None = None  # how an int8 graph was made (calibration, ...)
+
+
+class Manifest(_Strict):
+    format: int
+    model_name: str
+    weights_sha256: str
+    labels_sha256: str
+    preprocessing: PreprocessingContract
+    onnx_opset: int
+    onnxruntime_version: str
+    built_with: dict[str, str]  # torch, onnx, visinspect versions
+    built_at: str
+    graphs: dict[Precision, Graph]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedGraph:
+    """A verified graph, ready for an inference session."""
+
+    manifest: Manifest
+    precision: Precision
+    graph: Graph
+    onnx: bytes
+
+
+def labels_sha256(labels: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(labels).encode()).hexdigest()
+
+
+def read_manifest(directory: Path) -> Manifest:
+    path = directory / MANIFEST
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ArtifactError(f"no model artifact in {directory} ({MANIFEST} is missing)") from None
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot read {path}: {exc}", "fix MODEL_DIR or its permissions"
+        ) from exc
+    try:
+        manifest = Manifest.model_validate_json(text)
+    except ValidationError as exc:
+        raise ArtifactError(f"{path} is not a valid manifest: {_first_error(exc)}") from exc
+    if manifest.format != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has format {manifest.format}, this release reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def load_graph(
+    settings: Settings, expected_weights_sha256: str, labels: tuple[str, ...]
+) -> LoadedGraph:
+    """The graph MODEL_PRECISION asks for, after every check of the manifest against the settings,
+    the packaged class list, the installed ONNX Runtime and the graph file's own checksum."""
+    directory = settings.model_dir
+    manifest = read_manifest(directory)
+    check_manifest(manifest, settings.model_arch, expected_weights_sha256, labels)
+    precision = settings.model_precision
+    graph = manifest.graphs.get(precision)
+    if graph is None:
+        built = ", ".join(sorted(manifest.graphs)) or "none"
+        raise ArtifactError(
+            f"{directory} has no {precision.value} graph (built: {built})",
+            f"run `visinspect model build --precision {precision.value}`, or set MODEL_PRECISION "
+            "to a built one",
+        )
+    if not graph.agreement.meets_bar and not settings.model_accept_low_agreement:
+        raise ArtifactError(
+            f"the {precision.value} graph agrees with the fp32 reference on "
+            f"{graph.agreement.top1_agree}/{graph.agreement.photos} photos, below its bar "
+            f"({graph.agreement.bar})",
+            "serve MODEL_PRECISION=fp32, or set MODEL_ACCEPT_LOW_AGREEMENT=true to serve it anyway",
+        )
+    path = directory / graph.file
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read the {precision.value} graph {path}: {exc}") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != graph.sha256:
+        raise ArtifactError(
+            f"{path} has sha256 {actual}, the manifest says {graph.sha256}: the graph was changed"
+        )
+    return LoadedGraph(manifest, precision, graph, data)
+
+
+def check_manifest(
+    manifest: Manifest, arch: Architecture, weights_sha256: str, labels: tuple[str, ...]
+) -> None:
+    """Refuse an artifact built from other weights, another network, another class list, another
+    preprocessing or another ONNX Runtime than the ones this process would serve with."""
+    if manifest.model_name != arch.value:
+        raise ArtifactError(f"the artifact holds {manifest.model_name}, MODEL_ARCH is {arch.value}")
+    if not manifest.weights_sha256.startswith(weights_sha256):
+        raise ArtifactError(
+            f"the artifact was built from weights sha256 {manifest.weights_sha256[:16]}..., "
+            f"the configured weights are {weights_sha256[:16]}..."
+        )
+    if manifest.labels_sha256 != labels_sha256(labels):
+        raise ArtifactError("the artifact was built with another class-name list")
+    expected = PreprocessingContract.of(PREPROCESSING[arch])
+    if manifest.preprocessing != expected:
+        raise ArtifactError(
+            f"the artifact's preprocessing {manifest.preprocessing} differs from this release's "
+            f"{expected}"
+        )
+    installed = onnxruntime_version()
+    if manifest.onnxruntime_version != installed:
+        raise ArtifactError(
+            f"the artifact's agreement was measured with ONNX Runtime {manifest.onnxruntime_version}, "
+            f"{installed} is installed"
+        )
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime
+
+    version: str = onnxruntime.__version__
+    return version
+
+
+def write_artifact(directory: Path, manifest: Manifest, graphs: dict[str, bytes]) -> None:
+    """Write graphs and manifest into a fresh sibling directory, then swap it in: a reader sees
+    the old artifact or the new one, never half of each."""
+    directory = directory.resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    for name, data in graphs.items():
+        (staging / name).write_bytes(data)
+    (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    # mkdtemp makes it private (0700); the serving user, often another one, must read it.
+    os.chmod(staging, 0o755)  # noqa: S103
+    if directory.exists():
+        retired = directory.with_name(f".{directory.name}-old-{os.getpid()}")
+        directory.rename(retired)
+        staging.rename(directory)
+        _remove_tree(retired)
+    else:
+        staging.rename(directory)
+
+
+def _remove_tree(path: Path) -> None:
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}"
+
+
+def describe(manifest: Manifest) -> str:
+    """The manifest as the CLI prints it."""
+    return json.dumps(manifest.model_dump(mode="json"), indent=2)

@@ -1,0 +1,407 @@
+"""`visinspect model build`: PyTorch weights -> measured ONNX graphs + manifest (the `model` extra).
+
+The fp32 graph is exported from the verified PyTorch network and must give PyTorch's answers on
+every real photograph available (same top-1, every confidence within 1e-3). An int8 graph is
+statically quantized (ONNX Runtime QDQ) on the calibration photos and measured on the disjoint
+evaluation photos; its bar is the product's: top-1 agreement with fp32 on at least 97% of them and
+on all of those fp32 is at least 50% sure of. A graph below its bar fails the build, unless the
+operator accepts it explicitly, in which case the manifest says so and the service refuses to
+serve it without MODEL_ACCEPT_LOW_AGREEMENT=true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from visinspect.config import Precision, Settings
+from visinspect.inference.artifact import (
+    FORMAT_VERSION,
+    Agreement,
+    Band,
+    Graph,
+    Manifest,
+    PreprocessingContract,
+    Speed,
+    labels_sha256,
+    onnxruntime_version,
+    write_artifact,
+)
+from visinspect.inference.backends import EQUIVALENCE_TOLERANCE, OnnxRuntimeBackend, softmax
+from visinspect.inference.model import load_labels
+from visinspect.inference.photos import PhotoSets
+from visinspect.inference.preprocess import PREPROCESSING, Preprocessing, preprocess
+from visinspect.inference.reference import (
+    ONNX_OPSET,
+    TorchBackend,
+    export_onnx,
+    load_network,
+    torch_version,
+)
+from visinspect.inference.weights import verified_weights
+
+log = structlog.get_logger("visinspect.model")
+
+INT8_MIN_AGREEMENT = 0.97
+INT8_CONFIDENT = 0.5  # photos fp32 is at least this sure of must all agree
+INT8_MIN_EVALUATION_PHOTOS = 100
+BANDS = (0.0, 0.3, 0.5, 0.8)
+_MAX_PHOTO_PIXELS = 50_000_000
+
+
+class BuildFailed(RuntimeError):
+    def __init__(self, message: str, action: str) -> None:
+        super().__init__(message)
+        self.action = action
+
+
+@dataclass(frozen=True, slots=True)
+class Photos:
+    """Preprocessed photographs and the PyTorch fp32 reference's softmax on them."""
+
+    tensors: np.ndarray
+    reference: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def build_artifact(
+    settings: Settings,
+    precisions: set[Precision],
+    photos: PhotoSets,
+    accept_low_agreement: bool = False,
+) -> Manifest:
+    """Export, quantize, measure and write MODEL_DIR; raise BuildFailed if a graph misses its bar."""
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+    weights = verified_weights(settings)
+    network = load_network(settings.model_arch, weights)
+    reference = TorchBackend(network)
+    spec = PREPROCESSING[settings.model_arch]
+    if not photos.all:
+        raise BuildFailed(
+            "no photographs to measure the graphs on",
+            "install scikit-image (the `model` extra), run `make photos`, or pass --photos DIR",
+        )
+    evaluation = load_photos(photos.all, spec, reference)
+    fp32 = export_onnx(network, spec.crop_size)
+    files = {"model.fp32.onnx": fp32}
+    fp32_backend = OnnxRuntimeBackend(fp32, settings.torch_threads)
+    graphs = {
+        Precision.FP32: _graph(
+            "model.fp32.onnx",
+            fp32,
+            _fp32_agreement(softmax_of(fp32_backend, evaluation.tensors), evaluation, photos),
+        )
+    }
+    _check(Precision.FP32, graphs[Precision.FP32].agreement, accept=False)
+    if Precision.INT8 in precisions:
+        graphs[Precision.INT8], files["model.int8.onnx"] = _int8(
+            settings, fp32, fp32_backend, photos, spec, reference, accept_low_agreement
+        )
+    manifest = Manifest(
+        format=FORMAT_VERSION,
+        model_name=settings.model_arch.value,
+        weights_sha256=weights.sha256,
+        labels_sha256=labels_sha256(load_labels()),
+        preprocessing=PreprocessingContract.of(spec),
+        onnx_opset=ONNX_OPSET,
+        onnxruntime_version=onnxruntime_version(),
+        built_with={
+            "torch": torch_version(),
+            "onnx": metadata.version("onnx"),
+            "visual-inspection-service": metadata.version("visual-inspection-service"),
+        },
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        graphs=graphs,
+    )
+    write_artifact(settings.model_dir, manifest, files)
+    log.info("model.built", model_dir=str(settings.model_dir), precisions=sorted(graphs))
+    return manifest
+
+
+def _int8(
+    settings: Settings,
+    fp32: bytes,
+    fp32_backend: OnnxRuntimeBackend,
+    photos: PhotoSets,
+    spec: Preprocessing,
+    reference: TorchBackend,
+    accept_low_agreement: bool,
+) -> tuple[Graph, bytes]:
+    if len(photos.evaluation) < INT8_MIN_EVALUATION_PHOTOS and not accept_low_agreement:
+        raise BuildFailed(
+            f"{len(photos.evaluation)} evaluation photographs; measuring an int8 graph takes at "
+            f"least {INT8_MIN_EVALUATION_PHOTOS}",
+            "run `make photos` (Debian photo packages), or pass --photos DIR",
+        )
+    calibration = load_photos(photos.calibration, spec, None).tensors
+    started = time.perf_counter()
+    int8, recipe = quantize_int8(fp32, calibration)
+    recipe["seconds"] = round(time.perf_counter() - started, 1)
+    evaluation = load_photos(photos.evaluation, spec, reference)
+    backend = OnnxRuntimeBackend(int8, settings.torch_threads, Precision.INT8)
+    agreement = _int8_agreement(softmax_of(backend, evaluation.tensors), evaluation, photos)
+    _check(Precision.INT8, agreement, accept=accept_low_agreement)
+    speed = measure_speed(backend, fp32_backend, evaluation.tensors, settings.torch_threads)
+    return _graph("model.int8.onnx", int8, agreement, speed, recipe), int8
+
+
+@dataclass(frozen=True, slots=True)
+class Int8Recipe:
+    """How an int8 graph is made. The default is the best measured (docs/model.md); the others
+    are what `make quantization` compares it with."""
+
+    calibrator: str = "MinMax"  # MinMax, Entropy or Percentile (99.999)
+    flip: bool = True  # also calibrate on each photo's mirror image
+    reduce_range: bool = False  # 7-bit weights: no u8s8 saturation, but coarser weights
+    keep_fp32: tuple[str, ...] = ()  # "ends" (first conv, last conv, classifier), "depthwise"
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "format": "QDQ",
+            "activations": "uint8, per tensor",
+            "weights": "int8 (7-bit range)" if self.reduce_range else "int8, per channel",
+            "calibrator": self.calibrator,
+            "augmentation": "horizontal flip" if self.flip else "none",
+            "kept_in_fp32": list(self.keep_fp32),
+            "kernels": "session.x64quantprecision=1 (no u8s8 saturation without VNNI)",
+        }
+
+
+def quantize_int8(
+    fp32: bytes, calibration: np.ndarray, recipe: Int8Recipe | None = None
+) -> tuple[bytes, dict[str, object]]:
+    """Static QDQ quantization: uint8 activations with ranges calibrated on real photographs,
+    int8 weights per output channel, unless `recipe` says otherwise."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    recipe = recipe or Int8Recipe()
+    samples = np.concatenate([calibration, calibration[..., ::-1]]) if recipe.flip else calibration
+
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._samples: Iterator[np.ndarray] = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            sample = next(self._samples, None)
+            return None if sample is None else {"input": np.ascontiguousarray(sample[None])}
+
+    with tempfile.TemporaryDirectory(prefix="visinspect-quantize-") as work:
+        source, prepared, quantized = (Path(work) / n for n in ("fp32.onnx", "pre.onnx", "q.onnx"))
+        source.write_bytes(fp32)
+        quant_pre_process(str(source), str(prepared))
+        graph = onnx.load(str(prepared)).graph
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=recipe.reduce_range,
+            nodes_to_exclude=_kept_in_fp32(graph, recipe.keep_fp32),
+            calibrate_method=getattr(CalibrationMethod, recipe.calibrator),
+            extra_options={"CalibPercentile": 99.999}
+            if recipe.calibrator == "Percentile"
+            else None,
+        )
+        data = quantized.read_bytes()
+    return data, {**recipe.describe(), "calibration_samples": len(samples)}
+
+
+def _kept_in_fp32(graph: Any, keep: tuple[str, ...]) -> list[str]:
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    names: list[str] = []
+    if "ends" in keep:
+        names += [convs[0].name, convs[-1].name]
+        names += [n.name for n in graph.node if n.op_type == "Gemm"]
+    if "depthwise" in keep:
+        names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    return names
+
+
+def measure_speed(
+    candidate: OnnxRuntimeBackend, fp32: OnnxRuntimeBackend, tensors: np.ndarray, threads: int
+) -> Speed:
+    """Milliseconds per image at batch 1 and 8, candidate and fp32 alternating in the same
+    minutes (medians of five rounds): a ratio, not two numbers from different hours."""
+    rounds: dict[tuple[str, int], list[float]] = {}
+    for _ in range(5):
+        for name, backend in (("candidate", candidate), ("fp32", fp32)):
+            for size in (1, 8):
+                batch = np.ascontiguousarray(tensors[:size])
+                rounds.setdefault((name, size), []).append(_ms_per_image(backend.logits, batch))
+    median = {key: round(statistics.median(values), 3) for key, values in rounds.items()}
+    return Speed(
+        threads=threads,
+        ms_per_image_batch1=median["candidate", 1],
+        ms_per_image_batch8=median["candidate", 8],
+        fp32_ms_per_image_batch1=median["fp32", 1],
+        fp32_ms_per_image_batch8=median["fp32", 8],
+        cpu=cpu_description(),
+    )
+
+
+def _ms_per_image(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> float:
+    run(batch)
+    repeats = max(3, 48 // len(batch))
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run(batch)
+    return (time.perf_counter() - started) * 1000 / repeats / len(batch)
+
+
+def cpu_description() -> str:
+    """The CPU and the vector extensions that decide int8 speed (AVX-512 VNNI or only AVX2)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "",
+    )
+    flags = next(
+        (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
+        [],
+    )
+    extensions = [
+        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags
+    ]
+    return f"{model} ({', '.join(extensions) or platform.machine()})"
+
+
+def load_photos(paths: list[Path], spec: Preprocessing, reference: TorchBackend | None) -> Photos:
+    tensors = np.stack([preprocess(p.read_bytes(), spec, _MAX_PHOTO_PIXELS).pixels for p in paths])
+    if reference is None:
+        return Photos(tensors, np.empty((0, 1000)))
+    return Photos(tensors, softmax_of(reference, tensors))
+
+
+def softmax_of(backend: TorchBackend | OnnxRuntimeBackend, tensors: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [softmax(backend.logits(tensors[i : i + 32])) for i in range(0, len(tensors), 32)]
+    )
+
+
+def _fp32_agreement(candidate: np.ndarray, photos: Photos, sets: PhotoSets) -> Agreement:
+    bar = f"same top-1 on every photo, every confidence within {EQUIVALENCE_TOLERANCE}"
+    return _agreement(candidate, photos, sets, bar, _fp32_meets)
+
+
+def _fp32_meets(agree: np.ndarray, confidence: np.ndarray, diff: np.ndarray) -> bool:
+    return bool(agree.all() and diff.max() <= EQUIVALENCE_TOLERANCE)
+
+
+def _int8_agreement(candidate: np.ndarray, photos: Photos, sets: PhotoSets) -> Agreement:
+    bar = (
+        f"same top-1 on at least {INT8_MIN_AGREEMENT:.0%} of at least "
+        f"{INT8_MIN_EVALUATION_PHOTOS} evaluation photos and on all whose fp32 top-1 confidence "
+        f"is at least {INT8_CONFIDENT}"
+    )
+    return _agreement(candidate, photos, sets, bar, _int8_meets)
+
+
+def _int8_meets(agree: np.ndarray, confidence: np.ndarray, diff: np.ndarray) -> bool:
+    """Too few photographs measure nothing: below INT8_MIN_EVALUATION_PHOTOS the bar is missed."""
+    confident = confidence >= INT8_CONFIDENT
+    return bool(
+        len(agree) >= INT8_MIN_EVALUATION_PHOTOS
+        and agree.mean() >= INT8_MIN_AGREEMENT
+        and agree[confident].all()
+    )
+
+
+def _agreement(
+    candidate: np.ndarray,
+    photos: Photos,
+    sets: PhotoSets,
+    bar: str,
+    meets: Callable[[np.ndarray, np.ndarray, np.ndarray], bool],
+) -> Agreement:
+    agree = candidate.argmax(1) == photos.reference.argmax(1)
+    confidence = photos.reference.max(1)
+    diff = np.abs(candidate - photos.reference).max(1)
+    return Agreement(
+        photos=len(agree),
+        sources=sets.sources,
+        top1_agree=int(agree.sum()),
+        top1_agreement=round(float(agree.mean()), 4),
+        mean_abs_confidence_diff=round(float(diff.mean()), 6),
+        max_abs_confidence_diff=round(float(diff.max()), 6),
+        bands=[
+            Band(
+                min_confidence=low,
+                photos=int((confidence >= low).sum()),
+                top1_agree=int(agree[confidence >= low].sum()),
+            )
+            for low in BANDS
+        ],
+        bar=bar,
+        meets_bar=meets(agree, confidence, diff),
+    )
+
+
+def _check(precision: Precision, agreement: Agreement, accept: bool) -> None:
+    if agreement.meets_bar:
+        return
+    summary = (
+        f"the {precision.value} graph agrees with PyTorch fp32 on {agreement.top1_agree}/"
+        f"{agreement.photos} photos (max |Δ confidence| {agreement.max_abs_confidence_diff}); "
+        f"its bar: {agreement.bar}"
+    )
+    if accept:
+        log.warning("model.below_bar", precision=precision.value, reason=summary)
+        return
+    action = (
+        "check the weights and the exporter; fp32 must match PyTorch"
+        if precision is Precision.FP32
+        else "serve fp32, or build with --accept-low-agreement and serve it with "
+        "MODEL_ACCEPT_LOW_AGREEMENT=true"
+    )
+    raise BuildFailed(summary, action)
+
+
+def _graph(
+    file: str,
+    data: bytes,
+    agreement: Agreement,
+    speed: Speed | None = None,
+    quantization: dict[str, object] | None = None,
+) -> Graph:
+    return Graph(
+        file=file,
+        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=len(data),
+        agreement=agreement,
+        speed=speed,
+        quantization=quantization,
+    )

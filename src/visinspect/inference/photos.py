@@ -1,0 +1,96 @@
+"""Real photographs that registry packages ship, for measuring and calibrating the model's graphs.
+
+Nothing is downloaded: the photos come from packages `make photos` (or the Docker build stage)
+installs, plus any folder given with `--photos`:
+
+- scikit-image's wheel (`skimage/data`: coffee, chelsea, astronaut, rocket, ...);
+- Debian's `tuxpaint-stamps-default`: photographs of animals, food, plants, tools, vehicles (the
+  cartoon, symbol and lettering stamps are left out);
+- Debian's `opencv-doc`: the sample photographs of OpenCV's examples.
+
+Calibration and evaluation sets are disjoint by construction: a photo's side is decided by a hash
+of its subject (its folder and its name without `_mirror` or a trailing number), so a mirrored or
+numbered variant of an evaluation photo never calibrates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
+OPENCV_SAMPLES = Path("/usr/share/doc/opencv-doc/examples/data")
+_SUFFIXES = {".jpg", ".jpeg", ".png"}
+# Drawings, letters and signs rather than photographs.
+_NOT_PHOTOS = re.compile(r"cartoon|symbols|alphabet|roadsigns|_shadow|thumb", re.IGNORECASE)
+# OpenCV's samples that are calibration boards, text, logos, masks or synthetic pictures.
+_OPENCV_NOT_PHOTOS = re.compile(
+    r"^(left|right)\d*\.|chessboard|logo|text|digits|mask|gradient|ellipses|tmpl|templ|pic\d|"
+    r"notes|sudoku|aloeGT|detect_blob|ml\.png|blox|graf|cards|starry_night|box",
+    re.IGNORECASE,
+)
+_SKIMAGE_NOT_PHOTOS = re.compile(
+    r"chessboard|logo|text|page|horse|phantom|color|binary|no_time|clock_motion", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoSets:
+    calibration: list[Path]
+    evaluation: list[Path]
+    sources: list[str]
+
+    @property
+    def all(self) -> list[Path]:
+        return sorted(self.calibration + self.evaluation)
+
+
+def find_photos(extra: Iterable[Path] = (), installed: bool = True) -> PhotoSets:
+    """Every photograph available here (`installed`: those of the packages above; `extra`: more
+    folders), split into disjoint calibration and evaluation sets."""
+    found: dict[str, list[Path]] = {}
+    skimage_data = _skimage_data() if installed else None
+    if skimage_data is not None:
+        found["scikit-image"] = _listed(skimage_data, _SKIMAGE_NOT_PHOTOS, recursive=False)
+    if installed and TUXPAINT_STAMPS.is_dir():
+        found["tuxpaint-stamps-default"] = _listed(TUXPAINT_STAMPS, _NOT_PHOTOS, recursive=True)
+    if installed and OPENCV_SAMPLES.is_dir():
+        found["opencv-doc"] = _listed(OPENCV_SAMPLES, _OPENCV_NOT_PHOTOS, recursive=False)
+    for folder in extra:
+        found[str(folder)] = _listed(folder, None, recursive=True)
+    photos = sorted({p for paths in found.values() for p in paths})
+    calibration = [p for p in photos if _calibrates(p)]
+    evaluation = [p for p in photos if not _calibrates(p)]
+    sources = [f"{name} ({len(paths)})" for name, paths in found.items() if paths]
+    return PhotoSets(calibration, evaluation, sources)
+
+
+def _listed(folder: Path, excluded: re.Pattern[str] | None, recursive: bool) -> list[Path]:
+    paths = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in paths
+        if p.suffix.lower() in _SUFFIXES
+        and p.is_file()
+        and (excluded is None or not excluded.search(str(p.relative_to(folder))))
+    )
+
+
+def _subject(path: Path) -> str:
+    stem = re.sub(r"(_mirror|_?\d+)$", "", path.stem.lower())
+    return f"{path.parent.name}/{stem}"
+
+
+def _calibrates(path: Path) -> bool:
+    return hashlib.sha256(_subject(path).encode()).digest()[0] % 2 == 0
+
+
+def _skimage_data() -> Path | None:
+    try:
+        import skimage.data
+    except ImportError:
+        return None
+    return Path(skimage.data.__file__).parent

@@ -1,0 +1,80 @@
+"""PyTorch: the source of the model and the reference every served graph is measured against.
+
+Only `visinspect model build` and INFERENCE_BACKEND=pytorch import this module (the `model` extra);
+the ONNX Runtime serving path never does, so a serving process holds no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from visinspect.config import Architecture
+from visinspect.inference.architectures import build_network
+from visinspect.inference.weights import ModelLoadError, WeightsInfo
+
+ONNX_OPSET = 17
+
+
+class TorchBackend:
+    """The reference: eager PyTorch, channels-last memory layout, no autograd."""
+
+    name = "pytorch"
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            inputs = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            out: np.ndarray = self.network(inputs).numpy()
+        return out
+
+
+def load_network(arch: Architecture, weights: WeightsInfo) -> nn.Module:
+    """The network of `arch` with verified weights loaded strictly, in eval mode."""
+    try:
+        state = torch.load(weights.path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle error, zip error, or a non-tensor payload
+        raise ModelLoadError(
+            f"cannot read weights {weights.path}: {exc}",
+            "MODEL_WEIGHTS must be a state_dict saved by torch.save (no pickled code)",
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    network = build_network(arch)
+    try:
+        network.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"weights {weights.path.name} do not fit {arch.value}: {str(exc)[:500]}",
+            f"MODEL_ARCH={arch.value} needs weights of that architecture in torchvision's layout; "
+            "fix MODEL_ARCH or MODEL_WEIGHTS",
+        ) from exc
+    return network.eval().requires_grad_(False)
+
+
+def export_onnx(network: nn.Module, crop: int) -> bytes:
+    """The network as an ONNX graph with a dynamic batch axis (input `input`, output `logits`)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter is chatty about its own deprecation
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            network,
+            (torch.zeros(1, 3, crop, crop),),
+            buffer,  # type: ignore[arg-type]  # file-like objects are accepted
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def torch_version() -> str:
+    return torch.__version__.split("+")[0]
