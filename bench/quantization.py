@@ -34,13 +34,15 @@ from visinspect.inference.reference import TorchBackend, export_onnx, load_netwo
 from visinspect.inference.weights import verified_weights
 
 RECIPES = {
-    "MinMax, flips (default)": Int8Recipe(),
-    "MinMax, no flips": Int8Recipe(flip=False),
-    "Entropy": Int8Recipe(calibrator="Entropy", flip=False),
-    "Percentile 99.999": Int8Recipe(calibrator="Percentile", flip=False),
-    "MinMax, 7-bit weights": Int8Recipe(reduce_range=True),
-    "MinMax, ends in fp32": Int8Recipe(keep_fp32=("ends",)),
-    "MinMax, depthwise in fp32": Int8Recipe(keep_fp32=("depthwise",)),
+    "MinMax, flips, ends in fp32 (the default)": Int8Recipe(),
+    "MinMax, flips, all quantized": Int8Recipe(keep_fp32=()),
+    "MinMax, no flips, all quantized": Int8Recipe(flip=False, keep_fp32=()),
+    "Entropy, all quantized": Int8Recipe(calibrator="Entropy", flip=False, keep_fp32=()),
+    "Percentile 99.999, all quantized": Int8Recipe(
+        calibrator="Percentile", flip=False, keep_fp32=()
+    ),
+    "MinMax, flips, 7-bit weights": Int8Recipe(reduce_range=True, keep_fp32=()),
+    "MinMax, flips, depthwise in fp32": Int8Recipe(keep_fp32=("depthwise",)),
 }
 
 

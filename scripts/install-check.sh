@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# What a new user gets from `pip install .` alone (no extras): a fresh venv, then every kind of
-# command the README shows, with the runtime dependencies only:
+# What a new user gets from `pip install .` alone (no extras): the lean serving install, with no
+# torch at all. A fresh venv, then every kind of command the README shows, with the runtime
+# dependencies only:
 #   - `from visinspect.client import Client` imports neither SQLAlchemy, FastAPI nor torch;
-#   - `visinspect classify PHOTO` in-process (model in this process, row in DATABASE_URL);
-#   - `visinspect serve`, then `visinspect classify PHOTO --url ...` and the Python client.
+#   - `visinspect model build` says which extra it needs (and nothing else breaks);
+#   - with an artifact built by the project's venv (the `model` extra), `visinspect classify PHOTO`
+#     in-process (model in this process, row in DATABASE_URL), `visinspect serve`, then
+#     `visinspect classify PHOTO --url ...` and the Python client.
 # Usage: bash scripts/install-check.sh   (PIP_ARGS is passed to pip, as in the Makefile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +38,17 @@ heavy = sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "fastapi"
 assert not heavy, f"visinspect.client imported {heavy}"
 print("visinspect.client: ok, none of sqlalchemy/fastapi/starlette/torch/onnxruntime loaded")
 PYEOF
+
+step "no torch installed; visinspect model build names the extra it needs"
+"$bin/python" -c "from importlib.util import find_spec; assert find_spec('torch') is None and find_spec('onnx') is None; print('torch, onnx: not installed')"
+if MODEL_DIR="$work/model" "$bin/visinspect" model build >"$work/build.log" 2>&1; then
+  echo "model build succeeded without the model extra?" >&2; exit 1
+fi
+grep -q '"startup.failed"' "$work/build.log" && grep -q "visual-inspection-service\[model\]" "$work/build.log" \
+  || { cat "$work/build.log"; exit 1; }
+echo "model build without the extra: refused, naming pip install 'visual-inspection-service[model]'"
+MODEL_DIR="$work/model" LOG_LEVEL=WARNING "$project/.venv/bin/visinspect" model build >/dev/null
+export MODEL_DIR="$work/model"  # built by the project's venv; served by this one
 
 step "visinspect classify, in-process"
 DATABASE_URL="sqlite:///$work/in-process.db" LOG_LEVEL=WARNING \

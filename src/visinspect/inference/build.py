@@ -169,7 +169,8 @@ class Int8Recipe:
     calibrator: str = "MinMax"  # MinMax, Entropy or Percentile (99.999)
     flip: bool = True  # also calibrate on each photo's mirror image
     reduce_range: bool = False  # 7-bit weights: no u8s8 saturation, but coarser weights
-    keep_fp32: tuple[str, ...] = ()  # "ends" (first conv, last conv, classifier), "depthwise"
+    # "ends": the first conv, the last conv and the classifier; "depthwise": every depthwise conv.
+    keep_fp32: tuple[str, ...] = ("ends",)
 
     def describe(self) -> dict[str, object]:
         return {
