@@ -11,6 +11,10 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_DEFAULT_TIMEOUT=120
 WORKDIR /src
+# binutils: `strip`, below. Only in this stage.
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils=2.40-2 >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
 # /opt/venv serves (copied into the runtime image); /opt/build builds the model (torch).
 RUN python3 -m venv /opt/venv && python3 -m venv /opt/build
 # Wheels placed in docker/wheels/ (may be none) are preferred to downloads.
@@ -25,7 +29,10 @@ RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['
 COPY src ./src
 # Build the artifact (checks the weights' SHA-256, exports, proves the graph gives PyTorch's answers
 # on real photographs), then load it with the serving venv, which has no torch, as a container will.
-# Drop what a server never uses (source maps, pip).
+# Drop what a server never uses: source maps; ONNX Runtime's C library (the Python module carries its
+# own copy), its converters and quantizer (the build venv has them); the debug symbols of uvloop and
+# SQLAlchemy's extensions (others are patched by auditwheel and must stay as they are); pip, setuptools.
+# Then load the model once more, from what is left.
 ENV MODEL_DIR=/opt/visinspect/model
 RUN /opt/build/bin/pip install --no-deps . \
  && /opt/build/bin/visinspect model build \
@@ -33,7 +40,11 @@ RUN /opt/build/bin/pip install --no-deps . \
  && /opt/venv/bin/python -c "import sys; from visinspect.config import Settings; from visinspect.inference.model import load_classifier; load_classifier(Settings(_env_file=None)); assert 'torch' not in sys.modules" \
  && site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
  && find "$site/swagger_ui_bundle" -name '*.map' -delete \
- && /opt/venv/bin/pip uninstall --yes --quiet pip
+ && rm -rf "$site/onnxruntime/capi/libonnxruntime.so."* "$site/onnxruntime/transformers" "$site/onnxruntime/tools" \
+    "$site/onnxruntime/quantization" "$site/onnxruntime/datasets" \
+ && find "$site/uvloop" "$site/sqlalchemy" -name '*.so' -type f -exec strip --strip-unneeded {} + \
+ && /opt/venv/bin/python -c "import uvloop, sqlalchemy.engine, sqlalchemy.orm; from visinspect.config import Settings; from visinspect.inference.model import load_classifier; load_classifier(Settings(_env_file=None))" \
+ && /opt/venv/bin/pip uninstall --yes --quiet setuptools pip
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 visinspect \

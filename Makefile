@@ -31,10 +31,10 @@ containers: $(VENV)/.installed-dev postgres
 	bash scripts/container-ci.sh
 
 # Performance: ceilings, service under load, naive baseline, targets (docs/benchmarks.md).
-bench: $(VENV)/.installed-dev postgres hey
+bench: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.load
 
-bench-smoke: $(VENV)/.installed-dev postgres hey
+bench-smoke: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.load --smoke
 
 # Soak at twice the capacity, 2 GB uploads, benign traffic under attack, the decode-bomb corpus
@@ -51,7 +51,7 @@ photos:
 quantization: $(VENV)/.installed-dev photos
 	$(BIN)/python -m bench.quantization
 
-reliability: $(VENV)/.installed-dev postgres hey
+reliability: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.reliability --seconds $${SOAK_SECONDS:-60}
 
 # The browser test drives Debian's Chromium (never `playwright install`, which downloads one).

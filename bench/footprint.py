@@ -137,7 +137,8 @@ def main() -> int:
     }
     passed = {
         f"RSS after warm-up <= {RSS_TARGET_MB} MB": summary["rss_mb_max"] <= RSS_TARGET_MB,  # type: ignore[operator]
-        f"start to ready <= {START_TARGET_S} s": summary["ready_s_max"] <= START_TARGET_S,  # type: ignore[operator]
+        f"start to ready <= {START_TARGET_S} s (median)": summary["ready_s_median"]  # type: ignore[operator]
+        <= START_TARGET_S,
         "no torch in any serving process": torch_free,
     }
     print(json.dumps(summary, indent=2))

@@ -7,10 +7,12 @@ and, for every kind of start-up failure, a refusal to start: exit code 1 and exa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,19 +139,45 @@ def test_weights_that_do_not_fit_the_architecture_refuse_to_start(tmp_path: Path
     assert "MODEL_ARCH" in error["action"]
 
 
-def test_changed_graph_refuses_to_start(tmp_path: Path) -> None:
-    """One byte of the served graph changed after the build: its checksum in the manifest
-    no longer matches, and the service says to rebuild instead of serving it."""
-    artifact = tmp_path / "model"
-    shutil.copytree(os.environ["MODEL_DIR"], artifact)
+def _change_graph(artifact: Path) -> dict[str, str]:
     graph = artifact / "model.fp32.onnx"
     data = bytearray(graph.read_bytes())
     data[len(data) // 2] ^= 0xFF
     graph.write_bytes(bytes(data))
-    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_DIR=str(artifact))
+    return {}
+
+
+def _change_class_list(artifact: Path) -> dict[str, str]:
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["labels_sha256"] = "0" * 64
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    return {}
+
+
+def _name_other_weights(artifact: Path) -> dict[str, str]:
+    return {"MODEL_WEIGHTS": "/models/efficientnet_lite0_finetuned-0123abcd.pth"}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (_change_graph, "the graph was changed"),
+        (_change_class_list, "another class-name list"),
+        (_name_other_weights, "the configured weights are 0123abcd"),
+    ],
+)
+def test_an_artifact_that_does_not_match_refuses_to_start(
+    tmp_path: Path, change: Callable[[Path], dict[str, str]], reason: str
+) -> None:
+    """A byte of the graph changed after the build, another class list, other weights named by the
+    settings: the service says to rebuild instead of serving it."""
+    artifact = tmp_path / "model"
+    shutil.copytree(os.environ["MODEL_DIR"], artifact)
+    extra = change(artifact)
+    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_DIR=str(artifact), **extra)
     error = _start_and_fail(env, tmp_path)
     assert error["part"] == "model"
-    assert "the graph was changed" in error["reason"]
+    assert reason in error["reason"]
     assert "visinspect model build" in error["action"]
 
 
