@@ -39,6 +39,10 @@ def test_no_generated_request_gets_a_5xx(tmp_path: Path) -> None:
                     "40",
                     "--seed",
                     "20261124",
+                    # A client's own deadline that the work cannot meet is answered 504 on purpose
+                    # (as gRPC's DEADLINE_EXCEEDED): pinned here, tested in test_deadlines.py.
+                    "--header",
+                    "X-Request-Timeout-Ms: 60000",
                 ],
                 capture_output=True,
                 text=True,

@@ -7,20 +7,25 @@ and, for every kind of start-up failure, a refusal to start: exit code 1 and exa
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import create_engine, text
 
-from tests.support import PHOTOS, VISINSPECT, environment, free_port, json_lines
+from tests.support import PHOTOS, VISINSPECT, environment, free_port, json_lines, serving
 
 pytestmark = pytest.mark.slow
 
@@ -229,3 +234,53 @@ def test_schema_from_a_newer_release_refuses_to_start(tmp_path: Path) -> None:
     error = _start_and_fail(environment(DATABASE_URL=_sqlite(tmp_path)), tmp_path)
     assert error["part"] == "schema"
     assert "f00dfeedbeef" in error["reason"]
+
+
+def test_a_client_that_leaves_is_not_classified_nor_stored(tmp_path: Path) -> None:
+    """A raw-socket client sends an image that takes the decoder most of a second (a 6000x6000
+    gradient PNG of 49 KB), then closes the connection: the server drops the work before the
+    model (499 `client_gone` in its log) and stores nothing."""
+    gradient = np.add.outer(np.arange(6000), np.arange(6000)) % 256
+    buffer = io.BytesIO()
+    Image.fromarray(gradient.astype(np.uint8), "L").save(buffer, "PNG")
+    boundary = "leavingclient"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + buffer.getvalue()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    url = _sqlite(tmp_path)
+    with serving(url, tmp_path / "server.log") as (_process, base):
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=15) as sock:
+            sock.sendall(
+                (
+                    "POST /predict HTTP/1.1\r\nHost: test\r\nX-Request-ID: leaving-client\r\n"
+                    f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body
+            )
+            time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while '"leaving-client"' not in (tmp_path / "server.log").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+    events = [
+        e
+        for e in json_lines((tmp_path / "server.log").read_text())
+        if e.get("request_id") == "leaving-client"
+    ]
+    assert [e["code"] for e in events if e["event"] == "request.rejected"] == ["client_gone"]
+    assert not [e for e in events if e["event"] == "prediction.stored"]
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        stored = conn.scalar(
+            text("SELECT count(*) FROM predictions WHERE request_id = 'leaving-client'")
+        )
+    engine.dispose()
+    assert stored == 0

@@ -111,9 +111,13 @@ class InvalidApiKey(VisinspectError):
 
 
 class ServiceUnavailable(VisinspectError):
-    """A transient condition: answered 503 with Retry-After."""
+    """A transient condition: answered 503 with Retry-After (`retry_after_s` when known)."""
 
     code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -128,10 +132,24 @@ class Overloaded(ServiceUnavailable):
     code = "overloaded"
 
 
+class DeadlineUnreachable(Overloaded):
+    """The work already waiting for the model outlasts the request's deadline: refused at once,
+    so that the client can retry elsewhere instead of waiting to time out."""
+
+    code = "deadline_unreachable"
+
+
 class RequestTimedOut(VisinspectError):
     """Classification took longer than REQUEST_TIMEOUT_S; nothing was stored."""
 
     code = "timeout"
+
+
+class ClientGone(VisinspectError):
+    """The client closed its connection before its image reached the model: the work is dropped
+    and nothing is stored (nobody would receive the answer)."""
+
+    code = "client_gone"
 
 
 # --- our fault: retrying will not help ---------------------------------------------------------------

@@ -34,7 +34,9 @@ EXPECTED = {
     errors.InvalidApiKey: 403,
     errors.DatabaseUnavailable: 503,
     errors.Overloaded: 503,
+    errors.DeadlineUnreachable: 503,
     errors.RequestTimedOut: 504,
+    errors.ClientGone: 499,
     errors.RecordNotStored: 500,
 }
 

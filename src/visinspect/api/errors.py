@@ -38,6 +38,7 @@ STATUS_BY_ERROR: dict[type[errors.VisinspectError], int] = {
     errors.InvalidApiKey: 403,
     errors.ServiceUnavailable: 503,
     errors.RequestTimedOut: 504,
+    errors.ClientGone: 499,  # nginx's "client closed request": logged and counted, never sent
     errors.RecordNotStored: 500,
 }
 RETRY_AFTER_SECONDS = "5"
@@ -108,8 +109,8 @@ def domain_error_response(
     middleware that refuses before any route runs (`api/limits.py`)."""
     status = record_rejection(request, exc)
     headers = dict(extra_headers or {})
-    if status == 503:  # transient: the same request may succeed later
-        headers["Retry-After"] = RETRY_AFTER_SECONDS
+    if isinstance(exc, errors.ServiceUnavailable):  # transient: the same request may succeed later
+        headers["Retry-After"] = str(exc.retry_after_s or RETRY_AFTER_SECONDS)
     elif status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     message = public_message(exc, status)

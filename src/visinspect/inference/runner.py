@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from visinspect.errors import ClientGone
 from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.decoders import DecoderPool
 from visinspect.inference.model import Classifier, ModelIdentity, Prediction
@@ -38,12 +39,23 @@ class InferenceRunner:
         self.batcher = batcher
         self.decoders = decoders
 
-    async def classify(self, read: Callable[[], Awaitable[bytes]], top_k: int) -> Classification:
+    async def classify(
+        self,
+        read: Callable[[], Awaitable[bytes]],
+        top_k: int,
+        deadline: float | None = None,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Classification:
         """Top-k classes of one uploaded image (read when a decoder is free); raises InvalidImage
-        subclasses for bad input and Overloaded when the model's queue is full."""
+        subclasses for bad input, Overloaded when the model's queue is full, DeadlineUnreachable
+        when the work ahead outlasts `deadline` (event-loop time; checked before decoding and
+        again before queueing) and ClientGone when `gone()` says the client left meanwhile."""
+        self.batcher.check_deadline(deadline)
         decoded = await self.decoders.decode(read)
+        if gone is not None and await gone():
+            raise ClientGone("the client closed the connection before its image reached the model")
         decoded_at = time.perf_counter()
-        predictions = await self.batcher.classify(decoded.image.pixels, top_k)
+        predictions = await self.batcher.classify(decoded.image.pixels, top_k, deadline)
         return Classification(
             model=self.classifier.identity,
             predictions=predictions,

@@ -67,11 +67,23 @@ class PredictionService:
         self.max_batch_files = max_batch_files
 
     async def classify_and_record(
-        self, upload: Upload, *, request_id: str, top_k: int | None = None
+        self,
+        upload: Upload,
+        *,
+        request_id: str,
+        top_k: int | None = None,
+        deadline_s: float | None = None,
+        gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> PredictionRecord:
-        """The committed record of one classified upload (it has its id)."""
+        """The committed record of one classified upload (it has its id).
+
+        `deadline_s`: the client's own time limit (capped by REQUEST_TIMEOUT_S); work that cannot
+        finish within it is refused at once. `gone`: tells whether the client has left, so that
+        its image is dropped before the model spends time on it."""
         started = time.perf_counter()
-        classification = await self._classify(upload.read, top_k or self.default_top_k)
+        classification = await self._classify(
+            upload.read, top_k or self.default_top_k, deadline_s, gone
+        )
         latency_ms = (time.perf_counter() - started) * 1000
         record = new_record(classification, upload, request_id, latency_ms)
         stored = await self.writer.store(record)
@@ -87,7 +99,13 @@ class PredictionService:
         return stored
 
     async def classify_many(
-        self, uploads: list[Upload], *, request_id: str, top_k: int | None = None
+        self,
+        uploads: list[Upload],
+        *,
+        request_id: str,
+        top_k: int | None = None,
+        deadline_s: float | None = None,
+        gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> list[Outcome]:
         """One outcome per upload, in order: its committed record, or the error that kept it out.
         One bad file does not fail the others; too many files fail the whole request."""
@@ -95,22 +113,43 @@ class PredictionService:
             raise TooManyFiles(
                 f"{len(uploads)} files sent; the limit is {self.max_batch_files} (MAX_BATCH_FILES)"
             )
-        return list(await asyncio.gather(*(self._outcome(u, request_id, top_k) for u in uploads)))
+        return list(
+            await asyncio.gather(
+                *(self._outcome(u, request_id, top_k, deadline_s, gone) for u in uploads)
+            )
+        )
 
-    async def _outcome(self, upload: Upload, request_id: str, top_k: int | None) -> Outcome:
+    async def _outcome(
+        self,
+        upload: Upload,
+        request_id: str,
+        top_k: int | None,
+        deadline_s: float | None,
+        gone: Callable[[], Awaitable[bool]] | None,
+    ) -> Outcome:
         try:
-            return await self.classify_and_record(upload, request_id=request_id, top_k=top_k)
+            return await self.classify_and_record(
+                upload, request_id=request_id, top_k=top_k, deadline_s=deadline_s, gone=gone
+            )
         except VisinspectError as exc:
             return exc
 
-    async def _classify(self, read: Callable[[], Awaitable[bytes]], top_k: int) -> Classification:
+    async def _classify(
+        self,
+        read: Callable[[], Awaitable[bytes]],
+        top_k: int,
+        deadline_s: float | None,
+        gone: Callable[[], Awaitable[bool]] | None,
+    ) -> Classification:
+        limit_s = self.timeout_s if deadline_s is None else min(deadline_s, self.timeout_s)
+        deadline = asyncio.get_running_loop().time() + limit_s
         try:
-            with anyio.fail_after(self.timeout_s):
-                return await self.runner.classify(read, top_k)
+            with anyio.fail_after(limit_s):
+                return await self.runner.classify(read, top_k, deadline, gone)
         except TimeoutError:
+            which = "REQUEST_TIMEOUT_S" if limit_s == self.timeout_s else "X-Request-Timeout-Ms"
             raise RequestTimedOut(
-                f"classification took longer than {self.timeout_s} s (REQUEST_TIMEOUT_S); "
-                "nothing was stored"
+                f"classification took longer than {limit_s:g} s ({which}); nothing was stored"
             ) from None
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
 
 from visinspect.api.deps import PredictionServiceDep
 from visinspect.api.errors import public_message, record_rejection
@@ -19,6 +22,17 @@ router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 TopK = Annotated[
     int | None,
     Query(ge=1, le=1000, description="How many classes to return (default DEFAULT_TOP_K)"),
+]
+TimeoutMs = Annotated[
+    int | None,
+    Header(
+        alias="X-Request-Timeout-Ms",
+        ge=1,
+        le=3_600_000,
+        description="This request's own deadline in ms, counted once the upload is received "
+        "(capped by REQUEST_TIMEOUT_S): when the images already waiting for the model would "
+        "outlast it, the answer is 503 `deadline_unreachable` at once, with Retry-After.",
+    ),
 ]
 
 
@@ -36,6 +50,7 @@ async def predict(
         File(description="The image: JPEG, PNG, WebP, GIF (one frame), BMP or TIFF"),
     ],
     top_k: TopK = None,
+    timeout_ms: TimeoutMs = None,
 ) -> PredictionOut:
     """Returns the top-k ImageNet classes with softmax confidences.
 
@@ -44,9 +59,14 @@ async def predict(
     """
     if len((await request.form()).getlist("file")) > 1:  # parsed already: this reads the cache
         raise InvalidRequest("send exactly one `file` field; POST /predict/batch takes several")
-    record = await service.classify_and_record(
-        _upload(file), request_id=request_id_from(request.scope), top_k=top_k
-    )
+    async with _watch_client(request) as gone:
+        record = await service.classify_and_record(
+            _upload(file),
+            request_id=request_id_from(request.scope),
+            top_k=top_k,
+            deadline_s=_seconds(timeout_ms),
+            gone=gone,
+        )
     return PredictionOut.model_validate(record)
 
 
@@ -63,19 +83,54 @@ async def predict_batch(
         list[UploadFile], File(description="Up to MAX_BATCH_FILES images, field name `files`")
     ],
     top_k: TopK = None,
+    timeout_ms: TimeoutMs = None,
 ) -> BatchOut:
     """Each file gets its own result or its own error: one bad file does not fail the others.
     One row per successful item, committed before this answers."""
     uploads = [_upload(f) for f in files]
-    outcomes = await service.classify_many(
-        uploads, request_id=request_id_from(request.scope), top_k=top_k
-    )
+    async with _watch_client(request) as gone:
+        outcomes = await service.classify_many(
+            uploads,
+            request_id=request_id_from(request.scope),
+            top_k=top_k,
+            deadline_s=_seconds(timeout_ms),
+            gone=gone,
+        )
     items = [_item(request, f.filename, o) for f, o in zip(files, outcomes, strict=True)]
     return BatchOut(
         items=items,
         succeeded=sum(i.prediction is not None for i in items),
         failed=sum(i.error is not None for i in items),
     )
+
+
+@contextlib.asynccontextmanager
+async def _watch_client(request: Request) -> AsyncIterator[Callable[[], Awaitable[bool]]]:
+    """`gone()` tells whether the client has closed its connection. The upload has been read by
+    now, so the next message the server delivers is the disconnect; a task waits for it, since
+    the server notices a closed connection only while someone waits to receive (a one-off,
+    non-blocking look misses it: measured with a real server)."""
+
+    async def listen() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    listener = asyncio.get_running_loop().create_task(listen())
+
+    async def gone() -> bool:
+        await asyncio.sleep(0)  # let the listener take what has arrived
+        return listener.done()
+
+    try:
+        yield gone
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+def _seconds(milliseconds: int | None) -> float | None:
+    return None if milliseconds is None else milliseconds / 1000
 
 
 def _upload(file: UploadFile) -> Upload:
