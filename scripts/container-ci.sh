@@ -68,8 +68,8 @@ step "1. lint and validate"
 "$COMPOSE" -f docker-compose.yml -f docker-compose.ci.yml config -q
 "$VENV/bin/kubernetes-validate" --strict --quiet -k 1.31.0 \
   deploy/k8s/configmap.yaml deploy/k8s/migrate-job.yaml deploy/k8s/deployment.yaml \
-  deploy/k8s/service.yaml deploy/k8s/hpa.yaml
-echo "hadolint, compose config -q (2 files), kubernetes-validate --strict (5 manifests): ok"
+  deploy/k8s/service.yaml deploy/k8s/hpa.yaml deploy/k8s/prometheus-adapter-rule.yaml
+echo "hadolint, compose config -q (2 files), kubernetes-validate --strict (6 manifests): ok"
 
 step "2. build $IMAGE"
 # shellcheck source=scripts/docker-engine.sh
