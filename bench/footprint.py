@@ -52,6 +52,7 @@ def rss_mb(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
+    """Every process below `pid`: its children, theirs, and so on."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         text = (task / "children").read_text().split()

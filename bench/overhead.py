@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from bench.ceilings import photo_jpeg
+from bench.footprint import children
 from bench.load import VENV_BIN, free_port, fresh_database, hey_rows, multipart_body, server
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -39,18 +40,18 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return threads
 
 
+def cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # ended meanwhile
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def children_cpu(pid: int) -> float:
     """CPU seconds of every process below `pid` (the forkserver and its decoder processes)."""
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                stat = Path(f"/proc/{child}/stat").read_text()
-            except FileNotFoundError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS + children_cpu(int(child))
-    return total
+    return sum(cpu_seconds(child) for child in children(pid))
 
 
 def server_pid(port: int) -> int:

@@ -25,9 +25,11 @@ import numpy as np
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from visinspect.config import Settings
 from visinspect.db.models import PredictionRecord
+from visinspect.db.session import Database
 from visinspect.inference.backends import InferenceBackend
 from visinspect.inference.model import Classifier
 from visinspect.main import create_app
@@ -136,6 +138,15 @@ def rows_with_request_id(client: TestClient, request_id: str) -> list[Any]:
             select(PredictionRecord.__table__).where(PredictionRecord.request_id == request_id)
         )
         return list(rows)
+
+
+async def count_records(database: Database) -> int:
+    """Rows in the predictions table, read through `database` (inside a test's transaction)."""
+
+    def count(session: Session) -> int:
+        return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)
+
+    return await database.run(count)
 
 
 def count_rows(client: TestClient) -> int:

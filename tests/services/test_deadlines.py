@@ -10,10 +10,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from sqlalchemy import func, select
 
-from tests.support import gated_model, make_settings
-from visinspect.db.models import PredictionRecord
+from tests.support import count_records, gated_model, make_settings
 from visinspect.db.session import Database
 from visinspect.errors import ClientGone, DeadlineUnreachable, RequestTimedOut
 from visinspect.inference.model import Classifier
@@ -28,13 +26,6 @@ async def services(database: Database, classifier: Classifier) -> AsyncIterator[
     settings = make_settings("sqlite://", request_timeout_s=10)
     async with open_services(settings, Prepared(database, classifier)) as started:
         yield started
-
-
-async def rows(database: Database) -> int:
-    def count(session: object) -> int:
-        return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)  # type: ignore[attr-defined]
-
-    return await database.run(count)
 
 
 def coffee(photos: Path) -> Upload:
@@ -76,7 +67,7 @@ async def test_a_deadline_the_waiting_work_outlasts_is_refused_at_once(
                 )
             )
             gate.release.set()
-    assert await rows(database) == 1 + 4 + 1  # warm-up, the queued four, the patient one
+    assert await count_records(database) == 1 + 4 + 1  # warm-up, the queued four, the patient one
 
 
 async def test_the_clients_own_deadline_times_out_under_its_name(
@@ -91,7 +82,7 @@ async def test_the_clients_own_deadline_times_out_under_its_name(
             )
         assert time.perf_counter() - started < 5  # its own deadline, not REQUEST_TIMEOUT_S (10 s)
         gate.release.set()
-    assert await rows(database) == 0
+    assert await count_records(database) == 0
 
 
 async def test_a_deadline_longer_than_the_request_timeout_is_capped(
@@ -121,4 +112,4 @@ async def test_a_client_that_left_is_neither_classified_nor_stored(
     )
     assert all(isinstance(o, ClientGone) for o in outcomes)
     assert services.batcher.stats.images == images_before  # the model never saw them
-    assert await rows(database) == 0
+    assert await count_records(database) == 0

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
-from tests.support import gated_model, make_settings
+from tests.support import count_records, gated_model, make_settings
 from visinspect.db.models import PredictionRecord
 from visinspect.db.session import Database
 from visinspect.errors import (
@@ -33,13 +33,6 @@ async def services(database: Database, classifier: Classifier) -> AsyncIterator[
     settings = make_settings("sqlite://", max_batch_files=3, request_timeout_s=5)
     async with open_services(settings, Prepared(database, classifier)) as started:
         yield started
-
-
-async def rows(database: Database) -> int:
-    def count(session: object) -> int:
-        return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)  # type: ignore[attr-defined]
-
-    return await database.run(count)
 
 
 async def test_a_classified_upload_is_a_committed_record_with_the_models_identity(
@@ -66,7 +59,7 @@ async def test_a_classified_upload_is_a_committed_record_with_the_models_identit
         record.predictions,
         record.created_at,
     )
-    assert await rows(database) == 1
+    assert await count_records(database) == 1
 
 
 async def test_default_top_k_applies(services: Services, photos: Path) -> None:
@@ -88,7 +81,7 @@ async def test_a_batch_gives_each_file_its_outcome_in_order(
     assert isinstance(outcomes[0], PredictionRecord)
     assert isinstance(outcomes[1], EmptyImage)
     assert isinstance(outcomes[2], NotAnImage)
-    assert await rows(database) == 1
+    assert await count_records(database) == 1
     with pytest.raises(TooManyFiles, match="MAX_BATCH_FILES"):
         await services.predictions.classify_many(uploads * 2, request_id="svc-4")
 
@@ -98,7 +91,7 @@ async def test_a_bad_upload_stores_nothing(services: Services, database: Databas
         await services.predictions.classify_and_record(
             Upload.from_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40), request_id="svc-5"
         )
-    assert await rows(database) == 0
+    assert await count_records(database) == 0
 
 
 async def test_the_timeout_answers_and_stores_nothing(
@@ -112,7 +105,7 @@ async def test_the_timeout_answers_and_stores_nothing(
             with pytest.raises(RequestTimedOut, match="REQUEST_TIMEOUT_S"):
                 await services.predictions.classify_and_record(upload, request_id="svc-6")
             gate.release.set()  # let the held pass end before the services stop
-    assert await rows(database) == 0
+    assert await count_records(database) == 0
 
 
 async def test_a_row_the_database_refuses_is_record_not_stored_not_an_outage(
@@ -186,4 +179,4 @@ async def test_concurrent_uploads_each_get_their_row(
                     Upload.from_bytes(data), request_id=f"svc-9-{i}"
                 )
             )
-    assert await rows(database) == 4
+    assert await count_records(database) == 4

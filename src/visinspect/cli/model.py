@@ -6,7 +6,16 @@ import argparse
 import sys
 
 from visinspect.config import Precision, Settings
-from visinspect.inference.artifact import ArtifactError, describe, read_manifest
+from visinspect.inference.artifact import (
+    ArtifactError,
+    Manifest,
+    check_manifest,
+    describe,
+    read_manifest,
+)
+from visinspect.inference.model import load_labels
+from visinspect.inference.photos import find_photos
+from visinspect.inference.weights import ModelLoadError, expected_sha256
 from visinspect.startup import StartupFailed
 
 
@@ -19,8 +28,6 @@ def build(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     try:
         from visinspect.inference.build import BuildFailed, build_artifact
-        from visinspect.inference.photos import find_photos
-        from visinspect.inference.weights import ModelLoadError
     except ImportError as exc:
         raise StartupFailed(
             "model",
@@ -47,10 +54,6 @@ def show(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def is_up_to_date(settings: Settings, precisions: set[Precision]) -> bool:
-    from visinspect.inference.artifact import check_manifest
-    from visinspect.inference.model import load_labels
-    from visinspect.inference.weights import ModelLoadError, expected_sha256
-
     try:
         manifest = read_manifest(settings.model_dir)
         check_manifest(manifest, settings.model_arch, expected_sha256(settings), load_labels())
@@ -59,10 +62,7 @@ def is_up_to_date(settings: Settings, precisions: set[Precision]) -> bool:
     return precisions <= set(manifest.graphs)
 
 
-def _summary(manifest: object) -> str:
-    from visinspect.inference.artifact import Manifest
-
-    assert isinstance(manifest, Manifest)
+def _summary(manifest: Manifest) -> str:
     lines = [
         f"model artifact: {manifest.model_name}, weights sha256:{manifest.weights_sha256[:16]}"
     ]

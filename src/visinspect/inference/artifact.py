@@ -15,8 +15,8 @@ ask for is refused with a `ModelLoadError` that says how to rebuild it, never se
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,28 +227,23 @@ def onnxruntime_version() -> str:
 
 def write_artifact(directory: Path, manifest: Manifest, graphs: dict[str, bytes]) -> None:
     """Write graphs and manifest into a fresh sibling directory, then swap it in: a reader sees
-    the old artifact or the new one, never half of each."""
+    the old artifact or the new one (for an instant between the two renames, none), never half
+    of each."""
     directory = directory.resolve()
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     for name, data in graphs.items():
         (staging / name).write_bytes(data)
-    (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    (staging / MANIFEST).write_text(describe(manifest) + "\n")
     # mkdtemp makes it private (0700); the serving user, often another one, must read it.
     os.chmod(staging, 0o755)  # noqa: S103
     if directory.exists():
         retired = directory.with_name(f".{directory.name}-old-{os.getpid()}")
         directory.rename(retired)
         staging.rename(directory)
-        _remove_tree(retired)
+        shutil.rmtree(retired)
     else:
         staging.rename(directory)
-
-
-def _remove_tree(path: Path) -> None:
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -258,5 +253,5 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def describe(manifest: Manifest) -> str:
-    """The manifest as the CLI prints it."""
-    return json.dumps(manifest.model_dump(mode="json"), indent=2)
+    """The manifest as JSON: what manifest.json holds and `visinspect model show` prints."""
+    return manifest.model_dump_json(indent=2)

@@ -77,6 +77,12 @@ class Photos:
     def __len__(self) -> int:
         return len(self.tensors)
 
+    def joined(self, other: Photos) -> Photos:
+        return Photos(
+            np.concatenate([self.tensors, other.tensors]),
+            np.concatenate([self.reference, other.reference]),
+        )
+
 
 def build_artifact(
     settings: Settings,
@@ -97,7 +103,11 @@ def build_artifact(
             "no photographs to measure the graphs on",
             "install scikit-image (the `model` extra), run `make photos`, or pass --photos DIR",
         )
-    evaluation = load_photos(photos.all, spec, reference)
+    # Each photo is decoded and run through PyTorch once: fp32 is measured on all of them, int8 is
+    # calibrated on one set and measured on the other.
+    calibration = load_photos(photos.calibration, spec, reference)
+    evaluation = load_photos(photos.evaluation, spec, reference)
+    everything = calibration.joined(evaluation)
     fp32 = export_onnx(network, spec.crop_size)
     files = {"model.fp32.onnx": fp32}
     fp32_backend = OnnxRuntimeBackend(fp32, settings.torch_threads)
@@ -105,13 +115,13 @@ def build_artifact(
         Precision.FP32: _graph(
             "model.fp32.onnx",
             fp32,
-            _fp32_agreement(softmax_of(fp32_backend, evaluation.tensors), evaluation, photos),
+            _fp32_agreement(softmax_of(fp32_backend, everything.tensors), everything, photos),
         )
     }
     _check(Precision.FP32, graphs[Precision.FP32].agreement, accept=False)
     if Precision.INT8 in precisions:
         graphs[Precision.INT8], files["model.int8.onnx"] = _int8(
-            settings, fp32, fp32_backend, photos, spec, reference, accept_low_agreement
+            settings, fp32, fp32_backend, calibration, evaluation, photos, accept_low_agreement
         )
     manifest = Manifest(
         format=FORMAT_VERSION,
@@ -138,22 +148,20 @@ def _int8(
     settings: Settings,
     fp32: bytes,
     fp32_backend: OnnxRuntimeBackend,
+    calibration: Photos,
+    evaluation: Photos,
     photos: PhotoSets,
-    spec: Preprocessing,
-    reference: TorchBackend,
     accept_low_agreement: bool,
 ) -> tuple[Graph, bytes]:
-    if len(photos.evaluation) < INT8_MIN_EVALUATION_PHOTOS and not accept_low_agreement:
+    if len(evaluation) < INT8_MIN_EVALUATION_PHOTOS and not accept_low_agreement:
         raise BuildFailed(
-            f"{len(photos.evaluation)} evaluation photographs; measuring an int8 graph takes at "
+            f"{len(evaluation)} evaluation photographs; measuring an int8 graph takes at "
             f"least {INT8_MIN_EVALUATION_PHOTOS}",
             "run `make photos` (Debian photo packages), or pass --photos DIR",
         )
-    calibration = load_photos(photos.calibration, spec, None).tensors
     started = time.perf_counter()
-    int8, recipe = quantize_int8(fp32, calibration)
+    int8, recipe = quantize_int8(fp32, calibration.tensors)
     recipe["seconds"] = round(time.perf_counter() - started, 1)
-    evaluation = load_photos(photos.evaluation, spec, reference)
     backend = OnnxRuntimeBackend(int8, settings.torch_threads, Precision.INT8)
     agreement = _int8_agreement(softmax_of(backend, evaluation.tensors), evaluation, photos)
     _check(Precision.INT8, agreement, accept=accept_low_agreement)
@@ -301,6 +309,10 @@ def cpu_description() -> str:
 
 
 def load_photos(paths: list[Path], spec: Preprocessing, reference: TorchBackend | None) -> Photos:
+    """The photos preprocessed as the service would, and (given `reference`) PyTorch's softmax."""
+    if not paths:  # a set may be empty when only a few photos are given
+        crop = spec.crop_size
+        return Photos(np.empty((0, 3, crop, crop), np.float32), np.empty((0, 1000)))
     tensors = np.stack([preprocess(p.read_bytes(), spec, _MAX_PHOTO_PIXELS).pixels for p in paths])
     if reference is None:
         return Photos(tensors, np.empty((0, 1000)))
