@@ -56,7 +56,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
-    WORKERS=1 \
     DATABASE_WAIT_S=60 \
     LOG_FORMAT=json \
     MODEL_DIR=/opt/visinspect/model \

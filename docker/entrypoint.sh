@@ -3,4 +3,4 @@
 # waits up to DATABASE_WAIT_S for the database, migrates under a PostgreSQL advisory lock
 # (MIGRATE_ON_START) or verifies the schema, loads the model, then serves. exec: SIGTERM reaches it.
 set -eu
-exec visinspect serve --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" --workers "${WORKERS:-1}"
+exec visinspect serve --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}"

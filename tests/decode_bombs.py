@@ -16,6 +16,7 @@ and by `python -m bench.reliability` (the same, plus benign traffic while two cl
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import struct
@@ -155,7 +156,7 @@ def measure(data: bytes, limits: DecoderLimits) -> Cost:
     started = time.perf_counter()
     try:
         try:
-            outcome, _reusable = worker.decode(data, limits.timeout_s)
+            outcome, _reusable = asyncio.run(worker.decode(data, limits.timeout_s))
         except VisinspectError as exc:
             outcome = exc
         seconds = time.perf_counter() - started

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from visinspect.capacity import ServingPlan, plan, usable_cpus
 
 # Pillow refuses images above twice this many pixels on its own and warns above it; our own, stricter
 # check runs first, so the setting may not exceed it.
@@ -34,6 +35,11 @@ class Precision(StrEnum):
 
     FP32 = "fp32"
     INT8 = "int8"
+
+
+def _plan(data: dict[str, Any]) -> ServingPlan:
+    """The default layout, from the usable CPUs and the WORKERS setting read before it."""
+    return plan(usable_cpus(), data.get("workers"))
 
 
 def _default_model_dir() -> Path:
@@ -82,11 +88,26 @@ class Settings(BaseSettings):
         pattern=r"^[0-9a-fA-F]{64}$",
         description="Expected SHA-256 of MODEL_WEIGHTS; else the hash prefix in its file name is used.",
     )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Server processes of `visinspect serve`, supervised (a crashed one is "
+        "restarted); empty = one per usable CPU (CPU affinity and cgroup quota).",
+    )
+    inference_lanes: int = Field(
+        default_factory=lambda data: _plan(data).lanes_per_worker,
+        ge=1,
+        le=64,
+        description="Forward passes running at once in one server process, each on "
+        "TORCH_THREADS threads; default: the process's share of the usable CPUs.",
+    )
     torch_threads: int = Field(
-        default_factory=lambda: os.cpu_count() or 1,
+        default_factory=lambda data: _plan(data).threads_per_lane,
         ge=1,
         le=256,
-        description="Intra-op threads of one forward pass (PyTorch or ONNX Runtime).",
+        description="Intra-op threads of one forward pass (PyTorch or ONNX Runtime); default 1 "
+        "(parallel passes instead: INFERENCE_LANES).",
     )
     inference_backend: Backend = Field(
         default=Backend.ONNXRUNTIME,
@@ -123,11 +144,11 @@ class Settings(BaseSettings):
         default=64, ge=1, le=100_000, description="Images waiting for the model; more = 503."
     )
     decode_workers: int = Field(
-        default_factory=lambda: len(os.sched_getaffinity(0)) + 1,
+        default_factory=lambda data: _plan(data).decoders_per_worker,
         ge=1,
         le=64,
-        description="Decoder processes (uploads decoded at once); default: usable CPUs + 1, so "
-        "one stays free while the others chew on hostile files.",
+        description="Decoder processes per server process (uploads decoded at once); default: its "
+        "share of the usable CPUs + 1, so one stays free while the others chew on hostile files.",
     )
     decode_timeout_s: float = Field(
         default=3.0,
@@ -202,6 +223,13 @@ class Settings(BaseSettings):
     )
     malloc_arena_max: int = Field(
         default=2, ge=0, le=64, description="glibc malloc arenas (0 = leave glibc's default)."
+    )
+
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        description="Where prometheus-client's multiprocess mode keeps each server process's "
+        "metrics, so that one scrape of /metrics adds them up. Set by `visinspect serve` for its "
+        "workers (a fresh directory); rarely set by hand.",
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, prepared: Prepared | None = Non
     )
     app.state.settings = settings
     app.state.prepared = prepared
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(settings.prometheus_multiproc_dir)
     app.state.api_keys = ApiKeys(settings.api_keys)
     install_error_handlers(app)
     app.include_router(predict.router)
@@ -100,18 +100,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             raise
     metrics: Metrics = app.state.metrics
     try:
-        async with open_services(settings, prepared, on_batch=metrics.observe_batch) as services:
+        async with open_services(settings, prepared, metrics) as services:
             identity = services.classifier.identity
-            metrics.watch_queue(lambda: services.batcher.queued)
-            metrics.watch_decoders(lambda: services.decoders.replaced)
-            metrics.model.info(
-                {
-                    "model_name": identity.name,
-                    "model_version": identity.version,
-                    "backend": identity.backend,
-                    "precision": identity.precision,
-                }
-            )
+            metrics.set_model(identity.name, identity.version, identity.backend, identity.precision)
             app.state.services = services
             log.info(
                 "startup.ready",

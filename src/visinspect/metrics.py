@@ -1,20 +1,25 @@
 """Prometheus metrics (prometheus-client), one registry per app, served at /metrics.
 
-Request metrics are recorded by `api/middleware.py`, labelled by route template. With several worker processes each process
-has its own registry; scrape them individually or run one worker per container.
+Request metrics are recorded by `api/middleware.py`, labelled by route template. When several
+server processes share a port (`visinspect serve` with WORKERS > 1) each writes its values to
+PROMETHEUS_MULTIPROC_DIR and a scrape, answered by any of them, adds up every process's
+(prometheus-client's multiprocess mode): one scrape counts every request, whichever process
+served it. Gauges say how they combine: the queue depth is summed over live processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "visinspect_http_requests_total",
@@ -43,8 +48,9 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "visinspect_inference_queue_depth",
-            "Images waiting for the model.",
+            "Images waiting for the model (summed over the server processes).",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "visinspect_requests_rejected_total",
@@ -57,11 +63,18 @@ class Metrics:
             "Operations that failed because the database was unavailable.",
             registry=self.registry,
         )
-        self.model = Info("visinspect_model", "The model being served.", registry=self.registry)
-        self.decoder_replacements = Gauge(
+        # An info metric as a gauge of 1: prometheus-client's Info has no multiprocess mode.
+        self.model = Gauge(
+            "visinspect_model_info",
+            "The model being served.",
+            ["model_name", "model_version", "backend", "precision"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.decoder_replacements = Counter(
             "visinspect_decoder_replacements",
-            "Decoder processes replaced since start (killed after DECODE_TIMEOUT_S, crashed, "
-            "or recycled after a large decode); climbing fast means hostile or broken uploads.",
+            "Decoder processes replaced (killed after DECODE_TIMEOUT_S, crashed, or recycled "
+            "after a large decode); climbing fast means hostile or broken uploads.",
             registry=self.registry,
         )
 
@@ -69,8 +82,13 @@ class Metrics:
         self.batch_size.observe(size)
         self.inference_seconds.observe(seconds)
 
-    def watch_queue(self, depth: Callable[[], int]) -> None:
-        self.queue_depth.set_function(lambda: float(depth()))
+    def set_model(self, name: str, version: str, backend: str, precision: str) -> None:
+        self.model.labels(name, version, backend, precision).set(1)
 
-    def watch_decoders(self, replaced: Callable[[], int]) -> None:
-        self.decoder_replacements.set_function(lambda: float(replaced()))
+    def render(self) -> bytes:
+        """The text exposition: this process's registry, or every process's values."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -15,7 +15,7 @@ writer) and builds the services; leaving it drains and stops them.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -30,8 +30,9 @@ from visinspect.db.session import Database, create_db_engine, describe_failure
 from visinspect.db.writer import PredictionWriter
 from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.decoders import DecoderLimits, DecoderPool, start_forkserver
-from visinspect.inference.model import Classifier, ModelLoadError, load_classifier
+from visinspect.inference.model import Classifier, ModelLoadError, check_model, load_classifier
 from visinspect.inference.runner import InferenceRunner
+from visinspect.metrics import Metrics
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.predictions import PredictionService
@@ -68,18 +69,28 @@ class Prepared:
 
 def prepare(settings: Settings) -> Prepared:
     """Check and load everything the service needs; raise StartupFailed if anything is wrong."""
-    log.info(
-        "startup.begin",
-        model_arch=settings.model_arch.value,
-        backend=settings.inference_backend.value,
-        precision=settings.model_precision.value,
-        migrate_on_start=settings.migrate_on_start,
-    )
+    _log_begin(settings)
     start_forkserver()  # the decoders' process server starts while the model loads
     try:
         classifier = load_classifier(settings)  # the artifact's checks are cheap: first
     except ModelLoadError as exc:
         raise StartupFailed("model", str(exc), exc.action) from exc
+    return Prepared(prepare_database(settings), classifier)
+
+
+def prepare_shared(settings: Settings) -> None:
+    """What several server processes must do once, not each: check the model artifact (each
+    worker then loads it) and migrate the schema. The supervisor runs this before any worker."""
+    _log_begin(settings)
+    try:
+        check_model(settings)
+    except ModelLoadError as exc:
+        raise StartupFailed("model", str(exc), exc.action) from exc
+    prepare_database(settings).dispose()
+
+
+def prepare_database(settings: Settings) -> Database:
+    """A reachable database at the expected schema (migrated first when MIGRATE_ON_START)."""
     database = Database(create_db_engine(settings), settings.database_pool_size)
     try:
         log.info("startup.database", database=database.describe())
@@ -88,7 +99,17 @@ def prepare(settings: Settings) -> Prepared:
     except BaseException:
         database.dispose()
         raise
-    return Prepared(database, classifier)
+    return database
+
+
+def _log_begin(settings: Settings) -> None:
+    log.info(
+        "startup.begin",
+        model_arch=settings.model_arch.value,
+        backend=settings.inference_backend.value,
+        precision=settings.model_precision.value,
+        migrate_on_start=settings.migrate_on_start,
+    )
 
 
 def wait_for_database(engine: Engine, wait_s: float) -> None:
@@ -161,16 +182,18 @@ class Services:
 async def open_services(
     settings: Settings,
     prepared: Prepared,
-    on_batch: Callable[[int, float], None] | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Services]:
     """Start the batcher and the writer, build the services; on exit, stop both after writing
-    what is queued (the server has drained its requests by then)."""
+    what is queued (the server has drained its requests by then). `metrics` observes them."""
     batcher = MicroBatcher(
         prepared.classifier,
         settings.max_batch_size,
         settings.batch_max_wait_ms,
         settings.max_queue,
-        on_batch=on_batch,
+        on_batch=metrics.observe_batch if metrics else None,
+        on_queue=metrics.queue_depth.set if metrics else None,
+        lanes=settings.inference_lanes,
     )
     writer = PredictionWriter(prepared.database)
     decoders = DecoderPool(
@@ -181,6 +204,7 @@ async def open_services(
             settings.decode_timeout_s,
         ),
         settings.decode_workers,
+        on_replaced=metrics.decoder_replacements.inc if metrics else None,
     )
     await decoders.start()
     batcher.start()

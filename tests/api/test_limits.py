@@ -51,7 +51,7 @@ def test_decoder_replacements_are_a_metric(tmp_path: Path) -> None:
         bomb = scan_bomb((8000, 8000), 3000)
         assert client.post("/predict", files={"file": ("b.jpg", bomb)}).status_code == 422
         scrape = client.get("/metrics").text
-    assert "visinspect_decoder_replacements 1.0" in scrape
+    assert "visinspect_decoder_replacements_total 1.0" in scrape
 
 
 def test_one_file_field_per_predict(client: TestClient, photos: Path) -> None:

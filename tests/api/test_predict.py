@@ -228,7 +228,9 @@ def test_unknown_route_and_method_use_the_error_body(client: TestClient) -> None
 def test_full_inference_queue_answers_503_at_once_and_stores_nothing(
     tmp_path: Path, photos: Path
 ) -> None:
-    settings = make_settings(f"sqlite:///{tmp_path / 'q.db'}", max_queue=1, max_batch_size=1)
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'q.db'}", max_queue=1, max_batch_size=1, inference_lanes=1
+    )
     coffee = (photos / "coffee.png").read_bytes()
     with running_app(settings) as client, gated_model(services_of(client).classifier) as gate:
         results: list[int] = []

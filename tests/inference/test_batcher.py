@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 
 class RecordingBackend:
-    """The real backend, plus a record of batch sizes and an optional gate to hold a pass."""
+    """The real backend, plus a record of batch sizes and a gate that can hold the first pass."""
 
     def __init__(self, classifier: Classifier) -> None:
         self.inner = classifier.backend
@@ -31,9 +31,11 @@ class RecordingBackend:
         self.release.set()
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
+        first = not self.sizes
         self.sizes.append(len(batch))
         self.entered.set()
-        self.release.wait(timeout=60)
+        if first:
+            self.release.wait(timeout=60)
         return self.inner.logits(batch)
 
 
@@ -145,3 +147,34 @@ async def test_full_queue_is_refused_at_once(
         await asyncio.gather(running, *waiting)
     finally:
         await batcher.close()
+
+
+async def test_lanes_run_passes_side_by_side(
+    classifier: Classifier, recording: RecordingBackend
+) -> None:
+    """With two lanes a request does not wait for a pass that another lane is running."""
+    batcher = MicroBatcher(classifier, max_batch_size=8, max_wait_ms=0, max_queue=8, lanes=2)
+    batcher.start()
+    coffee, cat = pixels(classifier, "coffee.png"), pixels(classifier, "chelsea.png")
+    recording.release.clear()
+    try:
+        first = asyncio.ensure_future(batcher.classify(coffee, 1))
+        await asyncio.to_thread(recording.entered.wait, 30)  # lane 1 holds its pass
+        second = await asyncio.wait_for(batcher.classify(cat, 1), 30)  # lane 2 answers
+        assert not first.done()
+        assert batcher.images_ahead == 1  # the held pass
+        recording.release.set()
+        assert (await first)[0].class_name == "espresso"
+    finally:
+        await batcher.close()
+    assert second[0].class_name == "tiger cat"
+    assert recording.sizes == [1, 1]
+
+
+async def test_expected_wait_is_shared_by_the_lanes(classifier: Classifier) -> None:
+    one, two = (MicroBatcher(classifier, 8, 0, 8, lanes=n) for n in (1, 2))
+    for batcher in (one, two):
+        batcher.seconds_per_image = 0.01
+        batcher._in_model = 4  # four images in passes
+    assert one.expected_wait_s() == pytest.approx(0.04)
+    assert two.expected_wait_s() == pytest.approx(0.02)

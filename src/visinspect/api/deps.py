@@ -1,4 +1,8 @@
-"""Dependencies: what the lifespan hung on `app.state`, handed to routes."""
+"""Dependencies: what the lifespan hung on `app.state`, handed to routes.
+
+All `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hand-off per
+request for a dictionary lookup.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from visinspect.services.predictions import PredictionService
 from visinspect.startup import Services
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -23,15 +27,15 @@ def _services(request: Request) -> Services:
     return services
 
 
-def get_prediction_service(request: Request) -> PredictionService:
+async def get_prediction_service(request: Request) -> PredictionService:
     return _services(request).predictions
 
 
-def get_history_service(request: Request) -> HistoryService:
+async def get_history_service(request: Request) -> HistoryService:
     return _services(request).history
 
 
-def get_readiness_service(request: Request) -> ReadinessService:
+async def get_readiness_service(request: Request) -> ReadinessService:
     return _services(request).readiness
 
 

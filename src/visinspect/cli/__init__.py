@@ -18,8 +18,11 @@ from visinspect.logging import configure_logging
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # A flag that a setting derives others from (--workers: threads and decoders per process)
+    # is applied while the settings are read.
+    overrides = {"workers": args.workers} if getattr(args, "workers", None) else {}
     try:
-        settings = Settings()
+        settings = Settings(**overrides)
     except ValidationError as exc:
         print(f"visinspect: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
@@ -61,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="default: HOST (127.0.0.1)")
     serve.add_argument("--port", type=int, help="default: PORT (8000)")
-    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.add_argument(
+        "--workers", type=int, help="server processes (default: WORKERS, else one per usable CPU)"
+    )
     serve.set_defaults(handler=_serve)
     model = commands.add_parser("model", help="the model artifact").add_subparsers(
         required=True, metavar="ACTION"
@@ -124,7 +129,7 @@ def _classify(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from visinspect.cli.serve import serve
 
-    return serve(settings, args.host or settings.host, args.port or settings.port, args.workers)
+    return serve(settings, args.host or settings.host, args.port or settings.port)
 
 
 def _model_build(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,7 +1,11 @@
-"""`visinspect serve`: prepare (weights, database, schema, model), then run uvicorn."""
+"""`visinspect serve`: prepare (weights, database, schema, model), then run uvicorn: one process,
+or WORKERS processes under a supervisor (`visinspect.supervisor`)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 from types import FrameType
 from typing import Any
@@ -9,17 +13,27 @@ from typing import Any
 import structlog
 import uvicorn
 
+from visinspect.capacity import plan, usable_cpus
 from visinspect.config import Settings
 from visinspect.main import create_app
-from visinspect.startup import prepare
+from visinspect.startup import prepare, prepare_shared
 
 log = structlog.get_logger("visinspect.cli")
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
-def serve(settings: Settings, host: str, port: int, workers: int) -> int:
+def serve(settings: Settings, host: str, port: int) -> int:
     """Everything that can fail for an operator's reason fails here, before a port is opened."""
-    prepared = prepare(settings)
+    cpus = usable_cpus()
+    workers = settings.workers or plan(cpus).workers
+    log.info(
+        "serve.plan",
+        cpus=cpus,
+        workers=workers,
+        lanes_per_worker=settings.inference_lanes,
+        threads_per_lane=settings.torch_threads,
+        decoders_per_worker=settings.decode_workers,
+    )
     if not settings.api_keys and host not in _LOOPBACK:
         log.warning(
             "security.open",
@@ -41,18 +55,42 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
         "server_header": False,
     }
     if workers > 1:
-        # uvicorn's supervisor starts fresh processes that import the app by name; each prepares
-        # again in its lifespan (the schema is at the head by now, so none migrates). The
-        # supervisor keeps no model of its own.
-        prepared.close()
-        del prepared
-        uvicorn.run("visinspect.main:create_app", factory=True, workers=workers, **options)
-        return 0
+        return _serve_supervised(settings, workers, options)
     server = GracefulServer(
-        uvicorn.Config(create_app(settings, prepared), **options), settings.shutdown_grace_s
+        uvicorn.Config(create_app(settings, prepare(settings)), **options),
+        settings.shutdown_grace_s,
     )
     server.run()
     return 0 if server.started else 1
+
+
+def _serve_supervised(settings: Settings, workers: int, options: dict[str, Any]) -> int:
+    """Check and migrate once, then start the workers; each loads its own model and verifies
+    the schema (MIGRATE_ON_START=false for them), with the same thread and decoder counts."""
+    from visinspect.supervisor import Supervisor
+
+    prepare_shared(settings)
+    metrics_dir = tempfile.mkdtemp(prefix="visinspect-metrics-")
+    # Spawned workers read their settings from the environment, like the supervisor did.
+    os.environ.update(
+        {
+            "WORKERS": str(workers),
+            "INFERENCE_LANES": str(settings.inference_lanes),
+            "TORCH_THREADS": str(settings.torch_threads),
+            "DECODE_WORKERS": str(settings.decode_workers),
+            "MIGRATE_ON_START": "false",
+            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+        }
+    )
+    config = uvicorn.Config(
+        "visinspect.supervisor:worker_app", factory=True, workers=workers, **options
+    )
+    supervisor = Supervisor(config, settings.shutdown_grace_s, metrics_dir)
+    try:
+        supervisor.run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 1 if supervisor.startup_failed else 0
 
 
 class GracefulServer(uvicorn.Server):

@@ -1,8 +1,12 @@
 """Adaptive micro-batching: concurrent requests share one forward pass.
 
-Requests wait in a bounded queue. One loop takes whatever is waiting (up to MAX_BATCH_SIZE) the
-moment the model is free, so a lone request never waits for company, while under load the batch
-grows by itself to what queued up during the previous pass. BATCH_MAX_WAIT_MS can add a short
+Requests wait in a bounded queue. Each of INFERENCE_LANES loops takes whatever is waiting (up to
+MAX_BATCH_SIZE) the moment its lane is free, so a lone request never waits for company, while
+under load the batch grows by itself to what queued up during the previous pass. Lanes are
+forward passes running at once on the same model (ONNX Runtime and PyTorch allow concurrent
+runs), each on TORCH_THREADS threads: on a CPU shared with decoding, two single-threaded passes
+do more per CPU second than one pass split over two threads, whose threads wait for each other
+after every operator (docs/benchmarks.md). BATCH_MAX_WAIT_MS can add a short
 wait for fuller batches. A full queue is refused at once (`Overloaded` -> 503), not buffered.
 
 Deadlines: the batcher keeps a running estimate of the model's time per image, so it knows how
@@ -57,19 +61,22 @@ class MicroBatcher:
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
+        lanes: int = 1,
     ) -> None:
         self.classifier = classifier
         self.on_batch = on_batch  # (batch size, seconds): for metrics
+        self.on_queue = on_queue  # images waiting, whenever it changes: for metrics
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
-        # PyTorch and ONNX Runtime spread one pass over every core; a second pass at the same
-        # time would only fight it for them.
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._task: asyncio.Task[None] | None = None
-        self._in_model = 0  # images of the batch the model is working on
-        self.seconds_per_image: float | None = None  # moving average; None until a batch ran
+        self.lanes = lanes
+        self._model_threads = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="inference")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_model = 0  # images of the batches the lanes are working on
+        # Moving average of one lane's time per image; None until a batch ran.
+        self.seconds_per_image: float | None = None
 
     @property
     def queued(self) -> int:
@@ -84,7 +91,7 @@ class MicroBatcher:
         """How long the images already queued or in the model will keep it busy."""
         if self.seconds_per_image is None:
             return 0.0
-        return self.images_ahead * self.seconds_per_image
+        return self.images_ahead * self.seconds_per_image / self.lanes
 
     def check_deadline(self, deadline: float | None) -> None:
         """Refuse now (DeadlineUnreachable) a request whose image cannot be done by `deadline`
@@ -101,7 +108,11 @@ class MicroBatcher:
             )
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._serve(), name="micro-batcher")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._serve(), name=f"micro-batcher-{lane}")
+            for lane in range(self.lanes)
+        ]
 
     async def classify(
         self, pixels: np.ndarray, top_k: int, deadline: float | None = None
@@ -115,21 +126,24 @@ class MicroBatcher:
                 f"{self._queue.maxsize} images are already waiting for the model (MAX_QUEUE); "
                 "retry shortly"
             ) from None
+        self._queue_changed()
         return await future
+
+    def _queue_changed(self) -> None:
+        if self.on_queue is not None:
+            self.on_queue(self._queue.qsize())
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._next_batch()
+            self._queue_changed()
             if not jobs:
                 continue
-            batch = np.stack([job.pixels for job in jobs])
             started = time.perf_counter()
-            self._in_model = len(jobs)
+            self._in_model += len(jobs)
             try:
-                results = await loop.run_in_executor(
-                    self._model_thread, self.classifier.predict, batch, [j.top_k for j in jobs]
-                )
+                results = await loop.run_in_executor(self._model_threads, self._predict, jobs)
             except Exception as exc:  # every waiting request learns of it; the loop goes on
                 log.exception("inference.failed", batch_size=len(jobs))
                 for job in jobs:
@@ -137,7 +151,7 @@ class MicroBatcher:
                         job.future.set_exception(exc)
                 continue
             finally:
-                self._in_model = 0
+                self._in_model -= len(jobs)
             elapsed = time.perf_counter() - started
             self._learn(elapsed / len(jobs))
             self.stats.add(len(jobs))
@@ -146,6 +160,11 @@ class MicroBatcher:
             for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)
+
+    def _predict(self, jobs: list[_Job]) -> list[list[Prediction]]:
+        """In a model thread: the batch is assembled there too, off the event loop."""
+        batch = np.stack([job.pixels for job in jobs])
+        return self.classifier.predict(batch, [job.top_k for job in jobs])
 
     def _learn(self, seconds_per_image: float) -> None:
         """Exponential moving average over recent batches (weight 0.2 on the newest)."""
@@ -174,12 +193,12 @@ class MicroBatcher:
 
     async def close(self) -> None:
         """After the server drained its requests: stop the loop, then the model thread."""
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
                 job.future.set_exception(Overloaded("the service is shutting down"))
-        self._model_thread.shutdown(wait=True)
+        self._model_threads.shutdown(wait=True)

@@ -38,6 +38,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import structlog
+from PIL import Image
 
 from visinspect.errors import (
     CorruptImage,
@@ -55,6 +56,14 @@ log = structlog.get_logger("visinspect.decoders")
 ADDRESS_SPACE_MARGIN = 128 << 20
 # A worker whose resident memory grew by more than this while decoding is replaced.
 RESIDENT_GROWTH_LIMIT = 64 << 20
+# Uploads up to this size are written to a decoder's pipe from the event loop: the kernel's
+# pipe buffer (64 KiB) takes them without blocking.
+_INLINE_SEND_BYTES = 60 << 10
+# Freed image blocks that Pillow keeps for the next decode instead of returning them to the
+# system. Memory given back is faulted in again on the next image; on a microVM that reports
+# free pages to its host (Firecracker here) that made a 640x480 JPEG's decode 11 ms instead of
+# 6 (docs/benchmarks.md). Bounded: a worker left larger than RESIDENT_GROWTH_LIMIT is replaced.
+CACHED_IMAGE_BLOCKS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +100,14 @@ def start_forkserver() -> threading.Thread:
 class DecoderPool:
     """DECODE_WORKERS processes; `decode` borrows an idle one for one upload."""
 
-    def __init__(self, limits: DecoderLimits, workers: int) -> None:
+    def __init__(
+        self,
+        limits: DecoderLimits,
+        workers: int,
+        on_replaced: Callable[[], object] | None = None,
+    ) -> None:
         self.limits = limits
+        self.on_replaced = on_replaced  # for the metrics
         self.size = workers
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_PRELOAD)
@@ -127,9 +142,7 @@ class DecoderPool:
             raise
         reusable = False
         try:
-            outcome, reusable = await anyio.to_thread.run_sync(
-                worker.decode, data, self.limits.timeout_s
-            )
+            outcome, reusable = await worker.decode(data, self.limits.timeout_s)
         finally:
             if reusable:
                 self._idle.put_nowait(worker)
@@ -146,6 +159,8 @@ class DecoderPool:
         """Kill the worker now; its successor joins the idle queue when it has started."""
         worker.kill()
         self.replaced += 1
+        if self.on_replaced is not None:
+            self.on_replaced()
         if self._closed:
             return
 
@@ -171,7 +186,7 @@ class DecoderPool:
 
 
 class _Worker:
-    """One decoder process and the pipe to it. Used by one thread at a time."""
+    """One decoder process and the pipe to it. Used by one request at a time."""
 
     def __init__(self, context: Any, limits: DecoderLimits) -> None:
         parent_end, child_end = context.Pipe()
@@ -183,18 +198,24 @@ class _Worker:
         self.connection: multiprocessing.connection.Connection = parent_end
         self.idle_rss: int = self.connection.recv()  # the worker's hello: it is ready
 
-    def decode(self, data: bytes, timeout_s: float) -> tuple[Decoded | VisinspectError, bool]:
+    async def decode(self, data: bytes, timeout_s: float) -> tuple[Decoded | VisinspectError, bool]:
         """The decoded upload or why it was refused, and whether this worker may be used again.
-        Raises (and the worker must go) when it overran its time or died."""
+        Raises (and the worker must go) when it overran its time or died. The reply is awaited
+        on the event loop (no thread hand-off); an upload larger than a pipe's buffer is sent
+        from a thread, since writing it blocks until the worker has read most of it."""
         started = time.perf_counter()
         try:
-            self.connection.send_bytes(data)
-            if not self.connection.poll(timeout_s):
-                raise ImageTooSlowToDecode(
-                    f"decoding did not finish within {timeout_s} s (DECODE_TIMEOUT_S); "
-                    "the file was abandoned"
-                )
+            if len(data) <= _INLINE_SEND_BYTES:
+                self.connection.send_bytes(data)
+            else:
+                await anyio.to_thread.run_sync(self.connection.send_bytes, data)
+            await asyncio.wait_for(self._readable(), timeout_s)
             outcome, warnings_seen, rss = self.connection.recv()
+        except TimeoutError:
+            raise ImageTooSlowToDecode(
+                f"decoding did not finish within {timeout_s} s (DECODE_TIMEOUT_S); "
+                "the file was abandoned"
+            ) from None
         except (EOFError, OSError):
             raise DecoderCrashed(
                 f"the decoder stopped on this file (exit code {self._exit_code()}); "
@@ -208,6 +229,25 @@ class _Worker:
         image, sha256 = outcome
         decode_ms = (time.perf_counter() - started) * 1000
         return Decoded(image, sha256, len(data), decode_ms), reusable
+
+    async def _readable(self) -> None:
+        """Until the worker's reply (or its death: end of file) can be read."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        descriptor = self.connection.fileno()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(descriptor, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(descriptor)
+            os.set_blocking(
+                descriptor, True
+            )  # uvloop made it non-blocking; the pipe's reads are not
 
     def _exit_code(self) -> int | None:
         self.process.join(timeout=1)
@@ -223,6 +263,7 @@ class _Worker:
 
 def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLimits) -> None:
     """The worker's loop: bytes in, (DecodedImage and digest, or the error) out."""
+    Image.core.set_blocks_max(CACHED_IMAGE_BLOCKS)  # type: ignore[attr-defined]
     _cap_address_space(limits.max_decode_bytes + ADDRESS_SPACE_MARGIN)
     connection.send(_resident_bytes())
     while True:

@@ -129,6 +129,18 @@ def load_classifier(settings: Settings) -> Classifier:
     return classifier
 
 
+def check_model(settings: Settings) -> None:
+    """Every check `load_classifier` makes before it builds the network, without building it:
+    a supervisor checks once, then each server process loads its own copy."""
+    if settings.inference_backend is Backend.PYTORCH:
+        verified_weights(settings)
+        return
+    try:
+        load_graph(settings, expected_sha256(settings), load_labels())
+    except ArtifactError as exc:
+        raise ModelLoadError(str(exc), exc.action) from exc
+
+
 def _artifact_classifier(settings: Settings) -> Classifier:
     labels = load_labels()
     try:
