@@ -186,8 +186,11 @@ def test_an_artifact_that_does_not_match_refuses_to_start(
     assert "visinspect model build" in error["action"]
 
 
-def test_missing_artifact_refuses_to_start(tmp_path: Path) -> None:
-    env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_DIR=str(tmp_path / "nothing"))
+@pytest.mark.parametrize("workers", ["1", "2"])  # 2: the supervisor's checks, before any worker
+def test_missing_artifact_refuses_to_start(tmp_path: Path, workers: str) -> None:
+    env = environment(
+        DATABASE_URL=_sqlite(tmp_path), MODEL_DIR=str(tmp_path / "nothing"), WORKERS=workers
+    )
     error = _start_and_fail(env, tmp_path)
     assert error["part"] == "model"
     assert "no model artifact" in error["reason"]
