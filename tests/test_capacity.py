@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from visinspect.capacity import cgroup_cpu_quota, plan, usable_cpus
+from visinspect.capacity import (
+    BACKGROUND_NICENESS,
+    cgroup_cpu_quota,
+    plan,
+    run_in_background,
+    usable_cpus,
+)
 from visinspect.config import Settings
 
 
@@ -90,3 +97,21 @@ def test_settings_follow_the_plan_and_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("INFERENCE_LANES", "1")
     explicit = Settings()
     assert (explicit.torch_threads, explicit.inference_lanes) == (3, 1)
+
+
+def test_background_work_runs_below_the_event_loop() -> None:
+    """Model threads and decoders call run_in_background: their thread's nice level rises."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+
+    def work() -> None:
+        run_in_background()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen == [min(19, own + BACKGROUND_NICENESS)]
+    assert (
+        os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    )  # this thread as it was

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from visinspect.capacity import run_in_background
 from visinspect.errors import DeadlineUnreachable, Overloaded
 from visinspect.inference.model import Classifier, Prediction
 
@@ -72,7 +73,9 @@ class MicroBatcher:
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self.lanes = lanes
-        self._model_threads = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="inference")
+        self._model_threads = ThreadPoolExecutor(
+            max_workers=lanes, thread_name_prefix="inference", initializer=run_in_background
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._in_model = 0  # images of the batches the lanes are working on
         # Moving average of one lane's time per image; None until a batch ran.

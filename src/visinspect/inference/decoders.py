@@ -40,6 +40,7 @@ import anyio.to_thread
 import structlog
 from PIL import Image
 
+from visinspect.capacity import run_in_background
 from visinspect.errors import (
     CorruptImage,
     DecoderCrashed,
@@ -264,6 +265,7 @@ class _Worker:
 def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLimits) -> None:
     """The worker's loop: bytes in, (DecodedImage and digest, or the error) out."""
     Image.core.set_blocks_max(CACHED_IMAGE_BLOCKS)  # type: ignore[attr-defined]
+    run_in_background()  # the server's event loop goes first (capacity.BACKGROUND_NICENESS)
     _cap_address_space(limits.max_decode_bytes + ADDRESS_SPACE_MARGIN)
     connection.send(_resident_bytes())
     while True:
