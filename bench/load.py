@@ -208,7 +208,7 @@ def drive(base: str, bodies: dict[str, Path], smoke: bool, label: str) -> list[L
     """The naive baseline's cells (the 640x480 photo)."""
     endpoint = Endpoint(base, "/predict", bodies, MULTIPART)
     seconds = SECONDS["smoke" if smoke else "full"]
-    hey(base, bodies["640x480"], 8, 16, "warm-up")
+    endpoint.post("640x480", ["-n", "16", "-c", "8"])  # warm-up
     return [cell(endpoint, "640x480", c, seconds, label) for c in (1, 8, 32)]
 
 
@@ -420,6 +420,9 @@ def _ms(value: float) -> str:
     return "failed" if value == float("inf") else f"{value:.0f}"
 
 
+Check = tuple[str, float, str, bool]  # what, measured ratio, target, met
+
+
 def print_targets(data: Report, rows: dict[str, tuple[int, int]], smoke: bool) -> None:
     svc = {(r.label, r.concurrency): r for r in data.service.closed}
     peer = {(r.label.replace("mosec", "service"), r.concurrency): r for r in data.peer.closed}
@@ -431,58 +434,34 @@ def print_targets(data: Report, rows: dict[str, tuple[int, int]], smoke: bool) -
     def ratio(a: float, b: float) -> float:
         return a / b if b else float("nan")  # nan fails every comparison
 
+    def at_least(name: str, a: float, b: float, factor: float) -> Check:
+        return (name, ratio(a, b), f">= {factor:g}", a >= factor * b)
+
+    def below(name: str, a: float, b: float) -> Check:
+        return (name, ratio(a, b), "< 1", a < b)
+
     small, big = "service 640x480", "service 4000x3000"
-    checks: list[tuple[str, float, str, bool]] = []
+    checks: list[Check] = []
     for c in (8, 32):
         s, p = svc[(small, c)], peer[(small, c)]
         checks.append(
-            (
-                f"throughput / mosec, 640x480 c={c}",
-                ratio(s.throughput, p.throughput),
-                ">= 1.15",
-                s.throughput >= 1.15 * p.throughput,
-            )
+            at_least(f"throughput / mosec, 640x480 c={c}", s.throughput, p.throughput, 1.15)
         )
-        checks.append(
-            (f"p99 / mosec p99, 640x480 c={c}", ratio(s.p99, p.p99), "< 1", s.p99 < p.p99)
-        )
+        checks.append(below(f"p99 / mosec p99, 640x480 c={c}", s.p99, p.p99))
     for c in (1, 8, 32):
         s, p = svc[(big, c)], peer[(big, c)]
         checks.append(
-            (
-                f"throughput / mosec, 4000x3000 c={c}",
-                ratio(s.throughput, p.throughput),
-                ">= 3",
-                s.throughput >= 3 * p.throughput,
-            )
+            at_least(f"throughput / mosec, 4000x3000 c={c}", s.throughput, p.throughput, 3)
         )
-    s1, p1 = svc[(small, 1)], peer[(small, 1)]
-    checks.append(("p50 / mosec p50, 640x480 c=1", ratio(s1.p50, p1.p50), "< 1", s1.p50 < p1.p50))
-    checks.append(
-        (
-            "open-loop rate at p99 <= 100 ms / mosec",
-            ratio(rate(data.service), rate(data.peer)),
-            ">= 1.15",
-            rate(data.service) >= 1.15 * rate(data.peer),
-        )
-    )
+    checks.append(below("p50 / mosec p50, 640x480 c=1", svc[(small, 1)].p50, peer[(small, 1)].p50))
+    open_loop = "open-loop rate at p99 <= 100 ms / mosec"
+    checks.append(at_least(open_loop, rate(data.service), rate(data.peer), 1.15))
     efficiency = ratio(rate(data.service), 2 * rate(data.one_cpu))
-    checks.append(
-        (
-            "scaling efficiency, 1 -> 2 CPUs (open-loop rate)",
-            efficiency,
-            ">= 0.85",
-            efficiency >= 0.85,
-        )
-    )
+    scaling = "scaling efficiency, 1 -> 2 CPUs (open-loop rate)"
+    checks.append((scaling, efficiency, ">= 0.85", efficiency >= 0.85))
     n32 = naive[("naive 640x480", 32)]
     checks.append(
-        (
-            "throughput / naive, 640x480 c=32",
-            ratio(svc[(small, 32)].throughput, n32.throughput),
-            ">= 3",
-            svc[(small, 32)].throughput >= 3 * n32.throughput,
-        )
+        at_least("throughput / naive, 640x480 c=32", svc[(small, 32)].throughput, n32.throughput, 3)
     )
     for name, (stored, answered) in rows.items():
         checks.append((f"{name}: rows / 200s answered", ratio(stored, answered), "== 1", stored == answered))  # fmt: skip

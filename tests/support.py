@@ -183,6 +183,14 @@ def gated_model(classifier: Classifier) -> Iterator[GatedBackend]:
         classifier.backend = gate.inner
 
 
+def process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float = 30, what: str = "") -> None:
     """Poll `condition` until it holds; fail after `timeout_s` (never a fixed sleep)."""
     deadline = time.monotonic() + timeout_s

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from scripts.load_check import drain
 
-from tests.support import fresh_postgres_database, serving, wait_until
+from tests.support import fresh_postgres_database, process_gone, serving, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -74,15 +74,7 @@ def test_two_workers_share_a_port_one_scrape_counts_all_and_a_dead_worker_is_rep
     assert "supervisor.worker_replaced" in names
     plan = next(e for e in events if e["event"] == "serve.plan")
     assert plan["workers"] == 2
-    assert all(_gone(pid) for pid in workers)
-
-
-def _gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie nobody has reaped yet."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
-    except FileNotFoundError:
-        return True
+    assert all(process_gone(pid) for pid in workers)
 
 
 def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
@@ -108,4 +100,6 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
         workers = _workers(process.pid)
         process.kill()  # SIGKILL: the supervisor cannot stop them itself
         process.wait()
-        wait_until(lambda: all(_gone(pid) for pid in workers), 30, "the workers to exit with it")
+        wait_until(
+            lambda: all(process_gone(pid) for pid in workers), 30, "the workers to exit with it"
+        )

@@ -76,9 +76,10 @@ class ServingPlan:
     decoders_per_worker: int
 
 
-# CPUs one server process is given before a second one starts. Its event loop spends about 3 ms
-# of CPU per request, a request about 27 ms of CPU in all (model, decoding, database): one loop
-# keeps 4 CPUs busy at under half of its own, so queues stay short (docs/benchmarks.md).
+# CPUs one server process is given before a second one starts. Its event loop spends about 4.6 ms
+# of CPU per request, a request about 33 ms of CPU in all (model, decoding, database): one loop
+# keeps 4 CPUs busy at a little over half of its own time, so it stays off the critical path
+# (docs/benchmarks.md).
 CPUS_PER_WORKER = 4
 
 

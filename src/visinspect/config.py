@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Server processes of `visinspect serve`, supervised (a crashed one is "
-        "restarted); empty = one per usable CPU (CPU affinity and cgroup quota).",
+        "restarted); empty = one per 4 usable CPUs (CPU affinity and cgroup quota).",
     )
     inference_lanes: int = Field(
         default_factory=lambda data: _plan(data).lanes_per_worker,

@@ -15,8 +15,8 @@ writer) and builds the services; leaving it drains and stops them.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import structlog
@@ -71,10 +71,8 @@ def prepare(settings: Settings) -> Prepared:
     """Check and load everything the service needs; raise StartupFailed if anything is wrong."""
     _log_begin(settings)
     start_forkserver()  # the decoders' process server starts while the model loads
-    try:
+    with _model_failure():
         classifier = load_classifier(settings)  # the artifact's checks are cheap: first
-    except ModelLoadError as exc:
-        raise StartupFailed("model", str(exc), exc.action) from exc
     return Prepared(prepare_database(settings), classifier)
 
 
@@ -82,10 +80,8 @@ def prepare_shared(settings: Settings) -> None:
     """What several server processes must do once, not each: check the model artifact (each
     worker then loads it) and migrate the schema. The supervisor runs this before any worker."""
     _log_begin(settings)
-    try:
+    with _model_failure():
         check_model(settings)
-    except ModelLoadError as exc:
-        raise StartupFailed("model", str(exc), exc.action) from exc
     prepare_database(settings).dispose()
 
 
@@ -100,6 +96,15 @@ def prepare_database(settings: Settings) -> Database:
         database.dispose()
         raise
     return database
+
+
+@contextmanager
+def _model_failure() -> Iterator[None]:
+    """A model that cannot be served is a start-up failure with the loader's own advice."""
+    try:
+        yield
+    except ModelLoadError as exc:
+        raise StartupFailed("model", str(exc), exc.action) from exc
 
 
 def _log_begin(settings: Settings) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.decode_bombs import BOMBS, bomb_bytes, canvas_gif, measure, scan_bomb
-from tests.support import wait_until
+from tests.support import process_gone, wait_until
 from visinspect.config import Architecture
 from visinspect.errors import DecoderCrashed, ImageTooSlowToDecode, NotAnImage
 from visinspect.inference.decoders import RESIDENT_GROWTH_LIMIT, DecoderLimits, DecoderPool
@@ -77,15 +77,10 @@ async def test_a_crashed_decoder_is_a_422_and_replaced(pool: DecoderPool, photos
     killer.join()
     # SIGKILL is delivered asynchronously: the idle worker, killed too, is dead only once the
     # kernel says so; from then on the pool must notice and replace it before use.
-    wait_until(lambda: all(_dead(pid) for pid in pids_before), 10, "the killed decoders to die")
+    wait_until(
+        lambda: all(process_gone(pid) for pid in pids_before), 10, "the killed decoders to die"
+    )
     assert (await pool.decode(_reader((photos / "camera.png").read_bytes()))).image.format == "PNG"
-
-
-def _dead(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
-    except FileNotFoundError:
-        return True
 
 
 async def test_memory_returns_after_a_large_decode(pool: DecoderPool) -> None:

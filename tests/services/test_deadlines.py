@@ -85,19 +85,6 @@ async def test_the_clients_own_deadline_times_out_under_its_name(
     assert await count_records(database) == 0
 
 
-async def test_a_deadline_longer_than_the_request_timeout_is_capped(
-    services: Services, classifier: Classifier, photos: Path
-) -> None:
-    settings = make_settings("sqlite://", request_timeout_s=0.2, decode_timeout_s=0.1)
-    with gated_model(classifier) as gate:
-        async with open_services(settings, Prepared(services.history.database, classifier)) as s:
-            with pytest.raises(RequestTimedOut, match="REQUEST_TIMEOUT_S"):
-                await s.predictions.classify_and_record(
-                    coffee(photos), request_id="capped", deadline_s=60
-                )
-            gate.release.set()
-
-
 async def test_a_client_that_left_is_neither_classified_nor_stored(
     services: Services, database: Database, photos: Path
 ) -> None:

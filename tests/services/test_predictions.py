@@ -94,8 +94,9 @@ async def test_a_bad_upload_stores_nothing(services: Services, database: Databas
     assert await count_records(database) == 0
 
 
+@pytest.mark.parametrize("deadline_s", [None, 60])  # 60: a client deadline capped by it
 async def test_the_timeout_answers_and_stores_nothing(
-    database: Database, classifier: Classifier, photos: Path
+    database: Database, classifier: Classifier, photos: Path, deadline_s: float | None
 ) -> None:
     """The model is held inside a pass (a gate, not a slow machine) until the timeout fired."""
     settings = make_settings("sqlite://", request_timeout_s=0.2, decode_timeout_s=0.1)
@@ -103,7 +104,9 @@ async def test_the_timeout_answers_and_stores_nothing(
         async with open_services(settings, Prepared(database, classifier)) as services:
             upload = Upload.from_bytes((photos / "coffee.png").read_bytes())
             with pytest.raises(RequestTimedOut, match="REQUEST_TIMEOUT_S"):
-                await services.predictions.classify_and_record(upload, request_id="svc-6")
+                await services.predictions.classify_and_record(
+                    upload, request_id="svc-6", deadline_s=deadline_s
+                )
             gate.release.set()  # let the held pass end before the services stop
     assert await count_records(database) == 0
 

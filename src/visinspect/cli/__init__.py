@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="default: HOST (127.0.0.1)")
     serve.add_argument("--port", type=int, help="default: PORT (8000)")
     serve.add_argument(
-        "--workers", type=int, help="server processes (default: WORKERS, else one per usable CPU)"
+        "--workers", type=int, help="server processes (default: WORKERS, else 1 per 4 usable CPUs)"
     )
     serve.set_defaults(handler=_serve)
     model = commands.add_parser("model", help="the model artifact").add_subparsers(

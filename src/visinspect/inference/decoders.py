@@ -246,9 +246,8 @@ class _Worker:
             await ready
         finally:
             loop.remove_reader(descriptor)
-            os.set_blocking(
-                descriptor, True
-            )  # uvloop made it non-blocking; the pipe's reads are not
+            # uvloop made the descriptor non-blocking; the pipe's own reads expect blocking.
+            os.set_blocking(descriptor, True)
 
     def _exit_code(self) -> int | None:
         self.process.join(timeout=1)

@@ -17,7 +17,7 @@ import numpy as np
 import structlog
 
 from visinspect.config import Architecture, Backend, Precision, Settings
-from visinspect.inference.artifact import ArtifactError, load_graph
+from visinspect.inference.artifact import ArtifactError, LoadedGraph, load_graph
 from visinspect.inference.backends import InferenceBackend, OnnxRuntimeBackend, softmax
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing
 from visinspect.inference.weights import ModelLoadError, expected_sha256, verified_weights
@@ -134,19 +134,20 @@ def check_model(settings: Settings) -> None:
     a supervisor checks once, then each server process loads its own copy."""
     if settings.inference_backend is Backend.PYTORCH:
         verified_weights(settings)
-        return
+    else:
+        _checked_graph(settings, load_labels())
+
+
+def _checked_graph(settings: Settings, labels: tuple[str, ...]) -> LoadedGraph:
     try:
-        load_graph(settings, expected_sha256(settings), load_labels())
+        return load_graph(settings, expected_sha256(settings), labels)
     except ArtifactError as exc:
         raise ModelLoadError(str(exc), exc.action) from exc
 
 
 def _artifact_classifier(settings: Settings) -> Classifier:
     labels = load_labels()
-    try:
-        loaded = load_graph(settings, expected_sha256(settings), labels)
-    except ArtifactError as exc:
-        raise ModelLoadError(str(exc), exc.action) from exc
+    loaded = _checked_graph(settings, labels)
     backend = OnnxRuntimeBackend(loaded.onnx, settings.torch_threads, loaded.precision)
     return Classifier(
         backend, settings.model_arch, loaded.manifest.weights_sha256, labels, loaded.precision
