@@ -127,6 +127,11 @@ def _classify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from visinspect.inference.decoders import start_forkserver
+
+    # The decoders' process server imports its code on the other core while this one imports
+    # the app (about half a second each): start to ready is the longer of the two, not the sum.
+    start_forkserver()
     from visinspect.cli.serve import serve
 
     return serve(settings, args.host or settings.host, args.port or settings.port)
