@@ -3,7 +3,10 @@
 # torch nor the weights package, only the artifact and what serves it.
 #   docker build -t visinspect .                      (torch from the PyTorch CPU wheel index)
 #   docker build --build-arg TORCH_INDEX_URL= ...     (no index: torch from docker/wheels/)
-ARG PYTHON_IMAGE=python:3.11-slim
+# Every requirement is installed from docker/requirements/*.txt with --require-hashes (`make lock`
+# writes them from pyproject.toml): no index can substitute a file. The base is pinned by digest;
+# PYTHON_IMAGE overrides it (CI here builds on a locally made stand-in).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM ${PYTHON_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -17,15 +20,15 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/*
 # /opt/venv serves (copied into the runtime image); /opt/build builds the model (torch).
 RUN python3 -m venv /opt/venv && python3 -m venv /opt/build
-# Wheels placed in docker/wheels/ (may be none) are preferred to downloads.
+# Wheels placed in docker/wheels/ (may be none) are used when their hash is the locked one.
 COPY docker/wheels/ /wheels/
-COPY pyproject.toml README.md ./
-# Dependencies first, pinned in pyproject.toml: these layers survive source changes.
-RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies']))" > /tmp/serve.txt \
- && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['optional-dependencies']['model']))" > /tmp/model.txt \
- && /opt/venv/bin/pip install --find-links /wheels -r /tmp/serve.txt \
- && /opt/build/bin/pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/serve.txt -r /tmp/model.txt \
+# Dependencies first, from the hash-locked files only: these layers survive source changes.
+COPY docker/requirements/ /requirements/
+RUN /opt/venv/bin/pip install --require-hashes --no-deps --find-links /wheels -r /requirements/serve.txt \
+ && /opt/build/bin/pip install --require-hashes --no-deps --find-links /wheels \
+    ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /requirements/model.txt \
  && if /opt/build/bin/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "CUDA libraries in the build: use a CPU torch wheel" >&2; exit 1; fi
+COPY pyproject.toml README.md ./
 COPY src ./src
 # Build the artifact (checks the weights' SHA-256, exports, proves the graph gives PyTorch's answers
 # on real photographs), then load it with the serving venv, which has no torch, as a container will.
@@ -34,9 +37,9 @@ COPY src ./src
 # SQLAlchemy's extensions (others are patched by auditwheel and must stay as they are); pip, setuptools.
 # Then load the model once more, from what is left.
 ENV MODEL_DIR=/opt/visinspect/model
-RUN /opt/build/bin/pip install --no-deps . \
+RUN /opt/build/bin/pip install --no-deps --no-build-isolation . \
  && /opt/build/bin/visinspect model build \
- && /opt/venv/bin/pip install --no-deps . \
+ && /opt/venv/bin/pip install --no-deps --no-build-isolation . \
  && /opt/venv/bin/python -c "import sys; from visinspect.config import Settings; from visinspect.inference.model import load_classifier; load_classifier(Settings(_env_file=None)); assert 'torch' not in sys.modules" \
  && site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
  && find "$site/swagger_ui_bundle" -name '*.map' -delete \

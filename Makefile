@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run model test audit install-check chromium containers bench bench-smoke footprint photos quantization reliability lint typecheck pytest postgres hey clean
+.PHONY: run model test audit install-check chromium containers bench bench-smoke footprint photos quantization reliability lock lint typecheck pytest postgres hey clean
 
 # The first run builds the model artifact (MODEL_DIR, default ~/.cache/visinspect/model); later runs
 # find it up to date and start at once.
@@ -53,6 +53,10 @@ quantization: $(VENV)/.installed-dev photos
 
 reliability: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.reliability --seconds $${SOAK_SECONDS:-60}
+
+# The image's hash-locked requirements (docker/requirements/*.txt) from pyproject.toml's pins.
+lock: $(VENV)/.installed-dev
+	bash scripts/lock.sh
 
 # The browser test drives Debian's Chromium (never `playwright install`, which downloads one).
 chromium:

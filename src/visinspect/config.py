@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         description="Run `alembic upgrade head` at start; false: only verify the schema is there "
         "(when a migrate Job owns migrations, as in deploy/k8s).",
     )
+    database_app_role: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="PostgreSQL: after migrating, grant this role what serving needs (rows of "
+        "every table) and nothing that changes the schema; set it on the migrate Job, and serve "
+        "as that role (deploy/k8s).",
+    )
     database_wait_s: float = Field(
         default=0.0,
         ge=0,
@@ -264,6 +271,12 @@ class Settings(BaseSettings):
     def _decode_within_request(self) -> Settings:
         if self.decode_timeout_s >= self.request_timeout_s:
             raise ValueError("DECODE_TIMEOUT_S must be below REQUEST_TIMEOUT_S")
+        return self
+
+    @model_validator(mode="after")
+    def _app_role_on_postgres(self) -> Settings:
+        if self.database_app_role and not self.database_url.startswith("postgresql"):
+            raise ValueError("DATABASE_APP_ROLE applies to a PostgreSQL DATABASE_URL only")
         return self
 
     @model_validator(mode="after")

@@ -7,6 +7,8 @@ its parent answers. The layers below the API raise these and never import FastAP
 
 from __future__ import annotations
 
+import structlog
+
 
 class VisinspectError(Exception):
     """Base class: `code` is stable for clients, the message is for humans."""
@@ -160,3 +162,23 @@ class RecordNotStored(VisinspectError):
     The cause stays attached (`__cause__`) for the log line; the client learns nothing internal."""
 
     code = "internal_error"
+
+
+# --- start-up: the service cannot run until an operator changes something -------------------------
+
+
+class StartupFailed(Exception):
+    """Raised before a port is opened (`visinspect.startup`, `db/`); `action` says what to do.
+    Not a VisinspectError: no request ever sees it."""
+
+    def __init__(self, part: str, reason: str, action: str) -> None:
+        super().__init__(f"{part}: {reason}")
+        self.part = part
+        self.reason = reason
+        self.action = action
+
+    def log(self) -> None:
+        """The one line every start-up failure ends with."""
+        structlog.get_logger("visinspect").error(
+            "startup.failed", part=self.part, reason=self.reason, action=self.action
+        )

@@ -14,20 +14,17 @@ writer) and builds the services; leaving it drains and stops them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import structlog
-from alembic.util import CommandError
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
 
 from visinspect.config import Settings
-from visinspect.db.schema import create_all_for_development, schema_problem, upgrade_to_head
-from visinspect.db.session import Database, create_db_engine, describe_failure
+from visinspect.db.schema import prepare_schema
+from visinspect.db.session import Database, create_db_engine, wait_for_database
 from visinspect.db.writer import PredictionWriter
+from visinspect.errors import StartupFailed
 from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.decoders import DecoderLimits, DecoderPool, start_forkserver
 from visinspect.inference.model import Classifier, ModelLoadError, check_model, load_classifier
@@ -37,23 +34,9 @@ from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.predictions import PredictionService
 
+__all__ = ["Prepared", "Services", "StartupFailed", "open_services", "prepare", "prepare_shared"]
+
 log = structlog.get_logger("visinspect")
-
-_DATABASE_RETRY_INTERVAL_S = 1.0
-
-
-class StartupFailed(Exception):
-    """The service cannot start until an operator changes something; `action` says what."""
-
-    def __init__(self, part: str, reason: str, action: str) -> None:
-        super().__init__(f"{part}: {reason}")
-        self.part = part
-        self.reason = reason
-        self.action = action
-
-    def log(self) -> None:
-        """The one line every start-up failure ends with."""
-        log.error("startup.failed", part=self.part, reason=self.reason, action=self.action)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,60 +98,6 @@ def _log_begin(settings: Settings) -> None:
         precision=settings.model_precision.value,
         migrate_on_start=settings.migrate_on_start,
     )
-
-
-def wait_for_database(engine: Engine, wait_s: float) -> None:
-    """Containers may start before their database: retry for up to `wait_s` (0: one attempt)."""
-    deadline = time.monotonic() + wait_s
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            reason = describe_failure(exc)
-            if time.monotonic() + _DATABASE_RETRY_INTERVAL_S > deadline:
-                raise StartupFailed(
-                    "database",
-                    reason,
-                    "check DATABASE_URL and that the database server is up; "
-                    "DATABASE_WAIT_S makes start-up wait for it",
-                ) from exc
-            log.warning("db.wait", attempt=attempt, reason=reason)
-            time.sleep(_DATABASE_RETRY_INTERVAL_S)
-            continue
-        if attempt > 1:
-            log.info("db.reachable", attempt=attempt)
-        return
-
-
-def prepare_schema(engine: Engine, settings: Settings) -> None:
-    """Migrate to the head (MIGRATE_ON_START=true), or refuse to serve a schema that is not there."""
-    try:
-        if settings.database_create_all:
-            create_all_for_development(engine)
-        elif settings.migrate_on_start:
-            upgrade_to_head(engine)
-        else:
-            with engine.connect() as connection:
-                problem = schema_problem(connection, create_all_mode=False)
-            if problem is not None:
-                raise StartupFailed(
-                    "schema",
-                    problem,
-                    "run `visinspect db upgrade` (the migrate Job), or set MIGRATE_ON_START=true",
-                )
-    except CommandError as exc:  # e.g. a revision in the database that this release lacks
-        raise StartupFailed(
-            "schema",
-            str(exc),
-            "the database was migrated by a newer release: run that release or a newer one",
-        ) from exc
-    except SQLAlchemyError as exc:
-        raise StartupFailed(
-            "database", describe_failure(exc), "check the database's log and permissions"
-        ) from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -21,19 +19,6 @@ from visinspect.db.schema import (
     head_revision,
     upgrade_to_head,
 )
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        with fresh_postgres_database() as url:
-            engine = create_engine(url)
-            yield engine
-            engine.dispose()
-    else:
-        engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
-        yield engine
-        engine.dispose()
 
 
 def _diff(engine: Engine) -> list[object]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from visinspect.config import Settings
+from visinspect.errors import StartupFailed
 from visinspect.logging import configure_logging
 
 
@@ -27,8 +28,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visinspect: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
     configure_logging(settings.log_level, settings.log_format)
-    from visinspect.startup import StartupFailed  # heavy (the model's libraries): import late
-
     try:
         result: int = args.handler(settings, args)
     except StartupFailed as exc:
@@ -111,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", help="alembic upgrade head (waits up to DATABASE_WAIT_S for the database)"
     ).set_defaults(handler=_db_upgrade)
     db.add_parser(
-        "current", help="print the current and head revisions; exit 2 when they differ"
+        "current",
+        help="print the current and head revisions and whether this release can serve against "
+        "the schema (the head, or a newer one recorded as compatible); exit 2 when it cannot",
     ).set_defaults(handler=_db_current)
     return parser
 

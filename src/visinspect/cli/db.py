@@ -1,11 +1,12 @@
-"""`visinspect db upgrade | current`: the schema, for a migrate Job or an operator."""
+"""`visinspect db upgrade | current`: the schema, for a migrate Job or an operator.
+
+Light on purpose (no model libraries): the Kubernetes init container runs `db current`."""
 
 from __future__ import annotations
 
 from visinspect.config import Settings
-from visinspect.db.schema import current_revision, head_revision
-from visinspect.db.session import create_db_engine
-from visinspect.startup import prepare_schema, wait_for_database
+from visinspect.db.schema import current_revision, head_revision, prepare_schema, schema_problem
+from visinspect.db.session import create_db_engine, wait_for_database
 
 
 def upgrade(settings: Settings) -> int:
@@ -25,8 +26,9 @@ def current(settings: Settings) -> int:
         wait_for_database(engine, settings.database_wait_s)
         with engine.connect() as connection:
             revision = current_revision(connection)
+            problem = schema_problem(connection, create_all_mode=False)
     finally:
         engine.dispose()
-    head = head_revision()
-    print(f"current: {revision or '(empty database)'}\nhead:    {head}")
-    return 0 if revision == head else 2
+    print(f"current: {revision or '(empty database)'}\nhead:    {head_revision()}")
+    print(f"serves:  {'yes' if problem is None else 'no: ' + problem}")
+    return 0 if problem is None else 2

@@ -78,3 +78,15 @@ class PredictionRecord(Base):
         Index("ix_predictions_class_name_created_at", "class_name", "created_at"),
         Index("ix_predictions_image_sha256", "image_sha256"),
     )
+
+
+class SchemaCompatibility(Base):
+    """One row, rewritten by every migration run (`db/compatibility.py`): the revision reached and
+    the oldest release, by its head revision, that may serve against it. A release that does not
+    know the database's revision reads it to tell a newer expand (serve on) from a contract."""
+
+    __tablename__ = "schema_compatibility"
+
+    revision: Mapped[str] = mapped_column(String(32), primary_key=True)
+    oldest_compatible_revision: Mapped[str] = mapped_column(String(32), nullable=False)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

@@ -1,7 +1,9 @@
-"""Bring the schema to the Alembic head at start-up, and tell readiness whether it is there.
+"""Bring the schema to the Alembic head at start-up, and tell readiness whether it can serve.
 
 Migrations are the only source of the schema. `create_all` exists for development only
-(DATABASE_CREATE_ALL=true) and then migrations are not run at all, so the two never mix.
+(DATABASE_CREATE_ALL=true) and then migrations are not run at all, so the two never mix. A schema
+migrated by a newer release is served on when that release recorded it as compatible with this
+one (expand/contract, `db/compatibility.py`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
+from visinspect.config import Settings
+from visinspect.db import compatibility
 from visinspect.db.models import Base
+from visinspect.db.session import describe_failure
+from visinspect.errors import StartupFailed
 
 log = structlog.get_logger("visinspect.db")
 
@@ -36,12 +44,13 @@ def alembic_config() -> Config:
 
 
 @functools.cache
-def head_revision() -> str:
+def migration_scripts() -> ScriptDirectory:
     """Read once per process: readiness probes ask on every call, and the files never change."""
-    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
-    if len(heads) != 1:
-        raise RuntimeError(f"migrations must have exactly one head, found {heads}")
-    return heads[0]
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    return compatibility.lineage(migration_scripts()).head
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -58,19 +67,28 @@ class Migration:
         return self.before != self.after
 
 
-def upgrade_to_head(engine: Engine) -> Migration:
-    """Run `alembic upgrade head` (idempotent) under a database-wide lock."""
+def upgrade_to_head(engine: Engine, app_role: str | None = None) -> Migration:
+    """Run `alembic upgrade head` (idempotent) under a database-wide lock. A schema that a newer
+    release migrated and recorded as compatible with this one is left as it is. `app_role` is
+    granted what serving needs on every table, and nothing that changes the schema."""
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
             connection.commit()
         try:
-            before = current_revision(connection)
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-            connection.commit()
-            after = current_revision(connection)
+            before = after = current_revision(connection)
+            known = compatibility.lineage(migration_scripts())
+            if before is not None and compatibility.newer_but_compatible(connection, known, before):
+                log.info("db.newer_schema", revision=before, head=known.head, compatible=True)
+            else:
+                config = alembic_config()
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                connection.commit()
+                after = current_revision(connection)
+            if app_role:
+                grant_serving_privileges(connection, app_role)
+                connection.commit()
         finally:
             if connection.dialect.name == "postgresql":
                 connection.execute(
@@ -79,6 +97,25 @@ def upgrade_to_head(engine: Engine) -> Migration:
                 connection.commit()
     log.info("db.migrated", revision_before=before, revision=after, changed=before != after)
     return Migration(before, after)
+
+
+def grant_serving_privileges(connection: Connection, role: str) -> None:
+    """PostgreSQL: `role` may read and write rows of every table in this schema (and use its
+    sequences); it does not own them and gets no CREATE, so it cannot change the schema. Run
+    after every migration, so that new tables are covered."""
+    if connection.dialect.name != "postgresql":
+        raise ValueError("DATABASE_APP_ROLE applies to PostgreSQL only")
+    quoted = connection.dialect.identifier_preparer.quote(role)
+    schema = connection.dialect.identifier_preparer.quote(
+        connection.execute(text("SELECT current_schema()")).scalar_one()
+    )
+    for statement in (
+        f"GRANT USAGE ON SCHEMA {schema} TO {quoted}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {quoted}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {quoted}",
+    ):
+        connection.execute(text(statement))
+    log.info("db.granted", role=role, schema=schema)
 
 
 def create_all_for_development(engine: Engine) -> None:
@@ -92,7 +129,47 @@ def schema_problem(connection: Connection, create_all_mode: bool) -> str | None:
     if create_all_mode:
         missing = set(Base.metadata.tables) - set(inspect(connection).get_table_names())
         return f"tables missing: {sorted(missing)}" if missing else None
-    current, head = current_revision(connection), head_revision()
-    if current != head:
-        return f"schema at revision {current}, code expects {head}"
-    return None
+    current, known = current_revision(connection), compatibility.lineage(migration_scripts())
+    if current == known.head:
+        return None
+    if current is None:
+        return f"empty database, code expects revision {known.head}: run `visinspect db upgrade`"
+    if known.knows(current):
+        return (
+            f"schema at revision {current}, code expects {known.head}: run `visinspect db upgrade`"
+        )
+    if compatibility.newer_but_compatible(connection, known, current):
+        return None
+    return (
+        f"schema at revision {current}, newer than this release ({known.head}) and not "
+        "compatible with it (a contract migration ran): run the release that migrated it"
+    )
+
+
+def prepare_schema(engine: Engine, settings: Settings) -> None:
+    """Migrate to the head (MIGRATE_ON_START=true), or refuse to serve a schema it cannot serve."""
+    try:
+        if settings.database_create_all:
+            create_all_for_development(engine)
+        elif settings.migrate_on_start:
+            upgrade_to_head(engine, settings.database_app_role)
+        else:
+            with engine.connect() as connection:
+                problem = schema_problem(connection, create_all_mode=False)
+            if problem is not None:
+                raise StartupFailed(
+                    "schema",
+                    problem,
+                    "run `visinspect db upgrade` (the migrate Job), or set MIGRATE_ON_START=true",
+                )
+    except CommandError as exc:  # e.g. a revision in the database that this release lacks
+        raise StartupFailed(
+            "schema",
+            str(exc),
+            "the database was migrated by a newer release that contracted the schema: run that "
+            "release or a newer one",
+        ) from exc
+    except SQLAlchemyError as exc:
+        raise StartupFailed(
+            "database", describe_failure(exc), "check the database's log and permissions"
+        ) from exc

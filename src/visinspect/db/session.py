@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Engine, create_engine, event
+import structlog
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError, TimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from visinspect.config import Settings
-from visinspect.errors import DatabaseUnavailable
+from visinspect.errors import DatabaseUnavailable, StartupFailed
 
 T = TypeVar("T")
+log = structlog.get_logger("visinspect")
+
+_DATABASE_RETRY_INTERVAL_S = 1.0
 
 
 def create_db_engine(settings: Settings) -> Engine:
@@ -111,3 +116,29 @@ def describe_failure(exc: Exception) -> str:
     original = getattr(exc, "orig", None) or exc
     message = str(original).strip()
     return message.splitlines()[0][:300] if message else type(original).__name__
+
+
+def wait_for_database(engine: Engine, wait_s: float) -> None:
+    """Containers may start before their database: retry for up to `wait_s` (0: one attempt)."""
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            reason = describe_failure(exc)
+            if time.monotonic() + _DATABASE_RETRY_INTERVAL_S > deadline:
+                raise StartupFailed(
+                    "database",
+                    reason,
+                    "check DATABASE_URL and that the database server is up; "
+                    "DATABASE_WAIT_S makes start-up wait for it",
+                ) from exc
+            log.warning("db.wait", attempt=attempt, reason=reason)
+            time.sleep(_DATABASE_RETRY_INTERVAL_S)
+            continue
+        if attempt > 1:
+            log.info("db.reachable", attempt=attempt)
+        return

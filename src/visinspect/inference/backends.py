@@ -34,9 +34,13 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Worker threads spin briefly between passes. Measured here: without it a lone image
-        # takes 8.7 ms instead of 5.0 (thread wake-ups), and throughput under load is no better.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        # With several threads per pass, the worker threads spin briefly between passes.
+        # Measured here: without it a lone image took 8.7 ms instead of 5.0 (thread wake-ups),
+        # and throughput under load was no better. With one thread per pass (the default: one
+        # lane per CPU) there is no worker thread, and nothing spins: the CPU use a container's
+        # quota and an autoscaler see is work.
+        spin = "1" if threads > 1 else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         if precision is Precision.INT8:
             # On x86 CPUs without VNNI, ONNX Runtime's fast u8s8 kernels saturate 16-bit sums
             # (VPMADDUBSW): measured here, top-1 agreement with fp32 fell from 89% to 54%. This

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from visinspect.config import Settings
+from visinspect.db import compatibility
 from visinspect.db.models import Base
 from visinspect.db.session import create_db_engine
 
@@ -21,6 +22,10 @@ def _run(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        # Who may serve against the schema now (expand/contract): in the same transaction.
+        compatibility.record(
+            connection, context.script, context.get_context().get_current_revision()
+        )
 
 
 def run_migrations_online() -> None:

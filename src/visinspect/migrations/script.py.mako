@@ -16,6 +16,9 @@ revision: str = ${repr(up_revision)}
 down_revision: str | Sequence[str] | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+# "expand": additive only, the release before this one serves on; "contract": it must not
+# (db/compatibility.py). Expand migrations are checked for destructive statements.
+phase = "expand"
 
 
 def upgrade() -> None:

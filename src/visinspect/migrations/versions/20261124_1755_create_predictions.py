@@ -15,6 +15,8 @@ revision: str = "3e21dee33064"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# The schema begins here: no release before it can serve (db/compatibility.py).
+phase = "contract"
 
 
 def upgrade() -> None:

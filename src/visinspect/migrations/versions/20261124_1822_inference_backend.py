@@ -17,6 +17,8 @@ revision: str = "da2284f84b07"
 down_revision: str | Sequence[str] | None = "3e21dee33064"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# A NOT NULL column without a default: a release before it can no longer insert.
+phase = "contract"
 
 
 def upgrade() -> None:

@@ -18,6 +18,8 @@ revision: str = "7c1e5a0d9b42"
 down_revision: str | Sequence[str] | None = "da2284f84b07"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# A column with a server default: a release before it inserts on.
+phase = "expand"
 
 
 def upgrade() -> None:

@@ -1,0 +1,329 @@
+"""Expand/contract: a release serves on while a newer one's expand migrations run and after a
+rollback to it; a contract stops it; the app's role cannot change the schema.
+
+"A newer release" is this release's migrations copied with one more migration file, run by
+Alembic exactly as that release's `visinspect db upgrade` would run them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.orm import Session
+
+from tests.support import (
+    TEST_DATABASE_URL,
+    VISINSPECT,
+    fresh_postgres_database,
+    make_settings,
+    synthetic_record,
+)
+from visinspect.db.compatibility import phase_of
+from visinspect.db.models import PredictionRecord, SchemaCompatibility
+from visinspect.db.schema import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    migration_scripts,
+    prepare_schema,
+    schema_problem,
+    upgrade_to_head,
+)
+from visinspect.errors import StartupFailed
+
+# The newest contract migration this release ships (inference_backend: a NOT NULL column).
+NEWEST_CONTRACT = "da2284f84b07"
+
+NEWER_EXPAND = '''"""a newer release: a nullable column"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "feedface0001"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+phase = "expand"
+
+
+def upgrade():
+    with op.batch_alter_table("predictions") as batch_op:
+        batch_op.add_column(sa.Column("inspected_by", sa.String(64), nullable=True))
+
+
+def downgrade():
+    with op.batch_alter_table("predictions") as batch_op:
+        batch_op.drop_column("inspected_by")
+'''
+
+NEWER_CONTRACT = '''"""a release after that: a column this release writes is gone"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "feedface0002"
+down_revision = "feedface0001"
+branch_labels = None
+depends_on = None
+phase = "contract"
+
+
+def upgrade():
+    with op.batch_alter_table("predictions") as batch_op:
+        batch_op.drop_column("filename")
+
+
+def downgrade():
+    with op.batch_alter_table("predictions") as batch_op:
+        batch_op.add_column(sa.Column("filename", sa.String(255), nullable=True))
+'''
+
+
+def newer_release(tmp_path: Path, *migrations: str) -> Config:
+    """Alembic configured with this release's migrations plus `migrations`."""
+    location = tmp_path / "newer-migrations"
+    shutil.copytree(
+        str(resources.files("visinspect").joinpath("migrations")),
+        location,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for number, source in enumerate(migrations):
+        path = location / "versions" / f"29990101_000{number}_newer.py"
+        path.write_text(source.format(head=head_revision()))
+    config = Config()
+    config.set_main_option("script_location", str(location))
+    return config
+
+
+def migrate(config: Config, engine: Engine, target: str = "head") -> None:
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        if target.startswith("-") or target == "base":
+            command.downgrade(config, target)
+        else:
+            command.upgrade(config, target)
+
+
+def problem_of(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return schema_problem(connection, create_all_mode=False)
+
+
+def recorded(engine: Engine) -> tuple[str, str]:
+    with Session(engine) as session:
+        row = session.execute(
+            select(SchemaCompatibility.revision, SchemaCompatibility.oldest_compatible_revision)
+        ).one()
+    return row[0], row[1]
+
+
+def insert_and_count(engine: Engine) -> int:
+    """What this release does while serving: insert a row as it knows it, count the rows."""
+    with Session(engine) as session:
+        session.add(synthetic_record(f"compat-{uuid.uuid4().hex[:8]}"))
+        session.commit()
+        return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)
+
+
+def test_every_migration_declares_its_phase_and_the_schema_begins_with_a_contract() -> None:
+    scripts = list(migration_scripts().walk_revisions())
+    phases = {script.revision: phase_of(script) for script in scripts}
+    assert phases[scripts[-1].revision] == "contract"  # the first migration creates the schema
+    assert phases[NEWEST_CONTRACT] == "contract"
+    assert phases[head_revision()] == "expand"
+
+
+# Statements that break the release before them: they may only appear in a contract migration.
+DESTRUCTIVE = {
+    "drops": r"\bDROP\b",
+    "renames": r"\bRENAME\b",
+    "changes a type": r"\bALTER COLUMN\s+\S+\s+(SET DATA\s+)?TYPE\b",
+    "tightens to NOT NULL": r"\bSET NOT NULL\b",
+    "adds a NOT NULL column without a default": r"\bADD COLUMN\b(?:(?!\bDEFAULT\b)[^,;])*\bNOT NULL\b(?:(?!\bDEFAULT\b)[^,;])*(;|,|$)",
+    "empties a table": r"\bTRUNCATE\b",
+}
+
+
+def destructive(sql: str) -> list[str]:
+    upper = sql.upper()
+    return [what for what, pattern in DESTRUCTIVE.items() if re.search(pattern, upper)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "found"),
+    [
+        ("ALTER TABLE predictions DROP COLUMN filename;", ["drops"]),
+        ("DROP INDEX ix_predictions_image_sha256;", ["drops"]),
+        ("ALTER TABLE predictions RENAME COLUMN filename TO name;", ["renames"]),
+        ("ALTER TABLE predictions ALTER COLUMN class_id TYPE BIGINT;", ["changes a type"]),
+        ("ALTER TABLE predictions ALTER COLUMN filename SET NOT NULL;", ["tightens to NOT NULL"]),
+        (
+            "ALTER TABLE predictions ADD COLUMN x VARCHAR(8) NOT NULL;",
+            ["adds a NOT NULL column without a default"],
+        ),
+        ("TRUNCATE predictions;", ["empties a table"]),
+        ("ALTER TABLE predictions ADD COLUMN x VARCHAR(8) DEFAULT 'a' NOT NULL;", []),
+        ("ALTER TABLE predictions ADD COLUMN x VARCHAR(8);", []),
+        ("CREATE TABLE t (id INTEGER NOT NULL, PRIMARY KEY (id));", []),
+        ("CREATE INDEX ix_t ON predictions (class_id);", []),
+    ],
+)
+def test_the_destructive_statement_check_tells_them_apart(sql: str, found: list[str]) -> None:
+    assert destructive(sql) == found
+
+
+def test_expand_migrations_contain_no_destructive_statement(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each expand migration's PostgreSQL statements, as `alembic upgrade --sql` prints them."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://offline@localhost/offline")
+    expands = [s for s in migration_scripts().walk_revisions() if phase_of(s) == "expand"]
+    assert expands
+    for script in expands:
+        capsys.readouterr()
+        command.upgrade(alembic_config(), f"{script.down_revision}:{script.revision}", sql=True)
+        sql = capsys.readouterr().out
+        assert "ALTER TABLE" in sql or "CREATE" in sql, sql  # the check saw real statements
+        assert destructive(sql) == [], (script.revision, sql)
+
+
+def test_a_migration_run_records_who_may_serve(empty_engine: Engine) -> None:
+    upgrade_to_head(empty_engine)
+    assert recorded(empty_engine) == (head_revision(), NEWEST_CONTRACT)
+
+
+def test_this_release_serves_on_after_a_newer_expand_and_after_the_rollback(
+    empty_engine: Engine, tmp_path: Path
+) -> None:
+    upgrade_to_head(empty_engine)
+    newer = newer_release(tmp_path, NEWER_EXPAND)
+    migrate(newer, empty_engine)
+    with empty_engine.connect() as connection:
+        assert current_revision(connection) == "feedface0001"
+    assert recorded(empty_engine) == ("feedface0001", NEWEST_CONTRACT)
+    assert problem_of(empty_engine) is None  # readiness stays green
+    again = upgrade_to_head(empty_engine)  # a restart with MIGRATE_ON_START=true
+    assert (again.before, again.after, again.changed) == ("feedface0001", "feedface0001", False)
+    assert insert_and_count(empty_engine) == 1  # and it writes rows as it knows them
+    migrate(newer, empty_engine, "-1")  # the newer release's downgrade, back to this head
+    assert problem_of(empty_engine) is None
+    assert recorded(empty_engine) == (head_revision(), NEWEST_CONTRACT)
+    assert insert_and_count(empty_engine) == 2
+
+
+def test_a_newer_contract_stops_this_release(empty_engine: Engine, tmp_path: Path) -> None:
+    upgrade_to_head(empty_engine)
+    migrate(newer_release(tmp_path, NEWER_EXPAND, NEWER_CONTRACT), empty_engine)
+    assert recorded(empty_engine) == ("feedface0002", "feedface0002")
+    problem = problem_of(empty_engine)
+    assert problem is not None
+    assert "feedface0002" in problem
+    assert "not compatible" in problem
+    url = empty_engine.url.render_as_string(hide_password=False)
+    for migrate_on_start in (True, False):
+        settings = make_settings(url, migrate_on_start=migrate_on_start)
+        with pytest.raises(StartupFailed) as failure:
+            prepare_schema(empty_engine, settings)
+        assert failure.value.part == "schema"
+
+
+def test_a_schema_behind_this_release_is_not_served(empty_engine: Engine) -> None:
+    upgrade_to_head(empty_engine)
+    migrate(alembic_config(), empty_engine, "-1")
+    problem = problem_of(empty_engine)
+    assert problem is not None
+    assert "visinspect db upgrade" in problem
+    assert f"code expects {head_revision()}" in problem
+
+
+@pytest.mark.postgres
+def test_the_app_role_reads_and_writes_rows_and_cannot_change_the_schema() -> None:
+    role = f"visinspect_app_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE ROLE {role} LOGIN"))
+    try:
+        with fresh_postgres_database() as url:
+            owner = create_engine(url)
+            upgrade_to_head(owner, app_role=role)
+            app = create_engine(make_url(url).set(username=role))
+            try:
+                assert problem_of(app) is None  # readiness works as the app role
+                assert insert_and_count(app) == 1
+                for statement in (
+                    "CREATE TABLE intruder (id INTEGER)",
+                    "ALTER TABLE predictions ADD COLUMN intruder INTEGER",
+                    "DROP TABLE predictions",
+                    "DROP INDEX ix_predictions_image_sha256",
+                ):
+                    with app.connect() as connection, pytest.raises(ProgrammingError) as refused:
+                        connection.execute(text(statement))
+                    assert "permission denied" in str(refused.value) or "must be owner" in str(
+                        refused.value
+                    )
+            finally:
+                app.dispose()
+                owner.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
+
+
+def test_an_app_role_is_refused_for_sqlite() -> None:
+    with pytest.raises(ValueError, match="DATABASE_APP_ROLE"):
+        make_settings("sqlite:///x.db", database_app_role="visinspect_app")
+
+
+def _db_current(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [VISINSPECT, "db", "current"],
+        env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_db_current_says_whether_this_release_can_serve(tmp_path: Path) -> None:
+    """What the Kubernetes init container waits on, through the real command."""
+    url = f"sqlite:///{tmp_path / 'current.db'}"
+    engine = create_engine(url)
+    try:
+        assert _db_current(url).returncode == 2  # empty database
+        upgrade_to_head(engine)
+        answer = _db_current(url)
+        assert (answer.returncode, "serves:  yes" in answer.stdout) == (0, True), answer.stdout
+        migrate(newer_release(tmp_path, NEWER_EXPAND), engine)
+        answer = _db_current(url)
+        assert (answer.returncode, "current: feedface0001" in answer.stdout) == (0, True)
+        migrate(newer_release(tmp_path / "2", NEWER_EXPAND, NEWER_CONTRACT), engine)
+        answer = _db_current(url)
+        assert answer.returncode == 2
+        assert "serves:  no: schema at revision feedface0002" in answer.stdout
+    finally:
+        engine.dispose()
+
+
+def test_the_schema_commands_load_no_model_library() -> None:
+    """The init container runs `db current` with a small memory limit: no ONNX Runtime, NumPy
+    or torch in it."""
+    probe = (
+        "import sys, visinspect.cli.db; "
+        "print(sorted(m for m in ('onnxruntime', 'numpy', 'torch', 'PIL') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
