@@ -1,3 +1,3 @@
 """Visual Inspection Service: image classification over HTTP, every prediction recorded."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -59,6 +59,12 @@ async def test_a_classified_upload_is_a_committed_record_with_the_models_identit
         record.predictions,
         record.created_at,
     )
+    # Where the latency went, stored with the row: both parts measured, within the whole.
+    assert fetched.decode_ms is not None
+    assert fetched.inference_ms is not None
+    assert fetched.decode_ms > 0
+    assert fetched.inference_ms > 0
+    assert fetched.decode_ms + fetched.inference_ms <= fetched.latency_ms
     assert await count_records(database) == 1
 
 

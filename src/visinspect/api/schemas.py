@@ -46,6 +46,8 @@ class PredictionOut(BaseModel):
                     "image_format": "PNG",
                     "filename": "coffee.png",
                     "latency_ms": 21.4,
+                    "decode_ms": 6.2,
+                    "inference_ms": 13.9,
                 }
             ]
         },
@@ -65,6 +67,14 @@ class PredictionOut(BaseModel):
     image_format: str
     filename: str | None = Field(description="Name the client gave the upload, if any")
     latency_ms: float = Field(description="Decode, preprocessing and inference time on the server")
+    decode_ms: float | None = Field(
+        default=None,
+        description="Of which decoding and preprocessing (null for rows before release 0.2.0)",
+    )
+    inference_ms: float | None = Field(
+        default=None,
+        description="Of which the wait for the model and the forward pass (null before 0.2.0)",
+    )
 
 
 class ErrorDetail(BaseModel):

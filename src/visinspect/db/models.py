@@ -71,6 +71,10 @@ class PredictionRecord(Base):
     image_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
     latency_ms: Mapped[float] = mapped_column(nullable=False)
+    # Where the latency went. Nullable (an expand migration): rows from before 0.2.0, and rows a
+    # 0.1 release writes during a rolling update, have none.
+    decode_ms: Mapped[float | None] = mapped_column(nullable=True)
+    inference_ms: Mapped[float | None] = mapped_column(nullable=True)
 
     __table_args__ = (
         # GET /predictions: newest first, optionally one class or one image.

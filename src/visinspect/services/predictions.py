@@ -178,6 +178,8 @@ def new_record(
         image_bytes=classification.image_bytes,
         filename=clean_filename(upload.filename),
         latency_ms=latency_ms,
+        decode_ms=classification.decode_ms,
+        inference_ms=classification.inference_ms,
     )
 
 
