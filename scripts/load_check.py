@@ -4,6 +4,12 @@
   drain  --url U --database-url D --stop "CMD"  SIGTERM (via CMD) while requests are in flight;
                                                  every request that reached the server gets its 200
                                                  and its row; the rest were refused at connect
+  rollout --endpoints F --stop-file S --database-url D
+                                                 load on the URLs listed in file F (re-read before
+                                                 every request, as a Service's endpoints) until S
+                                                 exists, while a script replaces the servers behind
+                                                 them; every request gets its 200 and its row, and
+                                                 every listed server stays ready throughout
 
 Exit status 0 when every check holds; the findings are printed as one JSON object.
 """
@@ -155,6 +161,69 @@ def drain(url: str, concurrency: int, database_url: str, stop: str) -> dict[str,
     return result
 
 
+def _listed(endpoints: Path) -> list[str]:
+    return [line.strip() for line in endpoints.read_text().splitlines() if line.strip()]
+
+
+def rollout(
+    endpoints: Path, stop_file: Path, concurrency: int, database_url: str
+) -> dict[str, Any]:
+    photo = PHOTO.read_bytes()
+    lock = threading.Lock()
+    outcomes: list[tuple[str, str, str]] = []
+    unready: list[dict[str, Any]] = []
+    turn = itertools.count()
+
+    def worker() -> None:
+        while not stop_file.exists():
+            urls = _listed(endpoints)
+            if not urls:
+                with lock:
+                    outcomes.append(("", "no-endpoint", ""))
+                time.sleep(0.1)
+                continue
+            url = urls[next(turn) % len(urls)]
+            kind, detail = _one_request(url, photo)
+            with lock:
+                outcomes.append((url, kind, detail))
+
+    def readiness() -> None:  # what a readiness probe would see, four times a second
+        with httpx.Client(timeout=5) as client:
+            while not stop_file.exists():
+                for url in _listed(endpoints):
+                    try:
+                        status, body = (r := client.get(f"{url}/health")).status_code, r.text
+                    except httpx.TransportError as exc:
+                        status, body = 0, f"{type(exc).__name__}: {exc}"
+                    if status != 200 and url in _listed(endpoints):  # still listed: it counts
+                        unready.append({"url": url, "status": status, "body": body[:300]})
+                time.sleep(0.25)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    threads.append(threading.Thread(target=readiness))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ok_ids = [detail for _, kind, detail in outcomes if kind == "ok"]
+    rows = _rows(database_url, ok_ids)
+    result = {
+        "requests": len(outcomes),
+        "ok": len(ok_ids),
+        "per_server": dict(Counter(url for url, kind, _ in outcomes if kind == "ok")),
+        "failed": dict(Counter(kind for _, kind, _ in outcomes if kind != "ok")),
+        "lost": [detail for _, kind, detail in outcomes if kind == "lost"],
+        "unready_while_listed": unready,
+        "ok_without_exactly_one_row": [i for i in ok_ids if rows[i] != 1],
+    }
+    result["passed"] = (
+        len(ok_ids) == len(outcomes) > 0
+        and not unready
+        and not result["ok_without_exactly_one_row"]
+    )
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -168,9 +237,16 @@ def main() -> int:
     p_drain.add_argument("--concurrency", type=int, default=8)
     p_drain.add_argument("--database-url", required=True)
     p_drain.add_argument("--stop", required=True, help="command that sends SIGTERM to the server")
+    p_rollout = commands.add_parser("rollout")
+    p_rollout.add_argument("--endpoints", type=Path, required=True)
+    p_rollout.add_argument("--stop-file", type=Path, required=True)
+    p_rollout.add_argument("--concurrency", type=int, default=4)
+    p_rollout.add_argument("--database-url", required=True)
     args = parser.parse_args()
     if args.command == "spread":
         result = spread(args.urls.split(","), args.requests, args.concurrency, args.database_url)
+    elif args.command == "rollout":
+        result = rollout(args.endpoints, args.stop_file, args.concurrency, args.database_url)
     else:
         result = drain(args.url, args.concurrency, args.database_url, args.stop)
     print(json.dumps(result, default=dict, indent=1))

@@ -19,6 +19,9 @@ from visinspect.main import create_app
 from visinspect.startup import prepare, prepare_shared
 
 log = structlog.get_logger("visinspect.cli")
+# After SIGTERM and SHUTDOWN_GRACE_S: how long in-flight requests may take to finish. A pod's
+# termination grace must exceed preStop + SHUTDOWN_GRACE_S + this (deploy/k8s, tested).
+DRAIN_TIMEOUT_S = 30
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -47,7 +50,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
         "http": "visinspect.api.limits:LimitedHttpToolsProtocol",  # header size, count, deadline
         "log_config": None,  # keep our structured logging
         "access_log": False,  # replaced by the `http.request` event
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": DRAIN_TIMEOUT_S,
         "timeout_keep_alive": settings.keep_alive_s,
         "limit_concurrency": settings.max_connections,
         "proxy_headers": bool(settings.forwarded_allow_ips),
