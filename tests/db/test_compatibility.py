@@ -238,6 +238,41 @@ def test_a_newer_contract_stops_this_release(empty_engine: Engine, tmp_path: Pat
         assert failure.value.part == "schema"
 
 
+DROP_UNUSED = '''"""a release after that: drops the column the expand added, which this release never used"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "feedface0003"
+down_revision = "feedface0001"
+branch_labels = None
+depends_on = None
+phase = "contract"
+serves_from = "{head}"
+
+
+def upgrade():
+    with op.batch_alter_table("predictions") as batch_op:
+        batch_op.drop_column("inspected_by")
+
+
+def downgrade():
+    with op.batch_alter_table("predictions") as batch_op:
+        batch_op.add_column(sa.Column("inspected_by", sa.String(64), nullable=True))
+'''
+
+
+def test_a_contract_may_name_the_first_release_that_no_longer_needs_what_it_removes(
+    empty_engine: Engine, tmp_path: Path
+) -> None:
+    """The contract drops a column this release never used and says so: a rollback to this
+    release still works after it."""
+    upgrade_to_head(empty_engine)
+    migrate(newer_release(tmp_path, NEWER_EXPAND, DROP_UNUSED), empty_engine)
+    assert recorded(empty_engine) == ("feedface0003", head_revision())
+    assert problem_of(empty_engine) is None
+    assert insert_and_count(empty_engine) == 1
+
+
 def test_a_schema_behind_this_release_is_not_served(empty_engine: Engine) -> None:
     upgrade_to_head(empty_engine)
     migrate(alembic_config(), empty_engine, "-1")

@@ -7,11 +7,13 @@ every migration says what it does to the releases before it (its module's `phase
   indexes). Code written before it keeps working; `tests/db/test_migrations.py` rejects a
   destructive statement in one.
 - `contract`: removes or tightens something (drops, renames, NOT NULL without a default). Code
-  before it must no longer run; it ships a release after the code stopped needing what it removes.
+  before it must no longer run; it ships a release after the code stopped needing what it removes,
+  and may name that release's head as `serves_from = "<revision>"`: releases from that one on
+  serve on (so a rollback to the release just before the contract works).
 
 Every migration run (env.py) records in `schema_compatibility` the revision it reached and the
 oldest release that may serve against it: the newest contract migration at or below that
-revision. A release whose own head is that revision or a descendant of it serves on, even when the
+revision (or the release it names in `serves_from`). A release whose own head is that revision or a descendant of it serves on, even when the
 database's revision is newer than anything it knows; `kubectl rollout undo` works after an expand.
 """
 
@@ -60,10 +62,12 @@ def lineage(scripts: ScriptDirectory) -> Lineage:
 
 
 def oldest_compatible(scripts: ScriptDirectory, revision: str) -> str:
-    """The newest contract migration at or below `revision`: releases from it on can serve."""
+    """The newest contract migration at or below `revision` (or the earlier revision it names in
+    `serves_from`): releases whose head is that revision or later can serve."""
     for script in scripts.walk_revisions(base="base", head=revision):  # newest first
         if phase_of(script) == "contract":
-            return script.revision
+            serves_from: str = getattr(script.module, "serves_from", script.revision)
+            return serves_from
     raise RuntimeError("the first migration creates the schema: it must be a contract")
 
 

@@ -17,7 +17,8 @@ down_revision: str | Sequence[str] | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
 # "expand": additive only, the release before this one serves on; "contract": it must not
-# (db/compatibility.py). Expand migrations are checked for destructive statements.
+# (db/compatibility.py), unless `serves_from = "<revision>"` names the first release's head that
+# no longer uses what this removes. Expand migrations are checked for destructive statements.
 phase = "expand"
 
 
