@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,15 @@ def _rows(database_url: str, request_ids: list[str]) -> Counter[str]:
         engine.dispose()
 
 
+def _run_to_end(targets: list[Callable[[], None]]) -> None:
+    """Each target in a thread of its own, all at once; returns when every one has."""
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def spread(urls: list[str], requests: int, concurrency: int, database_url: str) -> dict[str, Any]:
     photo = PHOTO.read_bytes()
     targets = itertools.cycle(urls)
@@ -94,11 +104,7 @@ def spread(urls: list[str], requests: int, concurrency: int, database_url: str) 
             with lock:
                 outcomes.append((url, kind, detail))
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _run_to_end([worker] * concurrency)
     ok_ids = [detail for _, kind, detail in outcomes if kind == "ok"]
     rows = _rows(database_url, ok_ids)
     per_url = Counter(url for url, kind, _ in outcomes if kind == "ok")
@@ -199,12 +205,7 @@ def rollout(
                         unready.append({"url": url, "status": status, "body": body[:300]})
                 time.sleep(0.25)
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    threads.append(threading.Thread(target=readiness))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _run_to_end([worker] * concurrency + [readiness])
     ok_ids = [detail for _, kind, detail in outcomes if kind == "ok"]
     rows = _rows(database_url, ok_ids)
     result = {
