@@ -30,7 +30,9 @@ step() { printf '\n=== %s\n' "$*"; }
 containers=()
 databases=()
 work=""
+load_pid=""
 cleanup() {
+  [ -z "$load_pid" ] || kill "$load_pid" 2>/dev/null || true
   for c in "${containers[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
   if [ -n "$work" ]; then
     [ ! -f "$work/nginx/nginx.pid" ] || nginx -c "$work/nginx/nginx.conf" -s stop 2>/dev/null || true
@@ -76,6 +78,10 @@ wait_http() {  # url, deadline seconds
   done
 }
 
+named() {  # a container name of ours: a leftover of an interrupted run is removed; cleanup removes it
+  docker rm -f "$1" >/dev/null 2>&1 || true
+  containers+=("$1")
+}
 logged() {  # container, event: the container logged that event (grep reads it all: no SIGPIPE)
   docker logs "$1" 2>&1 | grep "\"$2\"" >/dev/null || { echo "$1 did not log $2" >&2; return 1; }
 }
@@ -136,8 +142,9 @@ echo "visinspect db upgrade / current: at most $((rss_kb / 1024)) MiB resident (
 [ "$rss_kb" -lt $((192 * 1024)) ]
 read -r previous_version previous_commit < <(grep -v '^#' deploy/releases.txt | tail -1)
 PREVIOUS_IMAGE="visinspect:$previous_version"
+git cat-file -e "$previous_commit^{commit}" 2>/dev/null || git fetch --quiet origin "$previous_commit" || true
 git worktree add --force --detach "$work/previous" "$previous_commit" >/dev/null 2>&1 \
-  || { echo "release $previous_version: commit $previous_commit is not in this clone" >&2; exit 1; }
+  || { echo "release $previous_version: commit $previous_commit is not in this clone (and could not be fetched)" >&2; exit 1; }
 [ -z "$local_torch" ] || cp "$local_torch" "$work/previous/docker/wheels/"
 started=$SECONDS
 build "$work/previous" "$PREVIOUS_IMAGE"
@@ -149,9 +156,9 @@ step "3. one container, hardened: migrate, healthy, CPU limit, classify, row, ng
 HARDENED=(--read-only --tmpfs /tmp:size=1g --cap-drop ALL --security-opt no-new-privileges --cpus 2 --memory 2g)
 db_url=$(new_database)
 port=$(free_port)
+named visinspect-smoke
 docker run -d --name visinspect-smoke --network host --stop-timeout 40 "${HARDENED[@]}" \
   -e DATABASE_URL="$db_url" -e HOST=127.0.0.1 -e PORT="$port" "$IMAGE" >/dev/null
-containers+=(visinspect-smoke)
 wait_healthy visinspect-smoke 90
 curl -fsS "http://127.0.0.1:$port/health" && echo
 # Processes, lanes and decoders follow the container's CPU quota, not the machine's CPU count.
@@ -229,9 +236,9 @@ urls=()
 for i in 1 2 3; do
   port=$(free_port)
   urls+=("http://127.0.0.1:$port")
+  named "visinspect-replica-$i"
   docker create --name "visinspect-replica-$i" --network host \
     -e DATABASE_URL="$db_url" -e HOST=127.0.0.1 -e PORT="$port" -e TORCH_THREADS=1 "$IMAGE" >/dev/null
-  containers+=("visinspect-replica-$i")
 done
 docker start visinspect-replica-1 visinspect-replica-2 visinspect-replica-3 >/dev/null
 for i in 1 2 3; do wait_healthy "visinspect-replica-$i" 120; done
@@ -245,13 +252,13 @@ step "6. rolling upgrade $previous_version -> this checkout -> $previous_version
 db_url=$(new_database)
 endpoints="$work/endpoints"; stop_file="$work/stop-load"
 : >"$endpoints"
-start_replica() {  # name, image, MIGRATE_ON_START: prints the URL once the replica is healthy
+start_replica() {  # name, image, MIGRATE_ON_START: sets $replica_url once the replica is healthy
   local port; port=$(free_port)
+  named "$1"  # not in a subshell: cleanup must know the container
   docker run -d --name "$1" --network host --stop-timeout 40 "${HARDENED[@]}" -e DATABASE_URL="$db_url" \
     -e HOST=127.0.0.1 -e PORT="$port" -e MIGRATE_ON_START="$3" -e SHUTDOWN_GRACE_S=2 "$2" >/dev/null
-  containers+=("$1")
-  wait_healthy "$1" 120 >&2
-  echo "http://127.0.0.1:$port"
+  wait_healthy "$1" 120
+  replica_url="http://127.0.0.1:$port"
 }
 list() { echo "$1" >>"$endpoints"; echo "  in rotation: $1 ($2)"; }
 retire() {  # the replica leaves the endpoints, then (as after a preStop pause) gets SIGTERM
@@ -260,7 +267,8 @@ retire() {  # the replica leaves the endpoints, then (as after a preStop pause) 
   docker stop -t 40 "$2" >/dev/null
   echo "  retired: $1 ($2)"
 }
-old_1=$(start_replica rollout-old-1 "$PREVIOUS_IMAGE" true)  # compose-style: the old release migrated
+start_replica rollout-old-1 "$PREVIOUS_IMAGE" true  # compose-style: the old release migrated
+old_1=$replica_url
 list "$old_1" "$previous_version"
 "$PY" scripts/load_check.py rollout --endpoints "$endpoints" --stop-file "$stop_file" \
   --database-url "$db_url" >"$work/rollout.json" &
@@ -270,19 +278,25 @@ echo "  migration: this checkout's \`visinspect db upgrade\` (the Job), while $p
 docker run --rm --network host "${HARDENED[@]}" -e DATABASE_URL="$db_url" --entrypoint visinspect "$IMAGE" db upgrade 2>&1 \
   | grep '"db.migrated"'
 sleep 3
-new_1=$(start_replica rollout-new-1 "$IMAGE" false)  # Kubernetes-style: serving never migrates
+start_replica rollout-new-1 "$IMAGE" false  # Kubernetes-style: serving never migrates
+new_1=$replica_url
 list "$new_1" "new"
 sleep 2
 retire "$old_1" rollout-old-1
 sleep 3
 echo "  rollback (kubectl rollout undo): $previous_version again, on the newer schema"
-old_2=$(start_replica rollout-old-2 "$PREVIOUS_IMAGE" true)
+start_replica rollout-old-2 "$PREVIOUS_IMAGE" true
+old_2=$replica_url
 list "$old_2" "$previous_version"
 sleep 2
 retire "$new_1" rollout-new-1
 sleep 3
 touch "$stop_file"
-wait "$load_pid" || { cat "$work/rollout.json"; echo "requests failed or replicas turned unready during the rollout" >&2; exit 1; }
+if ! wait "$load_pid"; then
+  load_pid=""
+  cat "$work/rollout.json"; echo "requests failed or replicas turned unready during the rollout" >&2; exit 1
+fi
+load_pid=""
 "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); print('  load:', {k: r[k] for k in ('requests', 'ok', 'failed', 'per_server')}, 'unready while listed:', len(r['unready_while_listed']), 'ok without one row:', len(r['ok_without_exactly_one_row']))" "$work/rollout.json"
 "$PY" - "$db_url" "$old_1" "$new_1" "$old_2" "$work/rollout.json" <<'PYEOF'
 import json, sys
