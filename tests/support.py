@@ -106,6 +106,8 @@ def synthetic_record(
     class_name: str = "espresso",
     created_at: datetime | None = None,
     image_sha256: str = "0" * 64,
+    class_id: int = 967,
+    confidence: float = 0.9,
 ) -> PredictionRecord:
     """A row as the service would write it, for tests of the database layer that need rows, not
     classifications."""
@@ -116,10 +118,10 @@ def synthetic_record(
         model_version="sha256:0",
         backend="onnxruntime",
         precision="fp32",
-        class_id=967,
+        class_id=class_id,
         class_name=class_name,
-        confidence=0.9,
-        predictions=[{"class_id": 967, "class_name": class_name, "confidence": 0.9}],
+        confidence=confidence,
+        predictions=[{"class_id": class_id, "class_name": class_name, "confidence": confidence}],
         image_sha256=image_sha256,
         image_width=1,
         image_height=1,

@@ -40,7 +40,45 @@ def test_client_round_trip(server: tuple[object, str, str], photos: Path) -> Non
         assert (refused.value.status, refused.value.code) == (400, "empty_file")
 
 
-@pytest.mark.parametrize("module", ["visinspect.client", "visinspect.cli.classify"])
+def test_client_and_cli_review_and_quality(server: tuple[object, str, str], photos: Path) -> None:
+    _, base, _ = server
+    with Client(base) as client:
+        coffee = client.predict(photos / "coffee.png")
+        camera = client.predict(photos / "camera.png")
+        queue = client.predictions(reviewed=False)
+        assert {p.id for p in queue.items} == {coffee.id, camera.id}
+        review = client.review(coffee.id, "wrong", true_class_id=968, note="an empty cup")
+        assert (review.true_class_name, review.reviewer) == ("cup", None)
+        with pytest.raises(ServiceError) as refused:
+            client.review(camera.id, "wrong")
+        assert (refused.value.status, refused.value.code) == (422, "invalid_review")
+    recorded = _visinspect("review", str(camera.id), "correct", "--url", base)
+    assert recorded.returncode == 0, recorded.stderr
+    assert json.loads(recorded.stdout)["verdict"] == "correct"
+    missing = _visinspect("review", "999999", "correct", "--url", base)
+    assert (missing.returncode, "prediction_not_found" in missing.stderr) == (1, True)
+    quality = _visinspect("quality", "--url", base, "--format", "json")
+    assert quality.returncode == 0, quality.stderr
+    assert json.loads(quality.stdout)["overall"] == {"reviewed": 2, "correct": 1, "accuracy": 0.5}
+    table = _visinspect("quality", "--url", base)
+    assert "espresso" in table.stdout
+    assert "cup" in table.stdout
+    assert _visinspect("quality", "--url", "http://127.0.0.1:9").returncode == 3
+
+
+def _visinspect(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [VISINSPECT, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.parametrize(
+    "module", ["visinspect.client", "visinspect.cli.classify", "visinspect.cli.review"]
+)
 def test_talking_to_a_server_imports_no_server_side_package(module: str) -> None:
     """A user's script, or `visinspect classify --url`, that only talks to a server needs neither
     the ORM, the web framework nor the model runtime (a fresh interpreter each time)."""

@@ -13,11 +13,19 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import httpx
 
-from visinspect.api.schemas import BatchOut, PredictionOut, PredictionPage, ReadinessOut, StatsOut
+from visinspect.api.schemas import (
+    BatchOut,
+    PredictionOut,
+    PredictionPage,
+    QualityOut,
+    ReadinessOut,
+    ReviewOut,
+    StatsOut,
+)
 
 
 class ServiceError(Exception):
@@ -74,15 +82,44 @@ class Client:
         created_before: datetime | None = None,
         limit: int = 20,
         offset: int = 0,
+        reviewed: bool | None = None,
+        max_confidence: float | None = None,
     ) -> PredictionPage:
+        """A page of the history; `reviewed=False` is the review queue, least confident first."""
         params = _params(
             class_name=class_name,
             created_after=created_after.isoformat() if created_after else None,
             created_before=created_before.isoformat() if created_before else None,
             limit=limit,
             offset=offset,
+            reviewed=None if reviewed is None else str(reviewed).lower(),
+            max_confidence=max_confidence,
         )
         return PredictionPage.model_validate(_ok(self._http.get("/predictions", params=params)))
+
+    def review(
+        self,
+        prediction_id: int,
+        verdict: Literal["correct", "wrong"],
+        true_class_id: int | None = None,
+        note: str | None = None,
+    ) -> ReviewOut:
+        body = _params(verdict=verdict, true_class_id=true_class_id, note=note)
+        response = self._http.post(f"/predictions/{prediction_id}/review", json=body)
+        return ReviewOut.model_validate(_ok(response))
+
+    def quality(
+        self,
+        class_name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> QualityOut:
+        params = _params(
+            class_name=class_name,
+            created_after=created_after.isoformat() if created_after else None,
+            created_before=created_before.isoformat() if created_before else None,
+        )
+        return QualityOut.model_validate(_ok(self._http.get("/predictions/quality", params=params)))
 
     def prediction(self, prediction_id: int) -> PredictionOut:
         return PredictionOut.model_validate(_ok(self._http.get(f"/predictions/{prediction_id}")))

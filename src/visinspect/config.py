@@ -215,7 +215,8 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated keys (or sha256:<hex> of a key); empty = no authentication.",
+        description="Comma-separated keys (or sha256:<hex> of a key), each optionally named "
+        "`name:key` (reviews record the name); empty = no authentication.",
     )
     docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
     cors_origins: Annotated[list[str], NoDecode] = Field(

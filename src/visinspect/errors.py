@@ -93,6 +93,17 @@ class InvalidTimeRange(InvalidRequest):
     code = "invalid_time_range"
 
 
+class InvalidReview(InvalidRequest):
+    """A verdict that contradicts itself: `wrong` without the true class, or naming the
+    predicted one; `correct` naming another."""
+
+    code = "invalid_review"
+
+
+class UnknownClass(InvalidRequest):
+    code = "unknown_class"
+
+
 class TooManyFiles(InvalidRequest):
     code = "too_many_files"
 

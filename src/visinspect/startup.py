@@ -33,6 +33,7 @@ from visinspect.metrics import Metrics
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.predictions import PredictionService
+from visinspect.services.reviews import ReviewService
 
 __all__ = ["Prepared", "Services", "StartupFailed", "open_services", "prepare", "prepare_shared"]
 
@@ -106,6 +107,7 @@ class Services:
 
     predictions: PredictionService
     history: HistoryService
+    reviews: ReviewService
     readiness: ReadinessService
     classifier: Classifier
     batcher: MicroBatcher
@@ -152,11 +154,14 @@ async def open_services(
         max_batch_files=settings.max_batch_files,
     )
     history = HistoryService(prepared.database)
+    reviews = ReviewService(prepared.database, prepared.classifier.labels)
     readiness = ReadinessService(
         prepared.database, prepared.classifier.identity, settings.database_create_all
     )
     try:
-        yield Services(predictions, history, readiness, prepared.classifier, batcher, decoders)
+        yield Services(
+            predictions, history, reviews, readiness, prepared.classifier, batcher, decoders
+        )
     finally:
         await batcher.close()
         await writer.close()

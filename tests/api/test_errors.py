@@ -29,6 +29,8 @@ EXPECTED = {
     errors.DecoderCrashed: 422,
     errors.InvalidTimeRange: 422,
     errors.TooManyFiles: 422,
+    errors.InvalidReview: 422,
+    errors.UnknownClass: 422,
     errors.PredictionNotFound: 404,
     errors.MissingApiKey: 401,
     errors.InvalidApiKey: 403,

@@ -14,6 +14,7 @@ from visinspect.config import Settings
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.predictions import PredictionService
+from visinspect.services.reviews import ReviewService
 from visinspect.startup import Services
 
 
@@ -35,6 +36,10 @@ async def get_history_service(request: Request) -> HistoryService:
     return _services(request).history
 
 
+async def get_review_service(request: Request) -> ReviewService:
+    return _services(request).reviews
+
+
 async def get_readiness_service(request: Request) -> ReadinessService:
     return _services(request).readiness
 
@@ -42,4 +47,5 @@ async def get_readiness_service(request: Request) -> ReadinessService:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_service)]
 HistoryServiceDep = Annotated[HistoryService, Depends(get_history_service)]
+ReviewServiceDep = Annotated[ReviewService, Depends(get_review_service)]
 ReadinessServiceDep = Annotated[ReadinessService, Depends(get_readiness_service)]

@@ -24,6 +24,61 @@ class ClassScore(BaseModel):
     confidence: float = Field(ge=0.0, le=1.0, description="Softmax probability over 1000 classes")
 
 
+_REVIEW_EXAMPLE: dict[str, JsonValue] = {
+    "id": 7,
+    "prediction_id": 42,
+    "created_at": "2026-12-01T19:02:11.5Z",
+    "verdict": "wrong",
+    "predicted_class_id": 967,
+    "true_class_id": 968,
+    "true_class_name": "cup",
+    "note": "an empty cup, no coffee in it",
+    "reviewer": "alice",
+}
+
+
+class ReviewIn(BaseModel):
+    """A person's verdict on one prediction."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"verdict": "correct"},
+                {"verdict": "wrong", "true_class_id": 968, "note": "an empty cup"},
+            ]
+        },
+    )
+
+    verdict: Literal["correct", "wrong"]
+    true_class_id: int | None = Field(
+        default=None,
+        ge=0,
+        le=999,
+        description="The class the image shows: required for `wrong`; for `correct` it may only "
+        "repeat the predicted class",
+    )
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class ReviewOut(BaseModel):
+    """A stored review. The latest review of a prediction is the one that counts."""
+
+    model_config = ConfigDict(
+        from_attributes=True, json_schema_extra={"examples": [_REVIEW_EXAMPLE]}
+    )
+
+    id: int
+    prediction_id: int
+    created_at: datetime
+    verdict: Literal["correct", "wrong"]
+    predicted_class_id: int = Field(description="The prediction's top-1 class")
+    true_class_id: int = Field(description="The class the image shows, by the reviewer")
+    true_class_name: str
+    note: str | None
+    reviewer: str | None = Field(description="The API key's name; null when keys are off")
+
+
 class PredictionOut(BaseModel):
     """A stored prediction. A 200 from POST /predict means this row is committed."""
 
@@ -74,6 +129,10 @@ class PredictionOut(BaseModel):
     inference_ms: float | None = Field(
         default=None,
         description="Of which the wait for the model and the forward pass (null before 0.2.0)",
+    )
+    review: ReviewOut | None = Field(
+        default=None,
+        description="Its review that counts (the latest), in the history; null when none",
     )
 
 
@@ -128,6 +187,67 @@ class PredictionPage(BaseModel):
     offset: int
 
 
+class AccuracyOut(BaseModel):
+    reviewed: int = Field(description="Predictions with a review (their latest counts)")
+    correct: int
+    accuracy: float | None = Field(description="correct / reviewed; null without reviews")
+
+
+class ClassAccuracy(AccuracyOut):
+    class_name: str = Field(description="The predicted top-1 class")
+
+
+class DayAccuracy(AccuracyOut):
+    day: date = Field(description="UTC day of the predictions")
+
+
+class ConfusionOut(BaseModel):
+    predicted_class_id: int
+    predicted_class_name: str
+    true_class_id: int
+    true_class_name: str
+    count: int = Field(description="Predictions of this class reviewed as showing the true one")
+
+
+class QualityOut(BaseModel):
+    """Accuracy measured by people's reviews of the predictions that match the filters."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "overall": {"reviewed": 120, "correct": 103, "accuracy": 0.8583333333333333},
+                    "by_class": [
+                        {"class_name": "espresso", "reviewed": 40, "correct": 38, "accuracy": 0.95}
+                    ],
+                    "by_day": [
+                        {
+                            "day": "2026-12-01",
+                            "reviewed": 120,
+                            "correct": 103,
+                            "accuracy": 0.8583333333333333,
+                        }
+                    ],
+                    "confusions": [
+                        {
+                            "predicted_class_id": 967,
+                            "predicted_class_name": "espresso",
+                            "true_class_id": 968,
+                            "true_class_name": "cup",
+                            "count": 2,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    overall: AccuracyOut
+    by_class: list[ClassAccuracy] = Field(description="Per predicted class, most reviewed first")
+    by_day: list[DayAccuracy] = Field(description="Per UTC day, oldest first")
+    confusions: list[ConfusionOut] = Field(description="Predicted -> true, most frequent first")
+
+
 class CheckResult(BaseModel):
     status: Literal["ok", "fail"]
     detail: str | None = None
@@ -158,7 +278,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Body over MAX_UPLOAD_BYTES, or image over MAX_IMAGE_PIXELS",
         500: "A fault of the service (the request id finds it in the logs); nothing was stored",
         415: "Not an image, an unsupported format, or an animated image",
-        422: "Invalid parameters, missing `file` field, or a truncated/corrupt image",
+        422: "Invalid parameters, missing `file` field, a truncated/corrupt image, or a review "
+        "that contradicts itself or names an unknown class",
         503: "Database unavailable or inference queue full; nothing was stored. Retry later.",
         504: "Classification exceeded REQUEST_TIMEOUT_S; nothing was stored.",
     }

@@ -1,7 +1,9 @@
 """Optional API keys (API_KEYS) and HTTP hardening: security headers, CORS only when configured.
 
 Keys are kept as SHA-256 digests and compared in constant time; API_KEYS may hold the digests
-themselves (`sha256:<hex>`), so the plaintext need not live in the environment. A key is read from
+themselves (`sha256:<hex>`), so the plaintext need not live in the environment. An entry may carry
+a name (`alice:<key>` or `alice:sha256:<hex>`): a review records who made it by that name; an
+unnamed key is `key-` and the first 8 hex digits of its digest. A key is read from
 `Authorization: Bearer <key>` or `X-API-Key: <key>` and never logged.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 
 from fastapi import Request, Security
@@ -22,40 +25,60 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API k
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
 
 
+_NAMED = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63}):(?P<key>.+)$")
+
+
 class ApiKeys:
     def __init__(self, keys: list[SecretStr]) -> None:
-        self._digests = [_digest_of(key.get_secret_value()) for key in keys]
+        self._keys = [_parse(key.get_secret_value()) for key in keys]  # (name, digest)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._digests)
+        return bool(self._keys)
 
-    def accepts(self, presented: str) -> bool:
+    def name_of(self, presented: str) -> str | None:
+        """The matching key's name, or None. Every key is compared: the time does not tell
+        which one matched."""
         digest = hashlib.sha256(presented.encode()).digest()
-        matched = False
-        for known in self._digests:  # no early exit: the time does not tell which key matched
-            matched |= hmac.compare_digest(known, digest)
+        matched = None
+        for name, known in self._keys:
+            if hmac.compare_digest(known, digest):
+                matched = name
         return matched
 
 
-def _digest_of(entry: str) -> bytes:
+def _parse(entry: str) -> tuple[str, bytes]:
+    """`[name:]key` or `[name:]sha256:<hex>` -> (name, digest)."""
+    named = _NAMED.match(entry)
+    if named is not None and named["name"] != "sha256":
+        name, entry = named["name"], named["key"]
+    else:
+        name = None
     if entry.startswith("sha256:"):
-        return bytes.fromhex(entry.removeprefix("sha256:"))
-    return hashlib.sha256(entry.encode()).digest()
+        digest = bytes.fromhex(entry.removeprefix("sha256:"))
+    else:
+        digest = hashlib.sha256(entry.encode()).digest()
+    return name or f"key-{digest.hex()[:8]}", digest
 
 
-def check_api_key(keys: ApiKeys, headers: Mapping[str, str]) -> None:
-    """401 without a key, 403 with a wrong one; a no-op when API_KEYS is empty. Reads headers
-    only, so `api/limits.ApiKeyGateMiddleware` can run it before a body is read."""
-    if not keys.enabled:
-        return
+def presented_key(headers: Mapping[str, str]) -> str | None:
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
-    presented = credentials.strip() if scheme.lower() == "bearer" else headers.get("x-api-key")
+    return credentials.strip() if scheme.lower() == "bearer" else headers.get("x-api-key")
+
+
+def check_api_key(keys: ApiKeys, headers: Mapping[str, str]) -> str | None:
+    """The key's name: 401 without a key, 403 with a wrong one; None when API_KEYS is empty.
+    Reads headers only, so `api/limits.ApiKeyGateMiddleware` can run it before a body is read."""
+    if not keys.enabled:
+        return None
+    presented = presented_key(headers)
     if not presented:
         raise MissingApiKey("this route needs an API key: Authorization: Bearer <key> or X-API-Key")
-    if not keys.accepts(presented):
+    name = keys.name_of(presented)
+    if name is None:
         raise InvalidApiKey("the API key is not valid")
+    return name
 
 
 async def require_api_key(
@@ -65,6 +88,11 @@ async def require_api_key(
 ) -> None:
     """Declares the key in OpenAPI and checks it again for routes the gate does not cover."""
     check_api_key(request.app.state.api_keys, request.headers)
+
+
+async def key_name(request: Request) -> str | None:
+    """Who is calling, by the name of their API key (None when keys are off): a reviewer."""
+    return check_api_key(request.app.state.api_keys, request.headers)
 
 
 _COMMON_HEADERS = [

@@ -1,4 +1,5 @@
-"""`visinspect classify | serve | model build | model show | db upgrade | db current`.
+"""`visinspect classify | review | quality | serve | model build | model show | db upgrade |
+db current`.
 
 Every command starts along one path (`visinspect.startup`); a start-up failure ends with one
 `startup.failed` log line that names the cause and what to do, and exit code 1.
@@ -58,6 +59,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     classify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     classify.set_defaults(handler=_classify)
+    review = commands.add_parser(
+        "review",
+        help="record a verdict on a stored prediction (against a server)",
+        description="Exit codes: 0 recorded, 1 refused (unknown prediction or class, a verdict "
+        "that contradicts itself), 3 the server could not be reached.",
+    )
+    review.add_argument("prediction_id", type=int, metavar="ID")
+    review.add_argument("verdict", choices=["correct", "wrong"])
+    review.add_argument(
+        "--true-class", type=int, metavar="CLASS_ID", help="the class the image shows (for wrong)"
+    )
+    review.add_argument("--note")
+    review.set_defaults(handler=_review)
+    quality = commands.add_parser(
+        "quality", help="accuracy measured by reviews, per class, and the confusions"
+    )
+    quality.add_argument("--class-name", help="only predictions of this top-1 class")
+    quality.add_argument("--format", choices=["table", "json"], default="table")
+    quality.set_defaults(handler=_quality)
+    for command in (review, quality):
+        command.add_argument("--url", help="server URL (default: http://HOST:PORT)")
+        command.add_argument("--api-key", help="API key for the server; its name is the reviewer")
     serve = commands.add_parser(
         "serve", help="check the weights, migrate the database, load the model, serve HTTP"
     )
@@ -125,6 +148,18 @@ def _classify(settings: Settings, args: argparse.Namespace) -> int:
     from visinspect.cli.classify import classify_paths
 
     return classify_paths(settings, args)
+
+
+def _review(settings: Settings, args: argparse.Namespace) -> int:
+    from visinspect.cli.review import review
+
+    return review(settings, args)
+
+
+def _quality(settings: Settings, args: argparse.Namespace) -> int:
+    from visinspect.cli.review import quality
+
+    return quality(settings, args)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Index, Integer, MetaData, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -81,6 +91,34 @@ class PredictionRecord(Base):
         Index("ix_predictions_created_at_id", "created_at", "id"),
         Index("ix_predictions_class_name_created_at", "class_name", "created_at"),
         Index("ix_predictions_image_sha256", "image_sha256"),
+    )
+
+
+class ReviewRecord(Base):
+    """A person's verdict on one prediction. Reviews are only added: the latest one of a
+    prediction counts, the earlier ones stay as its history. `true_class_id` is the class the
+    image shows: the predicted one for a `correct` verdict, the reviewer's pick for `wrong`."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    # No foreign key: predictions are to be partitioned by time (a key on `id` alone cannot
+    # reference a partitioned table); the service checks that the prediction exists.
+    prediction_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    verdict: Mapped[str] = mapped_column(String(8), nullable=False)
+    predicted_class_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    true_class_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    note: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    reviewer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("verdict IN ('correct', 'wrong')", name="verdict"),
+        CheckConstraint(
+            "(verdict = 'correct') = (true_class_id = predicted_class_id)", name="verdict_class"
+        ),
+        # The latest review of a prediction, and a prediction's review history.
+        Index("ix_reviews_prediction_id_id", "prediction_id", "id"),
     )
 
 

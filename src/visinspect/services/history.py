@@ -10,8 +10,10 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+from sqlalchemy.orm import Session
+
 from visinspect.db import repository
-from visinspect.db.models import PredictionRecord
+from visinspect.db.models import PredictionRecord, ReviewRecord
 from visinspect.db.repository import PredictionFilter
 from visinspect.db.session import Database
 from visinspect.errors import InvalidRequest, InvalidTimeRange, PredictionNotFound
@@ -26,6 +28,9 @@ class HistoryFilter:
     image_sha256: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    reviewed: bool | None = None  # None: either
+    min_confidence: float | None = None
+    max_confidence: float | None = None
 
     def to_query(self) -> PredictionFilter:
         if self.class_name is not None and _has_control_characters(self.class_name):
@@ -33,13 +38,19 @@ class HistoryFilter:
         after, before = _as_utc(self.created_after), _as_utc(self.created_before)
         if after is not None and before is not None and after >= before:
             raise InvalidTimeRange("created_after must be earlier than created_before")
-        return PredictionFilter(self.class_name, self.image_sha256, after, before)
+        low, high = self.min_confidence, self.max_confidence
+        if low is not None and high is not None and low > high:
+            raise InvalidRequest("min_confidence must not be above max_confidence")
+        return PredictionFilter(
+            self.class_name, self.image_sha256, after, before, self.reviewed, low, high
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     records: list[PredictionRecord]
     total: int  # rows matching the filter, over all pages
+    reviews: dict[int, ReviewRecord]  # prediction id -> its latest review, where it has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,23 +65,47 @@ class HistoryService:
         self.database = database
 
     async def get(self, prediction_id: int) -> PredictionRecord:
-        record = await self.database.run(repository.get_prediction, prediction_id)
-        if record is None:
-            raise PredictionNotFound(f"no prediction with id {prediction_id}")
+        record, _review = await self.get_with_review(prediction_id)
         return record
 
-    async def page(self, where: HistoryFilter, limit: int, offset: int) -> HistoryPage:
-        """Newest first."""
-        records, total = await self.database.run(
-            repository.list_predictions, where.to_query(), limit, offset
+    async def get_with_review(
+        self, prediction_id: int
+    ) -> tuple[PredictionRecord, ReviewRecord | None]:
+        """One record and its review that counts (the latest), if it has one."""
+        record, reviews = await self.database.run(_one_with_review, prediction_id)
+        if record is None:
+            raise PredictionNotFound(f"no prediction with id {prediction_id}")
+        return record, reviews.get(prediction_id)
+
+    async def page(
+        self, where: HistoryFilter, limit: int, offset: int, least_confident_first: bool = False
+    ) -> HistoryPage:
+        """Newest first, or least confident first (the review queue); with each record's review
+        that counts, read in the same transaction."""
+        records, total, reviews = await self.database.run(
+            _page_with_reviews, where.to_query(), limit, offset, least_confident_first
         )
-        return HistoryPage(records, total)
+        return HistoryPage(records, total, reviews)
 
     async def stats(self, where: HistoryFilter, top_classes: int) -> Stats:
         total, by_class, by_day = await self.database.run(
             repository.prediction_stats, where.to_query(), top_classes
         )
         return Stats(total, by_class, [(date.fromisoformat(d), n) for d, n in by_day])
+
+
+def _one_with_review(
+    session: Session, prediction_id: int
+) -> tuple[PredictionRecord | None, dict[int, ReviewRecord]]:
+    record = repository.get_prediction(session, prediction_id)
+    return record, repository.latest_reviews(session, [prediction_id] if record else [])
+
+
+def _page_with_reviews(
+    session: Session, where: PredictionFilter, limit: int, offset: int, least_confident: bool
+) -> tuple[list[PredictionRecord], int, dict[int, ReviewRecord]]:
+    records, total = repository.list_predictions(session, where, limit, offset, least_confident)
+    return records, total, repository.latest_reviews(session, [r.id for r in records])
 
 
 def _has_control_characters(text: str) -> bool:

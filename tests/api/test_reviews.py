@@ -1,0 +1,163 @@
+"""POST /predictions/{id}/review, GET /predictions/{id}/reviews, the review queue and
+GET /predictions/quality over HTTP, on real predictions of real photos (PostgreSQL and SQLite);
+the reviewer is the API key's name."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.support import fresh_postgres_database, make_settings, running_app
+
+PHOTOS = ["coffee.png", "camera.png", "chelsea.png", "rocket.jpg"]
+CUP = 968
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def made(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, photos: Path
+) -> Iterator[tuple[TestClient, list[dict[str, Any]]]]:
+    """A fresh database holding four real predictions."""
+    if request.param == "postgresql":
+        with fresh_postgres_database() as url, running_app(make_settings(url)) as client:
+            yield client, _upload_all(client, photos)
+    else:
+        path = tmp_path_factory.mktemp("reviews") / "reviews.db"
+        with running_app(make_settings(f"sqlite:///{path}")) as client:
+            yield client, _upload_all(client, photos)
+
+
+def _upload_all(client: TestClient, photos: Path) -> list[dict[str, Any]]:
+    bodies = []
+    for name in PHOTOS:
+        response = client.post("/predict", files={"file": (name, (photos / name).read_bytes())})
+        assert response.status_code == 200, response.text
+        bodies.append(response.json())
+    return bodies
+
+
+def test_review_round_trip_and_the_latest_counts(
+    made: tuple[TestClient, list[dict[str, Any]]],
+) -> None:
+    client, predictions = made
+    coffee = predictions[0]
+    first = client.post(f"/predictions/{coffee['id']}/review", json={"verdict": "correct"})
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert (body["verdict"], body["true_class_id"], body["true_class_name"], body["reviewer"]) == (
+        "correct",
+        coffee["predictions"][0]["class_id"],
+        "espresso",
+        None,  # keys are off
+    )
+    second = client.post(
+        f"/predictions/{coffee['id']}/review",
+        json={"verdict": "wrong", "true_class_id": CUP, "note": "only the cup counts"},
+    )
+    assert second.status_code == 201
+    assert second.json()["true_class_name"] == "cup"
+    history = client.get(f"/predictions/{coffee['id']}/reviews").json()
+    assert [r["id"] for r in history] == [second.json()["id"], body["id"]]
+    shown = client.get(f"/predictions/{coffee['id']}").json()
+    assert shown["review"] == second.json()
+    listed = client.get("/predictions", params={"reviewed": "true"}).json()
+    assert [item["id"] for item in listed["items"]] == [coffee["id"]]
+    assert listed["items"][0]["review"]["verdict"] == "wrong"
+    quality = client.get("/predictions/quality").json()
+    assert quality["overall"] == {"reviewed": 1, "correct": 0, "accuracy": 0.0}
+    assert quality["confusions"] == [
+        {
+            "predicted_class_id": coffee["predictions"][0]["class_id"],
+            "predicted_class_name": "espresso",
+            "true_class_id": CUP,
+            "true_class_name": "cup",
+            "count": 1,
+        }
+    ]
+
+
+def test_the_queue_is_unreviewed_least_confident_first(
+    made: tuple[TestClient, list[dict[str, Any]]],
+) -> None:
+    client, predictions = made
+    client.post(f"/predictions/{predictions[0]['id']}/review", json={"verdict": "correct"})
+    queue = client.get("/predictions", params={"reviewed": "false"}).json()
+    confidences = [item["confidence"] for item in (i["predictions"][0] for i in queue["items"])]
+    assert confidences == sorted(confidences)
+    assert predictions[0]["id"] not in [item["id"] for item in queue["items"]]
+    assert all(item["review"] is None for item in queue["items"])
+    lowest = min(p["predictions"][0]["confidence"] for p in predictions[1:])
+    capped = client.get(
+        "/predictions", params={"reviewed": "false", "max_confidence": lowest}
+    ).json()
+    assert [i["predictions"][0]["confidence"] for i in capped["items"]] == [lowest]
+    newest = client.get("/predictions", params={"reviewed": "false", "order": "newest"}).json()
+    assert [i["id"] for i in newest["items"]] == sorted(
+        (i["id"] for i in newest["items"]), reverse=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"verdict": "wrong"}, 422, "invalid_review"),
+        ({"verdict": "correct", "true_class_id": CUP}, 422, "invalid_review"),
+        ({"verdict": "wrong", "true_class_id": 1000}, 422, "validation_error"),
+        ({"verdict": "maybe"}, 422, "validation_error"),
+        ({"verdict": "correct", "reviewer": "me"}, 422, "validation_error"),
+        ({"verdict": "correct", "note": "x" * 2001}, 422, "validation_error"),
+    ],
+)
+def test_a_bad_review_is_a_422_and_stores_nothing(
+    made: tuple[TestClient, list[dict[str, Any]]], body: dict[str, Any], status: int, code: str
+) -> None:
+    client, predictions = made
+    target = predictions[3]["id"]
+    before = client.get(f"/predictions/{target}/reviews").json()
+    response = client.post(f"/predictions/{target}/review", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert client.get(f"/predictions/{target}/reviews").json() == before
+
+
+def test_an_unknown_prediction_is_a_404(made: tuple[TestClient, list[dict[str, Any]]]) -> None:
+    client, _ = made
+    for response in (
+        client.post("/predictions/999999/review", json={"verdict": "correct"}),
+        client.get("/predictions/999999/reviews"),
+    ):
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "prediction_not_found"
+
+
+def test_the_reviewer_is_the_api_keys_name(tmp_path: Path, photos: Path) -> None:
+    digest = hashlib.sha256(b"bobs-key").hexdigest()
+    unnamed = hashlib.sha256(b"plain-key").hexdigest()[:8]
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'keys.db'}",
+        api_keys=f"alice:alices-key, bob:sha256:{digest}, plain-key",
+    )
+    with running_app(settings) as client:
+        upload = client.post(
+            "/predict",
+            files={"file": ("coffee.png", (photos / "coffee.png").read_bytes())},
+            headers={"X-API-Key": "alices-key"},
+        ).json()
+        url = f"/predictions/{upload['id']}/review"
+        assert client.post(url, json={"verdict": "correct"}).status_code == 401
+        assert (
+            client.post(url, json={"verdict": "correct"}, headers={"X-API-Key": "nope"}).status_code
+            == 403
+        )
+        names = [
+            client.post(
+                url, json={"verdict": "correct"}, headers={"Authorization": f"Bearer {key}"}
+            ).json()["reviewer"]
+            for key in ("alices-key", "bobs-key", "plain-key")
+        ]
+        assert names == ["alice", "bob", f"key-{unnamed}"]
