@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run model test audit install-check chromium containers bench bench-smoke footprint photos quantization reliability lock lint typecheck pytest postgres hey clean
+.PHONY: run model test audit install-check chromium containers bench bench-smoke footprint photos quantization reliability lock axe lint typecheck pytest postgres hey clean
 
 # The first run builds the model artifact (MODEL_DIR, default ~/.cache/visinspect/model); later runs
 # find it up to date and start at once.
@@ -16,7 +16,7 @@ run: model
 model: $(VENV)/.installed
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect model build --if-missing
 
-test: $(VENV)/.installed-dev postgres chromium lint typecheck pytest
+test: $(VENV)/.installed-dev postgres chromium axe lint typecheck pytest
 
 # Installed packages against PyPI's advisories; fails on a vulnerability that has a fix.
 audit: $(VENV)/.installed-dev
@@ -61,6 +61,11 @@ lock: $(VENV)/.installed-dev
 # The browser test drives Debian's Chromium (never `playwright install`, which downloads one).
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+# axe-core (npm) for the browser test's accessibility check; the version is pinned here.
+AXE_CORE_VERSION := 4.14.1
+axe:
+	@test -f .cache/npm/node_modules/axe-core/axe.min.js || npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm axe-core@$(AXE_CORE_VERSION)
 
 hey:
 	@command -v hey >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey >/dev/null)

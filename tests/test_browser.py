@@ -4,6 +4,7 @@ A screenshot of each view is saved under test-artifacts/."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,95 @@ def test_asks_for_an_api_key_when_the_server_needs_one(
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def test_review_with_the_keyboard_then_see_the_quality(
+    page: Page, server: tuple[object, str, str], photos: Path
+) -> None:
+    """The review queue, least confident first: `c` for correct; `w`, a class from the picker and
+    Enter for wrong; then the Quality view shows what the two reviews measured."""
+    from visinspect.client import Client
+
+    _, base, _ = server
+    with Client(base) as client:
+        made = [client.predict(photos / name) for name in ("coffee.png", "camera.png")]
+    first, second = sorted(made, key=lambda p: p.predictions[0].confidence)
+    page.goto(base + "/")
+    page.get_by_role("tab", name="Review").click()
+    expect(page.locator("#queue-info")).to_have_text("2 waiting for review")
+    expect(page.locator("#review-title")).to_contain_text(f"#{first.id}")
+    page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
+
+    page.keyboard.press("c")
+    expect(page.locator("#queue-info")).to_have_text("1 waiting for review")
+    expect(page.locator("#review-title")).to_contain_text(f"#{second.id}")
+    page.keyboard.press("w")
+    expect(page.locator("#true-class")).to_be_focused()
+    page.locator("#true-class").fill("cup")
+    page.locator("#true-class").press("Enter")
+    expect(page.locator("#queue-info")).to_have_text("No predictions wait for review.")
+    expect(page.locator("#review-status")).to_contain_text(f"#{second.id} reviewed: wrong (cup)")
+
+    page.get_by_role("tab", name="Quality").click()
+    expect(page.locator("#quality-total")).to_have_text("2 reviewed, 1 correct: accuracy 50.0%")
+    expect(page.locator("#chart-accuracy-classes li")).to_have_count(2)
+    confusion = page.locator("#confusions tbody tr")
+    expect(confusion).to_have_count(1)
+    expect(confusion).to_contain_text(second.predictions[0].class_name)
+    expect(confusion).to_contain_text("cup")
+    page.screenshot(path=str(ARTIFACTS / "quality.png"), full_page=True)
+    with Client(base) as client:
+        assert client.prediction(first.id).review.verdict == "correct"  # type: ignore[union-attr]
+        assert client.prediction(second.id).review.true_class_name == "cup"  # type: ignore[union-attr]
+
+
+AXE = (
+    Path(__file__).resolve().parent.parent
+    / ".cache"
+    / "npm"
+    / "node_modules"
+    / "axe-core"
+    / "axe.min.js"
+)
+
+
+@pytest.mark.parametrize("width", [1280, 390])  # a desktop and a phone
+def test_every_view_has_no_accessibility_violations(
+    browser: Browser, server: tuple[object, str, str], photos: Path, width: int
+) -> None:
+    """axe-core (npm, installed by make test) on each view, with data in it, at two widths."""
+    from visinspect.client import Client
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert AXE.exists(), "axe-core is missing: make test installs it (make axe)"
+    _, base, _ = server
+    with Client(base) as client:
+        reviewed = client.predict(photos / "coffee.png")
+        client.predict(photos / "camera.png")
+        client.review(reviewed.id, "wrong", true_class_id=968)
+    context = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
+    found: dict[str, list[str]] = {}
+    try:
+        opened = context.new_page()
+        opened.goto(base + "/")
+        opened.add_script_tag(path=str(AXE))
+        # Each view once its data arrived (the line that reports it is filled).
+        loaded = {
+            "Classify": "#drop",
+            "History": "#page-info",
+            "Statistics": "#stats-total",
+            "Review": "#review-title",
+            "Quality": "#quality-total",
+        }
+        for view, filled in loaded.items():
+            opened.get_by_role("tab", name=view).click()
+            expect(opened.locator(filled)).not_to_be_empty()
+            if width < 600:  # how each view reads on a phone
+                opened.screenshot(path=str(ARTIFACTS / f"phone-{view.lower()}.png"), full_page=True)
+            found[view] = opened.evaluate(
+                "async () => (await axe.run(document)).violations.map("
+                "v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target).join(' ')})`)"
+            )
+    finally:
+        context.close()
+    assert found == {view: [] for view in found}, json.dumps(found, indent=1)

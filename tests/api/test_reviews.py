@@ -161,3 +161,11 @@ def test_the_reviewer_is_the_api_keys_name(tmp_path: Path, photos: Path) -> None
             for key in ("alices-key", "bobs-key", "plain-key")
         ]
         assert names == ["alice", "bob", f"key-{unnamed}"]
+
+
+def test_the_classes_a_review_may_name(made: tuple[TestClient, list[dict[str, Any]]]) -> None:
+    client, _ = made
+    classes = client.get("/classes").json()
+    assert len(classes) == 1000
+    assert classes[967] == {"class_id": 967, "class_name": "espresso"}
+    assert [c["class_id"] for c in classes] == list(range(1000))

@@ -18,6 +18,11 @@ _PREDICTIONS_EXAMPLE: list[JsonValue] = [
 ]
 
 
+class ClassLabel(BaseModel):
+    class_id: int = Field(ge=0, le=999, description="ImageNet-1k class index")
+    class_name: str = Field(examples=["espresso"])
+
+
 class ClassScore(BaseModel):
     class_id: int = Field(ge=0, le=999, description="ImageNet-1k class index")
     class_name: str = Field(description="Human-readable ImageNet name", examples=["espresso"])

@@ -1,8 +1,9 @@
-// The inspection page: classify uploads, browse the history, see statistics. Talks to the same
-// HTTP API as every other client; no framework, no CDN, no inline script (the CSP forbids them).
+// The inspection page: classify uploads, browse the history, see statistics, review predictions
+// and see the accuracy the reviews measure. Talks to the same HTTP API as every other client; no
+// framework, no CDN, no inline script (the CSP forbids them).
 "use strict";
 
-const state = { offset: 0, limit: 20, total: 0 };
+const state = { offset: 0, limit: 20, total: 0, classIds: null, current: null, skipped: new Set() };
 const $ = (selector) => document.querySelector(selector);
 
 function apiKey() {
@@ -160,6 +161,123 @@ async function loadStats() {
   }
 }
 
+// --- review and quality -----------------------------------------------------------------------
+
+async function loadClasses() {
+  if (state.classIds) return;
+  const classes = await api("/classes");
+  state.classIds = new Map(classes.map((c) => [c.class_name, c.class_id]));
+  $("#class-list").replaceChildren(...classes.map((c) => {
+    const option = document.createElement("option");
+    option.value = c.class_name;
+    return option;
+  }));
+}
+
+async function loadQueue() {
+  const params = new URLSearchParams({ reviewed: "false", limit: "50" });
+  const cap = $("#queue-filters").elements.max_confidence.value;
+  if (cap) params.set("max_confidence", cap);
+  try {
+    await loadClasses();
+    const page = await api(`/predictions?${params}`);
+    const next = page.items.find((item) => !state.skipped.has(item.id));
+    state.current = next || null;
+    $("#queue-info").textContent = page.total
+      ? `${page.total} waiting for review${state.skipped.size ? `, ${state.skipped.size} skipped` : ""}`
+      : "No predictions wait for review.";
+    $("#review-item").hidden = !next;
+    if (next) showItem(next);
+  } catch (error) {
+    $("#queue-info").textContent = `${error.code}: ${error.message}`;
+  }
+}
+
+function showItem(item) {
+  const top = item.predictions[0];
+  $("#review-title").textContent = `#${item.id} ${item.filename || "(no file name)"}: ${top.class_name}?`;
+  $("#review-meta").textContent = `${item.created_at.replace("T", " ").slice(0, 19)} UTC, `
+    + `${item.model_name} (${item.precision}), ${item.image_width}x${item.image_height} ${item.image_format}`;
+  bars($("#review-bars"), item.predictions.map((p) => ({
+    label: p.class_name, value: p.confidence, text: percent(p.confidence),
+  })), 1);
+  $("#true-class").value = "";
+  $("#review-note").value = "";
+  $("#review-status").textContent = "";
+}
+
+async function submitReview(verdict) {
+  const item = state.current;
+  if (!item) return;
+  const body = { verdict };
+  const note = $("#review-note").value.trim();
+  if (note) body.note = note;
+  if (verdict === "wrong") {
+    const id = state.classIds.get($("#true-class").value.trim());
+    if (id === undefined) {
+      $("#review-status").textContent = "Pick the class the image shows from the list first.";
+      $("#true-class").focus();
+      return;
+    }
+    body.true_class_id = id;
+  }
+  try {
+    const review = await api(`/predictions/${item.id}/review`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    notice("");
+    await loadQueue();
+    $("#review-status").textContent = `#${item.id} reviewed: ${review.verdict} (${review.true_class_name}).`;
+    $("#queue-info").focus();
+  } catch (error) {
+    $("#review-status").textContent = `${error.code}: ${error.message}`;
+  }
+}
+
+function onReviewKey(event) {
+  if ($("#view-review").hidden || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (["INPUT", "TEXTAREA", "SELECT"].includes(event.target.tagName)) return;
+  if (event.key === "c") { event.preventDefault(); submitReview("correct"); }
+  if (event.key === "w") { event.preventDefault(); $("#true-class").focus(); }
+  if (event.key === "s" && state.current) {
+    event.preventDefault();
+    state.skipped.add(state.current.id);
+    loadQueue();
+  }
+}
+
+function accuracyBars(list, rows, label) {
+  bars(list, rows.map((row) => ({
+    label: label(row),
+    value: row.accuracy || 0,
+    text: `${row.accuracy === null ? "–" : percent(row.accuracy)} of ${row.reviewed}`,
+  })), 1);
+}
+
+async function loadQuality() {
+  const params = rangeParams($("#quality-filters"));
+  try {
+    const quality = await api(`/predictions/quality?${params}`);
+    const all = quality.overall;
+    $("#quality-total").textContent = all.reviewed
+      ? `${all.reviewed} reviewed, ${all.correct} correct: accuracy ${percent(all.accuracy)}`
+      : "No reviews yet: the Review tab asks for them.";
+    accuracyBars($("#chart-accuracy-classes"), quality.by_class, (row) => row.class_name);
+    accuracyBars($("#chart-accuracy-days"), quality.by_day, (row) => row.day);
+    $("#confusions tbody").replaceChildren(...quality.confusions.map((c) => {
+      const row = document.createElement("tr");
+      for (const text of [c.predicted_class_name, c.true_class_name, c.count]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      return row;
+    }));
+  } catch (error) {
+    $("#quality-total").textContent = `${error.code}: ${error.message}`;
+  }
+}
+
 // --- wiring ---------------------------------------------------------------------------------
 
 function show(tab) {
@@ -170,6 +288,8 @@ function show(tab) {
   }
   if (tab.id === "tab-history") loadHistory();
   if (tab.id === "tab-stats") loadStats();
+  if (tab.id === "tab-review") loadQueue();
+  if (tab.id === "tab-quality") loadQuality();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -208,5 +328,24 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#stats-filters").addEventListener("submit", (event) => {
     event.preventDefault();
     loadStats();
+  });
+  $("#queue-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.skipped.clear();
+    loadQueue();
+  });
+  $("#mark-correct").addEventListener("click", () => submitReview("correct"));
+  $("#review-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    submitReview("wrong");
+  });
+  $("#skip").addEventListener("click", () => {
+    if (state.current) state.skipped.add(state.current.id);
+    loadQueue();
+  });
+  document.addEventListener("keydown", onReviewKey);
+  $("#quality-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadQuality();
   });
 });

@@ -14,6 +14,7 @@ from visinspect.api.schemas import (
     AccuracyOut,
     ClassAccuracy,
     ClassCount,
+    ClassLabel,
     ConfusionOut,
     DayAccuracy,
     DayCount,
@@ -89,6 +90,16 @@ async def list_predictions(
         limit=limit,
         offset=offset,
     )
+
+
+@router.get(
+    "/classes",
+    response_model=list[ClassLabel],
+    summary="The model's classes, by id: what a review's true_class_id may name",
+    responses=error_responses(401, 403),
+)
+async def list_classes(reviews: ReviewServiceDep) -> list[ClassLabel]:
+    return [ClassLabel(class_id=i, class_name=name) for i, name in enumerate(reviews.labels)]
 
 
 @router.get(
