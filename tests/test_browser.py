@@ -154,6 +154,13 @@ def test_review_with_the_keyboard_then_see_the_quality(
     expect(confusion).to_contain_text(second.predictions[0].class_name)
     expect(confusion).to_contain_text("cup")
     page.screenshot(path=str(ARTIFACTS / "quality.png"), full_page=True)
+
+    page.get_by_role("tab", name="Drift").click()
+    expect(page.locator("#drift-verdict")).to_contain_text(
+        "No verdict yet: not enough predictions: 2 recent and 0 in the reference"
+    )
+    expect(page.locator("#chart-drift li")).to_have_count(0)
+    page.screenshot(path=str(ARTIFACTS / "drift.png"), full_page=True)
     with Client(base) as client:
         assert client.prediction(first.id).review.verdict == "correct"  # type: ignore[union-attr]
         assert client.prediction(second.id).review.true_class_name == "cup"  # type: ignore[union-attr]
@@ -196,6 +203,7 @@ def test_every_view_has_no_accessibility_violations(
             "Statistics": "#stats-total",
             "Review": "#review-title",
             "Quality": "#quality-total",
+            "Drift": "#drift-verdict",
         }
         for view, filled in loaded.items():
             opened.get_by_role("tab", name=view).click()

@@ -40,7 +40,9 @@ def test_client_round_trip(server: tuple[object, str, str], photos: Path) -> Non
         assert (refused.value.status, refused.value.code) == (400, "empty_file")
 
 
-def test_client_and_cli_review_and_quality(server: tuple[object, str, str], photos: Path) -> None:
+def test_client_and_cli_review_quality_and_drift(
+    server: tuple[object, str, str], photos: Path
+) -> None:
     _, base, _ = server
     with Client(base) as client:
         coffee = client.predict(photos / "coffee.png")
@@ -64,6 +66,12 @@ def test_client_and_cli_review_and_quality(server: tuple[object, str, str], phot
     assert "espresso" in table.stdout
     assert "cup" in table.stdout
     assert _visinspect("quality", "--url", "http://127.0.0.1:9").returncode == 3
+    with Client(base) as client:
+        assert client.drift(window="1h", reference="1d").recent_count == 2
+    drifted = _visinspect("drift", "--url", base, "--format", "json")
+    assert drifted.returncode == 0, drifted.stderr
+    assert json.loads(drifted.stdout)["drifted"] is None  # two predictions: too few to say
+    assert "no verdict" in _visinspect("drift", "--url", base).stdout
 
 
 def _visinspect(*args: str) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,7 @@ import httpx
 
 from visinspect.api.schemas import (
     BatchOut,
+    DriftOut,
     PredictionOut,
     PredictionPage,
     QualityOut,
@@ -127,6 +128,11 @@ class Client:
     def stats(self, class_name: str | None = None) -> StatsOut:
         response = self._http.get("/predictions/stats", params=_params(class_name=class_name))
         return StatsOut.model_validate(_ok(response))
+
+    def drift(self, window: str | None = None, reference: str | None = None) -> DriftOut:
+        """The recent `window` (e.g. "24h") against the `reference` before it (e.g. "7d")."""
+        params = _params(window=window, reference=reference)
+        return DriftOut.model_validate(_ok(self._http.get("/predictions/drift", params=params)))
 
     def health(self) -> ReadinessOut:
         """Readiness, whether ready (200) or not (503): the body says which check failed."""

@@ -223,6 +223,46 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS; empty = none."
     )
 
+    drift_window: str = Field(
+        default="24h",
+        pattern=r"^[1-9][0-9]{0,4}[mhd]$",
+        description="Drift watch: the recent window compared with the reference (m, h, d).",
+    )
+    drift_reference: str = Field(
+        default="7d",
+        pattern=r"^[1-9][0-9]{0,4}[mhd]$",
+        description="Drift watch: the reference window, just before the recent one.",
+    )
+    drift_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=86400,
+        description="How often each server process compares DRIFT_WINDOW with DRIFT_REFERENCE "
+        "for the drift gauges and the `drift.changed` log line; 0 = only when "
+        "GET /predictions/drift is asked for those windows. Each comparison reads every row of "
+        "both windows.",
+    )
+    drift_class_js: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Drift when the Jensen-Shannon distance (base 2) of the top-1 class "
+        "distributions reaches this.",
+    )
+    drift_confidence_ks: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Drift when the confidences' two-sample Kolmogorov-Smirnov statistic reaches "
+        "this and its p-value is below DRIFT_P_VALUE.",
+    )
+    drift_p_value: float = Field(default=0.01, gt=0, lt=1)
+    drift_min_predictions: int = Field(
+        default=50,
+        ge=1,
+        le=10_000_000,
+        description="Fewer predictions than this in either window: no verdict (drifted: null).",
+    )
     shutdown_grace_s: float = Field(
         default=1.0,
         ge=0,

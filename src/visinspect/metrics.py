@@ -10,9 +10,13 @@ served it. Gauges say how they combine: the queue depth is summed over live proc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from visinspect.services.drift import Drift
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -77,6 +81,35 @@ class Metrics:
             "after a large decode); climbing fast means hostile or broken uploads.",
             registry=self.registry,
         )
+
+        # The drift watch (services/drift.py), every DRIFT_INTERVAL_S in each process.
+        self.drift_class_js = Gauge(
+            "visinspect_drift_class_js_distance",
+            "Jensen-Shannon distance of the top-1 classes: the recent window against the reference.",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.drift_confidence_ks = Gauge(
+            "visinspect_drift_confidence_ks",
+            "Kolmogorov-Smirnov statistic of the confidences: the recent window against the "
+            "reference.",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.drift_detected = Gauge(
+            "visinspect_drift_detected",
+            "1 when the stream of images drifted, 0 when not, -1 when a window holds too few "
+            "predictions to say.",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+
+    def observe_drift(self, drift: Drift) -> None:
+        self.drift_detected.set(-1 if drift.drifted is None else int(drift.drifted))
+        if drift.class_js_distance is not None:
+            self.drift_class_js.set(drift.class_js_distance)
+        if drift.confidence_ks is not None:
+            self.drift_confidence_ks.set(drift.confidence_ks)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -14,6 +14,7 @@ writer) and builds the services; leaving it drains and stops them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -24,12 +25,13 @@ from visinspect.config import Settings
 from visinspect.db.schema import prepare_schema
 from visinspect.db.session import Database, create_db_engine, wait_for_database
 from visinspect.db.writer import PredictionWriter
-from visinspect.errors import StartupFailed
+from visinspect.errors import DatabaseUnavailable, StartupFailed
 from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.decoders import DecoderLimits, DecoderPool, start_forkserver
 from visinspect.inference.model import Classifier, ModelLoadError, check_model, load_classifier
 from visinspect.inference.runner import InferenceRunner
 from visinspect.metrics import Metrics
+from visinspect.services.drift import DriftService, DriftThresholds, parse_duration
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.predictions import PredictionService
@@ -108,6 +110,7 @@ class Services:
     predictions: PredictionService
     history: HistoryService
     reviews: ReviewService
+    drift: DriftService
     readiness: ReadinessService
     classifier: Classifier
     batcher: MicroBatcher
@@ -155,14 +158,27 @@ async def open_services(
     )
     history = HistoryService(prepared.database)
     reviews = ReviewService(prepared.database, prepared.classifier.labels)
+    drift = DriftService(
+        prepared.database,
+        DriftThresholds(
+            settings.drift_class_js,
+            settings.drift_confidence_ks,
+            settings.drift_p_value,
+            settings.drift_min_predictions,
+        ),
+        on_drift=metrics.observe_drift if metrics else None,
+    )
     readiness = ReadinessService(
         prepared.database, prepared.classifier.identity, settings.database_create_all
     )
+    watch = _start_drift_watch(drift, settings)
     try:
         yield Services(
-            predictions, history, reviews, readiness, prepared.classifier, batcher, decoders
+            predictions, history, reviews, drift, readiness, prepared.classifier, batcher, decoders
         )
     finally:
+        if watch is not None:
+            watch.cancel()
         await batcher.close()
         await writer.close()
         await decoders.close()
@@ -172,3 +188,23 @@ async def open_services(
             images=batcher.stats.images,
             largest_batch=batcher.stats.largest,
         )
+
+
+def _start_drift_watch(drift: DriftService, settings: Settings) -> asyncio.Task[None] | None:
+    """Every DRIFT_INTERVAL_S, compare the windows for the gauges and the `drift.changed` line."""
+    if settings.drift_interval_s <= 0:
+        return None
+    window, reference = (
+        parse_duration(settings.drift_window),
+        parse_duration(settings.drift_reference),
+    )
+
+    async def watch() -> None:
+        while True:
+            try:
+                await drift.watch(window, reference)
+            except DatabaseUnavailable as exc:  # readiness reports it; the watch tries again
+                log.warning("drift.skipped", reason=exc.message)
+            await asyncio.sleep(settings.drift_interval_s)
+
+    return asyncio.get_running_loop().create_task(watch(), name="drift-watch")

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from visinspect.config import Settings
+from visinspect.services.drift import DriftService
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.predictions import PredictionService
@@ -40,6 +41,10 @@ async def get_review_service(request: Request) -> ReviewService:
     return _services(request).reviews
 
 
+async def get_drift_service(request: Request) -> DriftService:
+    return _services(request).drift
+
+
 async def get_readiness_service(request: Request) -> ReadinessService:
     return _services(request).readiness
 
@@ -48,4 +53,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_service)]
 HistoryServiceDep = Annotated[HistoryService, Depends(get_history_service)]
 ReviewServiceDep = Annotated[ReviewService, Depends(get_review_service)]
+DriftServiceDep = Annotated[DriftService, Depends(get_drift_service)]
 ReadinessServiceDep = Annotated[ReadinessService, Depends(get_readiness_service)]

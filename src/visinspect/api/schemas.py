@@ -253,6 +253,64 @@ class QualityOut(BaseModel):
     confusions: list[ConfusionOut] = Field(description="Predicted -> true, most frequent first")
 
 
+class ClassShiftOut(BaseModel):
+    class_name: str
+    recent_share: float = Field(description="Share of the recent window's predictions")
+    reference_share: float
+    change: float = Field(description="recent_share - reference_share")
+
+
+class DriftOut(BaseModel):
+    """The recent window's predictions against the reference window just before it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "recent_start": "2026-11-30T19:00:00Z",
+                    "recent_end": "2026-12-01T19:00:00Z",
+                    "reference_start": "2026-11-23T19:00:00Z",
+                    "recent_count": 8400,
+                    "reference_count": 61000,
+                    "class_js_distance": 0.21,
+                    "confidence_ks": 0.04,
+                    "confidence_p_value": 0.0003,
+                    "recent_mean_confidence": 0.71,
+                    "reference_mean_confidence": 0.74,
+                    "moved": [
+                        {
+                            "class_name": "cup",
+                            "recent_share": 0.18,
+                            "reference_share": 0.02,
+                            "change": 0.16,
+                        }
+                    ],
+                    "drifted": True,
+                    "reason": "classes: Jensen-Shannon distance 0.210 >= 0.1",
+                }
+            ]
+        }
+    )
+
+    recent_start: datetime
+    recent_end: datetime
+    reference_start: datetime = Field(description="The reference ends where the recent begins")
+    recent_count: int
+    reference_count: int
+    class_js_distance: float | None = Field(
+        description="Jensen-Shannon distance (base 2) of the top-1 class distributions, 0..1"
+    )
+    confidence_ks: float | None = Field(
+        description="Two-sample Kolmogorov-Smirnov statistic of the confidences (at 0.01 steps)"
+    )
+    confidence_p_value: float | None = Field(description="Its asymptotic p-value")
+    recent_mean_confidence: float | None
+    reference_mean_confidence: float | None
+    moved: list[ClassShiftOut] = Field(description="The classes whose share moved most")
+    drifted: bool | None = Field(description="null: a window holds too few predictions to say")
+    reason: str
+
+
 class CheckResult(BaseModel):
     status: Literal["ok", "fail"]
     detail: str | None = None

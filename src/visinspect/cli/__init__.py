@@ -1,5 +1,5 @@
-"""`visinspect classify | review | quality | serve | model build | model show | db upgrade |
-db current`.
+"""`visinspect classify | review | quality | drift | serve | model build | model show |
+db upgrade | db current`.
 
 Every command starts along one path (`visinspect.startup`); a start-up failure ends with one
 `startup.failed` log line that names the cause and what to do, and exit code 1.
@@ -78,7 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--class-name", help="only predictions of this top-1 class")
     quality.add_argument("--format", choices=["table", "json"], default="table")
     quality.set_defaults(handler=_quality)
-    for command in (review, quality):
+    drift = commands.add_parser(
+        "drift", help="has the stream of images changed? the recent window against a reference"
+    )
+    drift.add_argument("--window", help="the recent window: 90m, 24h, 7d (default DRIFT_WINDOW)")
+    drift.add_argument("--reference", help="the reference before it (default DRIFT_REFERENCE)")
+    drift.add_argument("--format", choices=["table", "json"], default="table")
+    drift.set_defaults(handler=_drift)
+    for command in (review, quality, drift):
         command.add_argument("--url", help="server URL (default: http://HOST:PORT)")
         command.add_argument("--api-key", help="API key for the server; its name is the reviewer")
     serve = commands.add_parser(
@@ -160,6 +167,12 @@ def _quality(settings: Settings, args: argparse.Namespace) -> int:
     from visinspect.cli.review import quality
 
     return quality(settings, args)
+
+
+def _drift(settings: Settings, args: argparse.Namespace) -> int:
+    from visinspect.cli.review import drift
+
+    return drift(settings, args)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
-"""`visinspect review` and `visinspect quality`: the review workflow from a terminal, against a
-running server (the Python client underneath). Exit codes: 0 done, 1 the service refused (its
+"""`visinspect review`, `visinspect quality` and `visinspect drift`: the inspection workflow from a
+terminal, against a running server (the Python client underneath). Exit codes: 0 done, 1 the service refused (its
 error code and message are printed), 3 the server could not be reached."""
 
 from __future__ import annotations
@@ -54,6 +54,30 @@ def quality(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def drift(settings: Settings, args: argparse.Namespace) -> int:
+    result = _call(settings, args, lambda client: client.drift(args.window, args.reference))
+    if isinstance(result, int):
+        return result
+    if args.format == "json":
+        print(result.model_dump_json())
+        return EXIT_OK
+    verdict = {True: "DRIFTED", False: "no drift", None: "no verdict"}[result.drifted]
+    console = Console()
+    console.print(f"{verdict}: {result.reason}")
+    console.print(
+        f"recent {result.recent_count} predictions, reference {result.reference_count}; "
+        f"class JS distance {_num(result.class_js_distance)}, confidence KS "
+        f"{_num(result.confidence_ks)} (p {_num(result.confidence_p_value)})"
+    )
+    table = Table("class", "recent", "reference", "change", title="classes that moved most")
+    for m in result.moved:
+        table.add_row(
+            m.class_name, _pct(m.recent_share), _pct(m.reference_share), f"{m.change:+.1%}"
+        )
+    console.print(table)
+    return EXIT_OK
+
+
 def _call(settings: Settings, args: argparse.Namespace, work: Callable[[Client], T]) -> T | int:
     url = args.url or f"http://{settings.host}:{settings.port}"
     err = Console(stderr=True)
@@ -66,6 +90,10 @@ def _call(settings: Settings, args: argparse.Namespace, work: Callable[[Client],
     except httpx.TransportError as exc:
         err.print(f"visinspect: cannot reach {url}: {exc}")
         return EXIT_UNREACHABLE
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _pct(value: float | None) -> str:

@@ -170,6 +170,46 @@ def quality_counts(
     )
 
 
+# The confidences' distribution is read as its cumulative counts at these edges (0.01, ..., 0.99):
+# one scan, on every database, and what a two-sample Kolmogorov-Smirnov statistic needs.
+CONFIDENCE_EDGES = tuple(k / 100 for k in range(1, 100))
+
+
+@dataclass(frozen=True, slots=True)
+class WindowDistribution:
+    count: int
+    confidence_sum: float
+    by_class: dict[str, int]  # top-1 class -> predictions
+    below_edge: tuple[int, ...]  # predictions with confidence < each of CONFIDENCE_EDGES
+
+
+def window_distribution(session: Session, start: datetime, end: datetime) -> WindowDistribution:
+    """Top-1 classes and confidences of the predictions made in [start, end)."""
+    in_window = (PredictionRecord.created_at >= start, PredictionRecord.created_at < end)
+    cumulative = [
+        func.coalesce(func.sum(case((PredictionRecord.confidence < edge, 1), else_=0)), 0)
+        for edge in CONFIDENCE_EDGES
+    ]
+    count, total, *below = session.execute(
+        select(
+            func.count(PredictionRecord.id),
+            func.coalesce(func.sum(PredictionRecord.confidence), 0.0),
+            *cumulative,
+        ).where(*in_window)
+    ).one()
+    by_class = session.execute(
+        select(PredictionRecord.class_name, func.count(PredictionRecord.id))
+        .where(*in_window)
+        .group_by(PredictionRecord.class_name)
+    ).all()
+    return WindowDistribution(
+        int(count),
+        float(total),
+        {str(n): int(c) for n, c in by_class},
+        tuple(int(b) for b in below),
+    )
+
+
 def _filtered(statement: S, where: PredictionFilter) -> S:
     if where.class_name is not None:
         statement = statement.where(PredictionRecord.class_name == where.class_name)

@@ -278,6 +278,34 @@ async function loadQuality() {
   }
 }
 
+async function loadDrift() {
+  const form = $("#drift-filters");
+  const params = new URLSearchParams({
+    window: form.elements.window.value.trim() || "24h",
+    reference: form.elements.reference.value.trim() || "7d",
+  });
+  try {
+    const drift = await api(`/predictions/drift?${params}`);
+    const verdict = { true: "Drifted", false: "No drift", null: "No verdict yet" }[String(drift.drifted)];
+    $("#drift-verdict").textContent = `${verdict}: ${drift.reason}.`;
+    $("#drift-verdict").dataset.drifted = String(drift.drifted);
+    const figure = (value, digits = 3) => (value === null ? "–" : value.toFixed(digits));
+    $("#drift-figures").textContent = `${drift.recent_count} recent predictions against `
+      + `${drift.reference_count} in the reference; classes: Jensen-Shannon distance `
+      + `${figure(drift.class_js_distance)}; confidences: KS statistic ${figure(drift.confidence_ks)}`
+      + ` (p ${drift.confidence_p_value === null ? "–" : drift.confidence_p_value.toPrecision(2)}), `
+      + `mean ${figure(drift.recent_mean_confidence, 2)} against ${figure(drift.reference_mean_confidence, 2)}.`;
+    const most = Math.max(0, ...drift.moved.map((m) => Math.abs(m.change)));
+    bars($("#chart-drift"), drift.moved.map((m) => ({
+      label: m.class_name,
+      value: Math.abs(m.change),
+      text: `${m.change >= 0 ? "+" : "−"}${percent(Math.abs(m.change))}`,
+    })), most);
+  } catch (error) {
+    $("#drift-verdict").textContent = `${error.code}: ${error.message}`;
+  }
+}
+
 // --- wiring ---------------------------------------------------------------------------------
 
 function show(tab) {
@@ -290,6 +318,7 @@ function show(tab) {
   if (tab.id === "tab-stats") loadStats();
   if (tab.id === "tab-review") loadQueue();
   if (tab.id === "tab-quality") loadQuality();
+  if (tab.id === "tab-drift") loadDrift();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -347,5 +376,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#quality-filters").addEventListener("submit", (event) => {
     event.preventDefault();
     loadQuality();
+  });
+  $("#drift-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadDrift();
   });
 });

@@ -9,15 +9,17 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from visinspect.api.deps import HistoryServiceDep, ReviewServiceDep
+from visinspect.api.deps import DriftServiceDep, HistoryServiceDep, ReviewServiceDep, SettingsDep
 from visinspect.api.schemas import (
     AccuracyOut,
     ClassAccuracy,
     ClassCount,
     ClassLabel,
+    ClassShiftOut,
     ConfusionOut,
     DayAccuracy,
     DayCount,
+    DriftOut,
     PredictionOut,
     PredictionPage,
     QualityOut,
@@ -28,6 +30,7 @@ from visinspect.api.schemas import (
 )
 from visinspect.api.security import key_name, require_api_key
 from visinspect.db.models import PredictionRecord, ReviewRecord
+from visinspect.services.drift import parse_duration
 from visinspect.services.history import HistoryFilter
 from visinspect.services.reviews import Accuracy, ReviewService
 
@@ -156,6 +159,46 @@ async def prediction_quality(
                 count=c.count,
             )
             for c in quality.confusions
+        ],
+    )
+
+
+@router.get(
+    "/predictions/drift",
+    response_model=DriftOut,
+    summary="Has the stream of images changed? The recent window against a reference",
+    responses=error_responses(401, 403, 422, 503),
+)
+async def prediction_drift(
+    drift: DriftServiceDep,
+    settings: SettingsDep,
+    window: Annotated[
+        str | None, Query(description="The recent window: 90m, 24h, 7d (default DRIFT_WINDOW)")
+    ] = None,
+    reference: Annotated[
+        str | None,
+        Query(description="The reference window just before it (default DRIFT_REFERENCE)"),
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="End of the recent window (default now); no zone: UTC")
+    ] = None,
+) -> DriftOut:
+    """Compared in SQL and NumPy; the defaults, now, also set the drift gauges on /metrics."""
+    recent, earlier = window or settings.drift_window, reference or settings.drift_reference
+    if until is None and (recent, earlier) == (settings.drift_window, settings.drift_reference):
+        result = await drift.watch(parse_duration(recent), parse_duration(earlier))
+    else:
+        result = await drift.compare(parse_duration(recent), parse_duration(earlier), until)
+    return DriftOut(
+        **{k: getattr(result, k) for k in DriftOut.model_fields if k != "moved"},
+        moved=[
+            ClassShiftOut(
+                class_name=m.class_name,
+                recent_share=m.recent_share,
+                reference_share=m.reference_share,
+                change=m.change,
+            )
+            for m in result.moved
         ],
     )
 

@@ -1,0 +1,36 @@
+"""GET /predictions/drift over HTTP: its answer, its refusals, and the gauges it sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support import make_settings, running_app
+
+
+def test_drift_answers_refuses_bad_windows_and_sets_the_gauges(
+    tmp_path: Path, photos: Path
+) -> None:
+    with running_app(make_settings(f"sqlite:///{tmp_path / 'drift.db'}")) as client:
+        for name in ("coffee.png", "camera.png"):
+            assert (
+                client.post(
+                    "/predict", files={"file": (name, (photos / name).read_bytes())}
+                ).status_code
+                == 200
+            )
+        answer = client.get("/predictions/drift")
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert (body["recent_count"], body["reference_count"], body["drifted"]) == (2, 0, None)
+        assert body["reason"].startswith("not enough predictions")
+        assert "visinspect_drift_detected -1.0" in client.get("/metrics").text
+        earlier = client.get(
+            "/predictions/drift",
+            params={"window": "90m", "reference": "2d", "until": "2026-01-01T00:00:00Z"},
+        ).json()
+        assert (earlier["recent_count"], earlier["recent_end"]) == (0, "2026-01-01T00:00:00Z")
+        assert earlier["reference_start"] == "2025-12-29T22:30:00Z"  # 90 min, then 2 days, before
+        for bad in ({"window": "1w"}, {"reference": "0d"}, {"window": "5000d"}):
+            refused = client.get("/predictions/drift", params=bad)
+            assert refused.status_code == 422
+            assert refused.json()["error"]["code"] == "invalid_request"
