@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tests.support import make_settings, running_app
@@ -34,3 +35,12 @@ def test_drift_answers_refuses_bad_windows_and_sets_the_gauges(
             refused = client.get("/predictions/drift", params=bad)
             assert refused.status_code == 422
             assert refused.json()["error"]["code"] == "invalid_request"
+
+
+def test_the_watch_fills_the_gauges_without_a_request(tmp_path: Path) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'watch.db'}", drift_interval_s=0.05)
+    with running_app(settings) as client:
+        deadline = time.monotonic() + 10
+        while "visinspect_drift_detected -1.0" not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the drift watch did not run"
+            time.sleep(0.05)
