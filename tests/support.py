@@ -132,6 +132,16 @@ def synthetic_record(
     )
 
 
+def upload_all(client: TestClient, photos: Path, names: list[str]) -> list[dict[str, Any]]:
+    """POST each photo to /predict, one after another; their 200 bodies."""
+    bodies = []
+    for name in names:
+        response = client.post("/predict", files={"file": (name, (photos / name).read_bytes())})
+        assert response.status_code == 200, response.text
+        bodies.append(response.json())
+    return bodies
+
+
 def rows_with_request_id(client: TestClient, request_id: str) -> list[Any]:
     """Read the table directly (not through the API) to check what a request really stored."""
     engine = services_of(client).history.database.engine

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import make_settings, running_app
+from tests.support import make_settings, running_app, upload_all
 
 UPLOADS = ["coffee.png", "camera.png", "coffee.png", "chelsea.png", "camera.png"]
 
@@ -23,20 +23,11 @@ def history(
         from tests.support import fresh_postgres_database
 
         with fresh_postgres_database() as url, running_app(make_settings(url)) as client:
-            yield client, _upload_all(client, photos)
+            yield client, upload_all(client, photos, UPLOADS)
     else:
         path = tmp_path_factory.mktemp("history") / "history.db"
         with running_app(make_settings(f"sqlite:///{path}")) as client:
-            yield client, _upload_all(client, photos)
-
-
-def _upload_all(client: TestClient, photos: Path) -> list[dict]:  # type: ignore[type-arg]
-    bodies = []
-    for name in UPLOADS:
-        response = client.post("/predict", files={"file": (name, (photos / name).read_bytes())})
-        assert response.status_code == 200, response.text
-        bodies.append(response.json())
-    return bodies
+            yield client, upload_all(client, photos, UPLOADS)
 
 
 def test_newest_first_with_total(history: tuple[TestClient, list[dict]]) -> None:  # type: ignore[type-arg]

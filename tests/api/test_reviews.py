@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import fresh_postgres_database, make_settings, running_app
+from tests.support import fresh_postgres_database, make_settings, running_app, upload_all
 
 PHOTOS = ["coffee.png", "camera.png", "chelsea.png", "rocket.jpg"]
 CUP = 968
@@ -25,20 +25,11 @@ def made(
     """A fresh database holding four real predictions."""
     if request.param == "postgresql":
         with fresh_postgres_database() as url, running_app(make_settings(url)) as client:
-            yield client, _upload_all(client, photos)
+            yield client, upload_all(client, photos, PHOTOS)
     else:
         path = tmp_path_factory.mktemp("reviews") / "reviews.db"
         with running_app(make_settings(f"sqlite:///{path}")) as client:
-            yield client, _upload_all(client, photos)
-
-
-def _upload_all(client: TestClient, photos: Path) -> list[dict[str, Any]]:
-    bodies = []
-    for name in PHOTOS:
-        response = client.post("/predict", files={"file": (name, (photos / name).read_bytes())})
-        assert response.status_code == 200, response.text
-        bodies.append(response.json())
-    return bodies
+            yield client, upload_all(client, photos, PHOTOS)
 
 
 def test_review_round_trip_and_the_latest_counts(

@@ -15,7 +15,6 @@ from visinspect.api.schemas import (
     ClassAccuracy,
     ClassCount,
     ClassLabel,
-    ClassShiftOut,
     ConfusionOut,
     DayAccuracy,
     DayCount,
@@ -151,14 +150,7 @@ async def prediction_quality(
         by_class=[ClassAccuracy(class_name=n, **_accuracy(a)) for n, a in quality.by_class],
         by_day=[DayAccuracy(day=d, **_accuracy(a)) for d, a in quality.by_day],
         confusions=[
-            ConfusionOut(
-                predicted_class_id=c.predicted_class_id,
-                predicted_class_name=c.predicted_class_name,
-                true_class_id=c.true_class_id,
-                true_class_name=c.true_class_name,
-                count=c.count,
-            )
-            for c in quality.confusions
+            ConfusionOut.model_validate(c, from_attributes=True) for c in quality.confusions
         ],
     )
 
@@ -189,18 +181,7 @@ async def prediction_drift(
         result = await drift.watch(parse_duration(recent), parse_duration(earlier))
     else:
         result = await drift.compare(parse_duration(recent), parse_duration(earlier), until)
-    return DriftOut(
-        **{k: getattr(result, k) for k in DriftOut.model_fields if k != "moved"},
-        moved=[
-            ClassShiftOut(
-                class_name=m.class_name,
-                recent_share=m.recent_share,
-                reference_share=m.reference_share,
-                change=m.change,
-            )
-            for m in result.moved
-        ],
-    )
+    return DriftOut.model_validate(result, from_attributes=True)
 
 
 @router.get(
