@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.support import make_settings, running_app
+import pytest
+from sqlalchemy.orm import Session
+
+from tests.support import make_settings, running_app, services_of, synthetic_record
 
 
 def test_drift_answers_refuses_bad_windows_and_sets_the_gauges(
@@ -44,3 +48,38 @@ def test_the_watch_fills_the_gauges_without_a_request(tmp_path: Path) -> None:
         while "visinspect_drift_detected -1.0" not in client.get("/metrics").text:
             assert time.monotonic() < deadline, "the drift watch did not run"
             time.sleep(0.05)
+
+
+def test_drift_over_http_names_the_classes_that_moved(tmp_path: Path) -> None:
+    until = datetime(2026, 6, 1, tzinfo=UTC)
+    with running_app(make_settings(f"sqlite:///{tmp_path / 'moved.db'}")) as client:
+        engine = services_of(client).history.database.engine
+        with Session(engine) as session:
+            session.add_all(
+                [
+                    synthetic_record(
+                        f"ref-{i}",
+                        "espresso",
+                        created_at=until - timedelta(days=1, hours=2 * i + 1),
+                    )
+                    for i in range(60)
+                ]
+                + [
+                    synthetic_record(
+                        f"now-{i}", "tabby", created_at=until - timedelta(minutes=10 * i + 5)
+                    )
+                    for i in range(60)
+                ]
+            )
+            session.commit()
+        body = client.get("/predictions/drift", params={"until": until.isoformat()}).json()
+    assert (body["recent_count"], body["reference_count"], body["drifted"]) == (60, 60, True)
+    assert body["class_js_distance"] == pytest.approx(1.0)
+    assert body["moved"][0] == {
+        "class_name": "espresso",
+        "recent_share": 0.0,
+        "reference_share": 1.0,
+        "change": -1.0,
+    }
+    assert body["moved"][1]["class_name"] == "tabby"
+    assert body["moved"][1]["change"] == 1.0
