@@ -39,6 +39,14 @@ def test_drift_answers_refuses_bad_windows_and_sets_the_gauges(
             refused = client.get("/predictions/drift", params=bad)
             assert refused.status_code == 422
             assert refused.json()["error"]["code"] == "invalid_request"
+        for until in (
+            "0001-01-01T00:00:00+01:00",
+            "0001-01-02T00:00:00Z",
+            "9999-12-31T23:00:00-05:00",
+        ):
+            refused = client.get("/predictions/drift", params={"until": until})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"]["code"] == "invalid_time_range"
 
 
 def test_the_watch_fills_the_gauges_without_a_request(tmp_path: Path) -> None:

@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session
 from visinspect.db import repository
 from visinspect.db.repository import WindowDistribution
 from visinspect.db.session import Database
-from visinspect.errors import InvalidRequest
+from visinspect.errors import InvalidRequest, InvalidTimeRange
+from visinspect.services.history import as_utc
 
 log = structlog.get_logger("visinspect.drift")
 _DURATION = re.compile(r"^([1-9][0-9]{0,4})([mhd])$")
@@ -141,9 +142,13 @@ class DriftService:
         self, window: timedelta, reference: timedelta, until: datetime | None = None
     ) -> Drift:
         """[until - window, until) against the `reference` before it."""
-        end = until or datetime.now(UTC)
-        end = end.replace(tzinfo=UTC) if end.tzinfo is None else end.astimezone(UTC)
-        start, reference_start = end - window, end - window - reference
+        end = as_utc(until) or datetime.now(UTC)
+        try:
+            start, reference_start = end - window, end - window - reference
+        except OverflowError:  # the reference would begin before year 1
+            raise InvalidTimeRange(
+                f"the reference window would begin before year 1 (until {end.isoformat()})"
+            ) from None
         recent, earlier = await self.database.run(_windows, reference_start, start, end)
         return self._judge(start, end, reference_start, recent, earlier)
 

@@ -35,7 +35,7 @@ class HistoryFilter:
     def to_query(self) -> PredictionFilter:
         if self.class_name is not None and _has_control_characters(self.class_name):
             raise InvalidRequest("class_name contains control characters")
-        after, before = _as_utc(self.created_after), _as_utc(self.created_before)
+        after, before = as_utc(self.created_after), as_utc(self.created_before)
         if after is not None and before is not None and after >= before:
             raise InvalidTimeRange("created_after must be earlier than created_before")
         low, high = self.min_confidence, self.max_confidence
@@ -113,7 +113,8 @@ def _has_control_characters(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in text)
 
 
-def _as_utc(moment: datetime | None) -> datetime | None:
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A client's time as UTC (no zone means UTC); a 422 for one outside years 1..9999 in UTC."""
     if moment is None:
         return None
     if moment.tzinfo is None:
