@@ -132,6 +132,18 @@ def synthetic_record(
     )
 
 
+@contextmanager
+def app_on(backend: str, tmp_path_factory: Any, name: str) -> Iterator[TestClient]:
+    """The real app on a fresh database of `backend` ("postgresql" or "sqlite")."""
+    if backend == "postgresql":
+        with fresh_postgres_database() as url, running_app(make_settings(url)) as client:
+            yield client
+    else:
+        path = tmp_path_factory.mktemp(name) / f"{name}.db"
+        with running_app(make_settings(f"sqlite:///{path}")) as client:
+            yield client
+
+
 def upload_all(client: TestClient, photos: Path, names: list[str]) -> list[dict[str, Any]]:
     """POST each photo to /predict, one after another; their 200 bodies."""
     bodies = []

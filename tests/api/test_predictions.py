@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import make_settings, running_app, upload_all
+from tests.support import app_on, upload_all
 
 UPLOADS = ["coffee.png", "camera.png", "coffee.png", "chelsea.png", "camera.png"]
 
@@ -19,15 +19,8 @@ def history(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, photos: Path
 ) -> Iterator[tuple[TestClient, list[dict]]]:  # type: ignore[type-arg]
     """A fresh database holding five real predictions, made one after another."""
-    if request.param == "postgresql":
-        from tests.support import fresh_postgres_database
-
-        with fresh_postgres_database() as url, running_app(make_settings(url)) as client:
-            yield client, upload_all(client, photos, UPLOADS)
-    else:
-        path = tmp_path_factory.mktemp("history") / "history.db"
-        with running_app(make_settings(f"sqlite:///{path}")) as client:
-            yield client, upload_all(client, photos, UPLOADS)
+    with app_on(request.param, tmp_path_factory, "history") as client:
+        yield client, upload_all(client, photos, UPLOADS)
 
 
 def test_newest_first_with_total(history: tuple[TestClient, list[dict]]) -> None:  # type: ignore[type-arg]

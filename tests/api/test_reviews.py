@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import fresh_postgres_database, make_settings, running_app, upload_all
+from tests.support import app_on, make_settings, running_app, upload_all
 
 PHOTOS = ["coffee.png", "camera.png", "chelsea.png", "rocket.jpg"]
 CUP = 968
@@ -23,13 +23,8 @@ def made(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, photos: Path
 ) -> Iterator[tuple[TestClient, list[dict[str, Any]]]]:
     """A fresh database holding four real predictions."""
-    if request.param == "postgresql":
-        with fresh_postgres_database() as url, running_app(make_settings(url)) as client:
-            yield client, upload_all(client, photos, PHOTOS)
-    else:
-        path = tmp_path_factory.mktemp("reviews") / "reviews.db"
-        with running_app(make_settings(f"sqlite:///{path}")) as client:
-            yield client, upload_all(client, photos, PHOTOS)
+    with app_on(request.param, tmp_path_factory, "reviews") as client:
+        yield client, upload_all(client, photos, PHOTOS)
 
 
 def test_review_round_trip_and_the_latest_counts(

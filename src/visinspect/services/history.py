@@ -65,7 +65,9 @@ class HistoryService:
         self.database = database
 
     async def get(self, prediction_id: int) -> PredictionRecord:
-        record, _review = await self.get_with_review(prediction_id)
+        record = await self.database.run(repository.get_prediction, prediction_id)
+        if record is None:
+            raise PredictionNotFound(f"no prediction with id {prediction_id}")
         return record
 
     async def get_with_review(
