@@ -67,3 +67,9 @@ def test_home_in_paths_is_expanded_as_a_shell_would(
 def test_start_up_defaults() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (settings.migrate_on_start, settings.database_wait_s) == (True, 0.0)
+
+
+@pytest.mark.parametrize("window", ["1w", "0h", "1001d", "99999d"])
+def test_a_drift_window_that_is_not_a_window_is_refused(window: str) -> None:
+    with pytest.raises(ValidationError, match="drift_window"):
+        Settings(_env_file=None, drift_window=window)  # type: ignore[call-arg]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,6 +46,21 @@ def _plan(data: dict[str, Any]) -> ServingPlan:
 
 def _default_model_dir() -> Path:
     return Path.home() / ".cache" / "visinspect" / "model"
+
+
+_WINDOW = re.compile(r"^([1-9][0-9]{0,4})([mhd])$")
+_WINDOW_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def window_length(text: str) -> timedelta:
+    """`90m`, `24h`, `7d`: a time window of a minute to 1000 days (ValueError otherwise)."""
+    match = _WINDOW.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 90m, 24h or 7d")
+    length = timedelta(**{_WINDOW_UNITS[match[2]]: int(match[1])})
+    if length > timedelta(days=1000):
+        raise ValueError(f"{text!r} is longer than 1000 days")
+    return length
 
 
 class Settings(BaseSettings):
@@ -225,12 +242,10 @@ class Settings(BaseSettings):
 
     drift_window: str = Field(
         default="24h",
-        pattern=r"^[1-9][0-9]{0,4}[mhd]$",
         description="Drift watch: the recent window compared with the reference (m, h, d).",
     )
     drift_reference: str = Field(
         default="7d",
-        pattern=r"^[1-9][0-9]{0,4}[mhd]$",
         description="Drift watch: the reference window, just before the recent one.",
     )
     drift_interval_s: float = Field(
@@ -313,6 +328,12 @@ class Settings(BaseSettings):
         if self.decode_timeout_s >= self.request_timeout_s:
             raise ValueError("DECODE_TIMEOUT_S must be below REQUEST_TIMEOUT_S")
         return self
+
+    @field_validator("drift_window", "drift_reference")
+    @classmethod
+    def _a_window(cls, text: str) -> str:
+        window_length(text)  # the same rule as GET /predictions/drift's parameters
+        return text
 
     @model_validator(mode="after")
     def _app_role_on_postgres(self) -> Settings:

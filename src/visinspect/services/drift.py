@@ -18,7 +18,6 @@ DRIFT_MIN_PREDICTIONS predictions.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ import numpy as np
 import structlog
 from sqlalchemy.orm import Session
 
+from visinspect.config import window_length
 from visinspect.db import repository
 from visinspect.db.repository import WindowDistribution
 from visinspect.db.session import Database
@@ -34,20 +34,15 @@ from visinspect.errors import InvalidRequest, InvalidTimeRange
 from visinspect.services.history import as_utc
 
 log = structlog.get_logger("visinspect.drift")
-_DURATION = re.compile(r"^([1-9][0-9]{0,4})([mhd])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 MOVED_CLASSES = 10
 
 
 def parse_duration(text: str) -> timedelta:
-    """`90m`, `24h`, `7d`: a window length of at least a minute and at most 1000 days."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise InvalidRequest(f"{text!r} is not a duration like 90m, 24h or 7d")
-    length = timedelta(**{_UNITS[match[2]]: int(match[1])})
-    if length > timedelta(days=1000):
-        raise InvalidRequest(f"{text!r} is longer than 1000 days")
-    return length
+    """A window a client asked for (`90m`, `24h`, `7d`); a 422 when it is not one."""
+    try:
+        return window_length(text)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
