@@ -151,9 +151,13 @@ def _sqlite_autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    """A real `visinspect serve` on a fresh database; its log is tmp_path/server.log."""
+    """A real `visinspect serve` on a fresh database, keeping images in tmp_path/images; its
+    log is tmp_path/server.log."""
     with (
         fresh_postgres_database() as url,
-        serving(url, tmp_path / "server.log") as (process, base),
+        serving(url, tmp_path / "server.log", IMAGE_STORE_DIR=str(tmp_path / "images")) as (
+            process,
+            base,
+        ),
     ):
         yield process, base, url

@@ -5,6 +5,7 @@ Real parts only: a PostgreSQL server (TEST_DATABASE_URL), real photos, real serv
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -133,14 +135,19 @@ def synthetic_record(
 
 
 @contextmanager
-def app_on(backend: str, tmp_path_factory: Any, name: str) -> Iterator[TestClient]:
+def app_on(
+    backend: str, tmp_path_factory: Any, name: str, **overrides: Any
+) -> Iterator[TestClient]:
     """The real app on a fresh database of `backend` ("postgresql" or "sqlite")."""
     if backend == "postgresql":
-        with fresh_postgres_database() as url, running_app(make_settings(url)) as client:
+        with (
+            fresh_postgres_database() as url,
+            running_app(make_settings(url, **overrides)) as client,
+        ):
             yield client
     else:
         path = tmp_path_factory.mktemp(name) / f"{name}.db"
-        with running_app(make_settings(f"sqlite:///{path}")) as client:
+        with running_app(make_settings(f"sqlite:///{path}", **overrides)) as client:
             yield client
 
 
@@ -287,3 +294,30 @@ def wait_ready(base: str, process: subprocess.Popen[Any], timeout_s: float = 90)
         return is_ready(base)
 
     wait_until(ready_or_exited, timeout_s, f"{base} to become ready")
+
+
+@contextmanager
+def mounted_full_disk(mount_point: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs with an empty `images` directory, filled up: writes fail with ENOSPC
+    as on a full volume. Needs root (CI runs as root; elsewhere the test is skipped)."""
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        (mount_point / "images").mkdir()
+        with (mount_point / "filler").open("wb", buffering=0) as filler:
+            while True:
+                try:
+                    filler.write(b"\0" * 65536)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)

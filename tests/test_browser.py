@@ -134,6 +134,19 @@ def test_review_with_the_keyboard_then_see_the_quality(
     page.get_by_role("tab", name="Review").click()
     expect(page.locator("#queue-info")).to_have_text("2 waiting for review")
     expect(page.locator("#review-title")).to_contain_text(f"#{first.id}")
+    # The kept images: the one under review, and the queue's thumbnails.
+    expect(page.locator("#review-image")).to_be_visible()
+    expect(page.locator("#review-image")).to_have_attribute(
+        "alt", f"The image of prediction #{first.id}"
+    )
+    longer_side = "i => Math.max(i.naturalWidth, i.naturalHeight)"
+    assert page.locator("#review-image").evaluate(longer_side) == 256  # IMAGE_THUMBNAIL_PX
+    strip = page.locator("#queue-strip button")
+    expect(strip).to_have_count(2)
+    expect(strip.first).to_have_attribute("aria-current", "true")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#queue-strip img')].every(i => i.naturalWidth > 0)"
+    )
     page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
 
     page.keyboard.press("c")

@@ -240,6 +240,36 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS; empty = none."
     )
 
+    image_store_dir: Path | None = Field(
+        default=None,
+        description="Keep every classified upload and a thumbnail here, one copy per distinct "
+        "image (GET /predictions/{id}/image); unset = images are not kept.",
+    )
+    image_store_max_bytes: int = Field(
+        default=10 << 30,
+        ge=0,
+        description="The store's bound: above it the cleanup removes the images seen longest "
+        "ago, and an upload that would exceed it is not kept (its prediction is still "
+        "recorded). 0 = no bound.",
+    )
+    image_retention_days: float = Field(
+        default=30,
+        ge=0,
+        le=36500,
+        description="The cleanup removes an image this many days after an upload last brought "
+        "it. 0 = keep until IMAGE_STORE_MAX_BYTES needs the room.",
+    )
+    image_cleanup_interval_s: float = Field(
+        default=3600,
+        ge=0,
+        le=7 * 86400,
+        description="How often each server process runs the cleanup (one at a time); 0 = only "
+        "at start, when the store is full, and by `visinspect images cleanup` (a CronJob).",
+    )
+    image_thumbnail_px: int = Field(
+        default=256, ge=32, le=1024, description="The longer side of a thumbnail."
+    )
+
     drift_window: str = Field(
         default="24h",
         description="Drift watch: the recent window compared with the reference (m, h, d).",
@@ -308,7 +338,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("model_weights", "model_dir")
+    @field_validator("model_weights", "model_dir", "image_store_dir")
     @classmethod
     def _expand_home(cls, path: Path | None) -> Path | None:
         """`~/...` as a shell would read it: an .env file is not read by a shell."""

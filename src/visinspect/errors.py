@@ -112,6 +112,12 @@ class PredictionNotFound(VisinspectError):
     code = "prediction_not_found"
 
 
+class ImageNotKept(VisinspectError):
+    """The prediction exists, its image does not: never kept, or removed by the cleanup (404)."""
+
+    code = "image_not_kept"
+
+
 class MissingApiKey(VisinspectError):
     code = "missing_api_key"
 

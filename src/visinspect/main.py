@@ -25,7 +25,7 @@ from visinspect.api.limits import (
     RequestBodyLimitsMiddleware,
 )
 from visinspect.api.middleware import RequestObservationMiddleware
-from visinspect.api.routes import health, predict, predictions
+from visinspect.api.routes import health, images, predict, predictions
 from visinspect.api.routes import metrics as metrics_route
 from visinspect.api.routes.docs import mount_docs
 from visinspect.api.routes.ui import mount_ui
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, prepared: Prepared | None = Non
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(predictions.router)
+    app.include_router(images.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
     if settings.docs_enabled:

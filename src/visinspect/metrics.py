@@ -17,6 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from visinspect.services.drift import Drift
+    from visinspect.storage.images import CleanupReport
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -103,6 +104,43 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="mostrecent",
         )
+
+        # Kept images (services/images.py).
+        self.images_not_kept = Counter(
+            "visinspect_images_not_kept",
+            "Classified uploads whose image the store did not keep, by reason (store_full, "
+            "disk_full, write_failed); their predictions were recorded.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.images_removed = Counter(
+            "visinspect_images_removed",
+            "Kept images removed by the cleanup: expired (IMAGE_RETENTION_DAYS) or evicted "
+            "(IMAGE_STORE_MAX_BYTES).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.image_store_bytes = Gauge(
+            "visinspect_image_store_bytes",
+            "Bytes in the image store, as its last cleanup measured them.",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.image_store_images = Gauge(
+            "visinspect_image_store_images",
+            "Distinct images in the store, as its last cleanup counted them.",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+
+    def observe_image_not_kept(self, reason: str) -> None:
+        self.images_not_kept.labels(reason).inc()
+
+    def observe_image_cleanup(self, report: CleanupReport) -> None:
+        self.images_removed.labels("expired").inc(report.expired)
+        self.images_removed.labels("evicted").inc(report.evicted)
+        self.image_store_bytes.set(report.bytes)
+        self.image_store_images.set(report.images)
 
     def observe_drift(self, drift: Drift) -> None:
         self.drift_detected.set(-1 if drift.drifted is None else int(drift.drifted))

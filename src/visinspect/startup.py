@@ -34,8 +34,10 @@ from visinspect.metrics import Metrics
 from visinspect.services.drift import DriftService, DriftThresholds, parse_duration
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
+from visinspect.services.images import ImageService
 from visinspect.services.predictions import PredictionService
 from visinspect.services.reviews import ReviewService
+from visinspect.storage.images import ImageStore, open_image_store
 
 __all__ = ["Prepared", "Services", "StartupFailed", "open_services", "prepare", "prepare_shared"]
 
@@ -44,10 +46,12 @@ log = structlog.get_logger("visinspect")
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """What start-up produced: a database at the expected schema and a loaded model."""
+    """What start-up produced: a database at the expected schema, a loaded model and, when
+    IMAGE_STORE_DIR is set, a writable image store."""
 
     database: Database
     classifier: Classifier
+    image_store: ImageStore | None = None
 
     def close(self) -> None:
         self.database.dispose()
@@ -59,7 +63,8 @@ def prepare(settings: Settings) -> Prepared:
     start_forkserver()  # the decoders' process server starts while the model loads
     with _model_failure():
         classifier = load_classifier(settings)  # the artifact's checks are cheap: first
-    return Prepared(prepare_database(settings), classifier)
+    image_store = open_image_store(settings)
+    return Prepared(prepare_database(settings), classifier, image_store)
 
 
 def prepare_shared(settings: Settings) -> None:
@@ -111,6 +116,7 @@ class Services:
     history: HistoryService
     reviews: ReviewService
     drift: DriftService
+    images: ImageService
     readiness: ReadinessService
     classifier: Classifier
     batcher: MicroBatcher
@@ -141,6 +147,7 @@ async def open_services(
             settings.max_image_pixels,
             settings.decode_max_memory_mb << 20,
             settings.decode_timeout_s,
+            settings.image_thumbnail_px if prepared.image_store is not None else 0,
         ),
         settings.decode_workers,
         on_replaced=metrics.decoder_replacements.inc if metrics else None,
@@ -149,9 +156,16 @@ async def open_services(
     batcher.start()
     writer.start()
     runner = InferenceRunner(prepared.classifier, batcher, decoders)
+    images = ImageService(
+        prepared.image_store,
+        prepared.database,
+        on_not_kept=metrics.observe_image_not_kept if metrics else None,
+        on_cleanup=metrics.observe_image_cleanup if metrics else None,
+    )
     predictions = PredictionService(
         runner,
         writer,
+        images,
         timeout_s=settings.request_timeout_s,
         default_top_k=settings.default_top_k,
         max_batch_files=settings.max_batch_files,
@@ -171,14 +185,26 @@ async def open_services(
     readiness = ReadinessService(
         prepared.database, prepared.classifier.identity, settings.database_create_all
     )
-    watch = _start_drift_watch(drift, settings)
+    watches = [
+        task
+        for task in (_start_drift_watch(drift, settings), _start_image_cleanup(images, settings))
+        if task is not None
+    ]
     try:
         yield Services(
-            predictions, history, reviews, drift, readiness, prepared.classifier, batcher, decoders
+            predictions,
+            history,
+            reviews,
+            drift,
+            images,
+            readiness,
+            prepared.classifier,
+            batcher,
+            decoders,
         )
     finally:
-        if watch is not None:
-            watch.cancel()
+        for task in watches:
+            task.cancel()
         await batcher.close()
         await writer.close()
         await decoders.close()
@@ -208,3 +234,13 @@ def _start_drift_watch(drift: DriftService, settings: Settings) -> asyncio.Task[
             await asyncio.sleep(settings.drift_interval_s)
 
     return asyncio.get_running_loop().create_task(watch(), name="drift-watch")
+
+
+def _start_image_cleanup(images: ImageService, settings: Settings) -> asyncio.Task[None] | None:
+    """The kept images' cleanup: at start (it also measures the store), every
+    IMAGE_CLEANUP_INTERVAL_S, and when an upload finds the store full."""
+    if not images.enabled:
+        return None
+    return asyncio.get_running_loop().create_task(
+        images.watch(settings.image_cleanup_interval_s), name="image-cleanup"
+    )

@@ -14,6 +14,7 @@ from visinspect.config import Settings
 from visinspect.services.drift import DriftService
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
+from visinspect.services.images import ImageService
 from visinspect.services.predictions import PredictionService
 from visinspect.services.reviews import ReviewService
 from visinspect.startup import Services
@@ -45,6 +46,10 @@ async def get_drift_service(request: Request) -> DriftService:
     return _services(request).drift
 
 
+async def get_image_service(request: Request) -> ImageService:
+    return _services(request).images
+
+
 async def get_readiness_service(request: Request) -> ReadinessService:
     return _services(request).readiness
 
@@ -54,4 +59,5 @@ PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_servi
 HistoryServiceDep = Annotated[HistoryService, Depends(get_history_service)]
 ReviewServiceDep = Annotated[ReviewService, Depends(get_review_service)]
 DriftServiceDep = Annotated[DriftService, Depends(get_drift_service)]
+ImageServiceDep = Annotated[ImageService, Depends(get_image_service)]
 ReadinessServiceDep = Annotated[ReadinessService, Depends(get_readiness_service)]

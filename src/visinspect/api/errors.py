@@ -34,6 +34,7 @@ STATUS_BY_ERROR: dict[type[errors.VisinspectError], int] = {
     errors.TooManyPixels: 413,
     errors.InvalidRequest: 422,
     errors.PredictionNotFound: 404,
+    errors.ImageNotKept: 404,
     errors.MissingApiKey: 401,
     errors.InvalidApiKey: 403,
     errors.ServiceUnavailable: 503,

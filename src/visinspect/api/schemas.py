@@ -108,6 +108,7 @@ class PredictionOut(BaseModel):
                     "latency_ms": 21.4,
                     "decode_ms": 6.2,
                     "inference_ms": 13.9,
+                    "image_kept": True,
                 }
             ]
         },
@@ -134,6 +135,11 @@ class PredictionOut(BaseModel):
     inference_ms: float | None = Field(
         default=None,
         description="Of which the wait for the model and the forward pass (null before 0.2.0)",
+    )
+    image_kept: bool | None = Field(
+        default=None,
+        description="Whether the image store kept the upload (GET /predictions/{id}/image): "
+        "null when images are not kept, false when the store or its disk was full or failed",
     )
     review: ReviewOut | None = Field(
         default=None,
@@ -337,7 +343,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "The upload is empty",
         401: "API keys are configured and the request has none",
         403: "The API key is not valid",
-        404: "No such prediction",
+        404: "No such prediction (`prediction_not_found`), or its image is not kept "
+        "(`image_not_kept`, image routes only)",
         413: "Body over MAX_UPLOAD_BYTES, or image over MAX_IMAGE_PIXELS",
         500: "A fault of the service (the request id finds it in the logs); nothing was stored",
         415: "Not an image, an unsupported format, or an animated image",

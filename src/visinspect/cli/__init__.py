@@ -144,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
         help="print the current and head revisions and whether this release can serve against "
         "the schema (the head, or a newer one recorded as compatible); exit 2 when it cannot",
     ).set_defaults(handler=_db_current)
+    images = commands.add_parser("images", help="the kept images").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    images.add_parser(
+        "cleanup",
+        help="remove images older than IMAGE_RETENTION_DAYS, then the oldest while the store "
+        "is above IMAGE_STORE_MAX_BYTES (for a cron job; the service also runs it)",
+    ).set_defaults(handler=_images_cleanup)
     return parser
 
 
@@ -208,6 +216,12 @@ def _db_current(settings: Settings, _args: argparse.Namespace) -> int:
     from visinspect.cli.db import current
 
     return current(settings)
+
+
+def _images_cleanup(settings: Settings, _args: argparse.Namespace) -> int:
+    from visinspect.cli.images import cleanup
+
+    return cleanup(settings)
 
 
 if __name__ == "__main__":

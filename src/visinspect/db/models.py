@@ -85,6 +85,10 @@ class PredictionRecord(Base):
     # 0.1 release writes during a rolling update, have none.
     decode_ms: Mapped[float | None] = mapped_column(nullable=True)
     inference_ms: Mapped[float | None] = mapped_column(nullable=True)
+    # Whether the image store kept the upload: null when IMAGE_STORE_DIR is not set (and in rows
+    # from before 0.2.0), false when it could not (a full store or disk: the log line and the
+    # metric say which). True means kept then: the cleanup may have removed it since.
+    image_kept: Mapped[bool | None] = mapped_column(nullable=True)
 
     __table_args__ = (
         # GET /predictions: newest first, optionally one class or one image.

@@ -73,6 +73,7 @@ class DecoderLimits:
     max_pixels: int
     max_decode_bytes: int  # per upload: the estimate's bound and the address-space budget
     timeout_s: float
+    thumbnail_px: int = 0  # > 0: make thumbnails and hand back the upload (images are kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class Decoded:
     sha256: str
     size: int  # bytes of the upload
     decode_ms: float
+    original: bytes | None = None  # the upload itself, when images are kept (thumbnail_px > 0)
 
 
 _PRELOAD = ["visinspect.inference.decoders"]
@@ -197,6 +199,7 @@ class _Worker:
         self.process.start()
         child_end.close()
         self.connection: multiprocessing.connection.Connection = parent_end
+        self.keeps_originals = limits.thumbnail_px > 0
         self.idle_rss: int = self.connection.recv()  # the worker's hello: it is ready
 
     async def decode(self, data: bytes, timeout_s: float) -> tuple[Decoded | VisinspectError, bool]:
@@ -229,7 +232,8 @@ class _Worker:
             return outcome, reusable  # refused, not failed: the worker carries on
         image, sha256 = outcome
         decode_ms = (time.perf_counter() - started) * 1000
-        return Decoded(image, sha256, len(data), decode_ms), reusable
+        original = data if self.keeps_originals else None
+        return Decoded(image, sha256, len(data), decode_ms, original), reusable
 
     async def _readable(self) -> None:
         """Until the worker's reply (or its death: end of file) can be read."""
@@ -283,7 +287,11 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
 def _decode(data: bytes, limits: DecoderLimits) -> object:
     try:
         image = preprocess(
-            data, limits.preprocessing, limits.max_pixels, max_decode_bytes=limits.max_decode_bytes
+            data,
+            limits.preprocessing,
+            limits.max_pixels,
+            max_decode_bytes=limits.max_decode_bytes,
+            thumbnail_px=limits.thumbnail_px,
         )
     except VisinspectError as exc:
         return exc

@@ -67,6 +67,7 @@ class DecodedImage:
     width: int  # as uploaded, after EXIF orientation
     height: int
     format: str
+    thumbnail: bytes | None = None  # JPEG, when asked for (the image store keeps it)
 
 
 def open_image(data: bytes, max_pixels: int, max_decode_bytes: int | None = None) -> Image.Image:
@@ -350,11 +351,13 @@ def preprocess(
     max_pixels: int,
     reduced_decode: bool = True,
     max_decode_bytes: int | None = None,
+    thumbnail_px: int = 0,
 ) -> DecodedImage:
     """The whole path from upload bytes to the network's input; raises InvalidImage subclasses.
 
     `reduced_decode=False` decodes every pixel: the reference transform, for equivalence tests.
     `max_decode_bytes` refuses (413) an image whose decoding would take more memory.
+    `thumbnail_px` > 0 also makes a JPEG thumbnail that fits a square of that side.
     """
     image = open_image(data, max_pixels, max_decode_bytes)
     image_format = image.format or "unknown"
@@ -363,8 +366,23 @@ def preprocess(
     if _orientation(image) in (5, 6, 7, 8):  # as displayed: these orientations swap the sides
         width, height = height, width
     return DecodedImage(
-        pixels=to_pixels(rgb, spec), width=width, height=height, format=image_format
+        pixels=to_pixels(rgb, spec),
+        width=width,
+        height=height,
+        format=image_format,
+        thumbnail=make_thumbnail(rgb, thumbnail_px) if thumbnail_px else None,
     )
+
+
+def make_thumbnail(rgb: Image.Image, side: int) -> bytes:
+    """A JPEG of the image as displayed (oriented, alpha on white), at most `side` pixels on
+    its longer side. Made from the pixels already decoded for the model (a JPEG's reduced-scale
+    decode has at least 256 on its shorter side), so it costs a resize and a small encode."""
+    small = rgb.copy()
+    small.thumbnail((side, side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=80, optimize=True)
+    return out.getvalue()
 
 
 def _orientation(image: Image.Image) -> int:

@@ -29,6 +29,9 @@ class Classification:
     image_format: str
     decode_ms: float
     inference_ms: float
+    # The upload and its thumbnail when the decoders make them (images are kept), else None.
+    original: bytes | None = None
+    thumbnail: bytes | None = None
 
 
 class InferenceRunner:
@@ -66,4 +69,6 @@ class InferenceRunner:
             image_format=decoded.image.format,
             decode_ms=decoded.decode_ms,
             inference_ms=(time.perf_counter() - decoded_at) * 1000,
+            original=decoded.original,
+            thumbnail=decoded.image.thumbnail,
         )

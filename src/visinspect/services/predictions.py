@@ -21,6 +21,7 @@ from visinspect.db.models import PredictionRecord
 from visinspect.db.writer import PredictionWriter
 from visinspect.errors import RequestTimedOut, TooManyFiles, VisinspectError
 from visinspect.inference.runner import Classification, InferenceRunner
+from visinspect.services.images import ImageService
 
 log = structlog.get_logger("visinspect.predict")
 
@@ -55,6 +56,7 @@ class PredictionService:
         self,
         runner: InferenceRunner,
         writer: PredictionWriter,
+        images: ImageService | None = None,
         *,
         timeout_s: float,
         default_top_k: int,
@@ -62,6 +64,7 @@ class PredictionService:
     ) -> None:
         self.runner = runner
         self.writer = writer
+        self.images = images
         self.timeout_s = timeout_s
         self.default_top_k = default_top_k
         self.max_batch_files = max_batch_files
@@ -86,6 +89,8 @@ class PredictionService:
         )
         latency_ms = (time.perf_counter() - started) * 1000
         record = new_record(classification, upload, request_id, latency_ms)
+        if self.images is not None:
+            record.image_kept = await self.images.keep(classification, request_id)
         stored = await self.writer.store(record)
         log.info(
             "prediction.stored",

@@ -174,6 +174,61 @@ async function loadClasses() {
   }));
 }
 
+// Thumbnails need the API key, which an <img src> cannot send: each is fetched once and shown
+// from a blob: URL, kept while its prediction is in the queue.
+const thumbnails = new Map();
+
+function thumbnail(item) {
+  if (!item.image_kept) return Promise.resolve(null);
+  if (!thumbnails.has(item.id)) {
+    const headers = new Headers();
+    if (apiKey()) headers.set("Authorization", `Bearer ${apiKey()}`);
+    thumbnails.set(item.id, fetch(`/predictions/${item.id}/image?variant=thumbnail`, { headers })
+      .then(async (response) => (response.ok ? URL.createObjectURL(await response.blob()) : null))
+      .catch(() => null));
+  }
+  return thumbnails.get(item.id);
+}
+
+function forgetThumbnails(keep) {
+  for (const [id, url] of thumbnails) {
+    if (keep.has(id)) continue;
+    url.then((blobUrl) => blobUrl && URL.revokeObjectURL(blobUrl));
+    thumbnails.delete(id);
+  }
+}
+
+function showStrip(items) {
+  $("#queue-strip").replaceChildren(...items.map((item) => {
+    const entry = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.id = item.id;
+    const top = item.predictions[0];
+    button.setAttribute("aria-label", `#${item.id} ${top.class_name} ${percent(top.confidence)}`);
+    button.setAttribute("aria-current", String(item === state.current));
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = `${top.class_name} ${percent(top.confidence)}`;
+    if (item.image_kept) {
+      const image = document.createElement("img");
+      image.alt = "";
+      thumbnail(item).then((url) => { if (url) image.src = url; });
+      button.append(image);
+    }
+    button.append(label);
+    button.addEventListener("click", () => {
+      state.current = item;
+      for (const other of $("#queue-strip").querySelectorAll("button")) {
+        other.setAttribute("aria-current", String(other === button));
+      }
+      showItem(item);
+    });
+    entry.append(button);
+    return entry;
+  }));
+}
+
 async function loadQueue() {
   const params = new URLSearchParams({ reviewed: "false", limit: "50" });
   const cap = $("#queue-filters").elements.max_confidence.value;
@@ -181,11 +236,14 @@ async function loadQueue() {
   try {
     await loadClasses();
     const page = await api(`/predictions?${params}`);
-    const next = page.items.find((item) => !state.skipped.has(item.id));
+    const waiting = page.items.filter((item) => !state.skipped.has(item.id));
+    const next = waiting[0];
     state.current = next || null;
     $("#queue-info").textContent = page.total
       ? `${page.total} waiting for review${state.skipped.size ? `, ${state.skipped.size} skipped` : ""}`
       : "No predictions wait for review.";
+    forgetThumbnails(new Set(waiting.map((item) => item.id)));
+    showStrip(waiting);
     $("#review-item").hidden = !next;
     if (next) showItem(next);
   } catch (error) {
@@ -195,6 +253,15 @@ async function loadQueue() {
 
 function showItem(item) {
   const top = item.predictions[0];
+  const image = $("#review-image");
+  image.hidden = true;
+  image.removeAttribute("src");
+  thumbnail(item).then((url) => {
+    if (!url || state.current !== item) return;
+    image.src = url;
+    image.alt = `The image of prediction #${item.id}`;
+    image.hidden = false;
+  });
   $("#review-title").textContent = `#${item.id} ${item.filename || "(no file name)"}: ${top.class_name}?`;
   $("#review-meta").textContent = `${item.created_at.replace("T", " ").slice(0, 19)} UTC, `
     + `${item.model_name} (${item.precision}), ${item.image_width}x${item.image_height} ${item.image_format}`;

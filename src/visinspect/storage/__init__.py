@@ -1,0 +1,1 @@
+"""Files the service keeps besides the database: the kept images."""
