@@ -51,7 +51,10 @@ RUN /opt/build/bin/pip install --no-deps --no-build-isolation . \
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 visinspect \
- && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /app --shell /usr/sbin/nologin visinspect
+ && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /app --shell /usr/sbin/nologin visinspect \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/visinspect/images
+# /var/lib/visinspect/images: where compose and Kubernetes mount the kept images (IMAGE_STORE_DIR);
+# a new named volume takes this directory's owner.
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/visinspect/model /opt/visinspect/model
 COPY docker/entrypoint.sh /usr/local/bin/visinspect-entrypoint

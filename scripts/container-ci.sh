@@ -99,9 +99,11 @@ data = dict(l.split("=", 1) for l in lines if l and not l.startswith("#"))
 doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "visinspect"}, "data": data}
 open(sys.argv[2], "w").write(yaml.safe_dump(doc))
 PYEOF
-manifests=(deploy/k8s/deployment.yaml deploy/k8s/service.yaml deploy/k8s/hpa.yaml deploy/k8s/pdb.yaml
-  deploy/k8s/networkpolicy.yaml deploy/k8s/migrate/job.yaml deploy/k8s/prometheus-adapter-rule.yaml
-  "$work/configmap.yaml")
+manifests=()  # every manifest of both kustomizations, and the generated ConfigMap
+for file in deploy/k8s/*.yaml deploy/k8s/migrate/*.yaml; do
+  case $(basename "$file") in kustomization.yaml) ;; *) manifests+=("$file") ;; esac
+done
+manifests+=("$work/configmap.yaml")
 "$VENV/bin/kubernetes-validate" --strict --quiet -k 1.31.0 "${manifests[@]}"
 if [ ! -x .venv-manifests/bin/checkov ]; then  # its own venv: checkov pins what the dev venv must not
   python3 -m venv .venv-manifests
@@ -228,7 +230,13 @@ VISINSPECT_IMAGE="$IMAGE" DATABASE_URL="${db_url/127.0.0.1/db}" API_PORT="$port"
   "$COMPOSE" -f docker-compose.yml -f docker-compose.ci.yml -p visinspect-ci up -d --no-build --wait --wait-timeout 120
 curl -fsS "http://127.0.0.1:$port/health" && echo
 "$COMPOSE" -f docker-compose.yml -f docker-compose.ci.yml -p visinspect-ci ps --format '{{.Service}} {{.State}} {{.Health}}'
-"$COMPOSE" -f docker-compose.yml -f docker-compose.ci.yml -p visinspect-ci down -t 40
+# The upload is kept on the `images` volume, writable by the service's uid without any chown.
+kept_id=$(curl -fsS -F "file=@$photo" "http://127.0.0.1:$port/predict" \
+  | "$PY" -c "import json, sys; b = json.load(sys.stdin); assert b['image_kept'] is True, b; print(b['id'])")
+thumbnail_type=$(curl -fsS -o /dev/null -w '%{content_type}' "http://127.0.0.1:$port/predictions/$kept_id/image?variant=thumbnail")
+[ "$thumbnail_type" = image/jpeg ] || { echo "thumbnail served as $thumbnail_type" >&2; exit 1; }
+echo "compose: prediction $kept_id kept on the images volume; its thumbnail served as $thumbnail_type"
+"$COMPOSE" -f docker-compose.yml -f docker-compose.ci.yml -p visinspect-ci down -v -t 40
 
 step "5. three replicas, one fresh database, started at the same moment"
 db_url=$(new_database)

@@ -73,3 +73,11 @@ def test_start_up_defaults() -> None:
 def test_a_drift_window_that_is_not_a_window_is_refused(window: str) -> None:
     with pytest.raises(ValidationError, match="drift_window"):
         Settings(_env_file=None, drift_window=window)  # type: ignore[call-arg]
+
+
+def test_an_empty_image_store_dir_keeps_no_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compose passes `IMAGE_STORE_DIR=` to turn the store off: that is no store, not `.`."""
+    monkeypatch.setenv("IMAGE_STORE_DIR", "")
+    assert Settings(_env_file=None).image_store_dir is None  # type: ignore[call-arg]
+    monkeypatch.setenv("IMAGE_STORE_DIR", "~/images")
+    assert Settings(_env_file=None).image_store_dir == Path.home() / "images"  # type: ignore[call-arg]

@@ -102,6 +102,9 @@ def pod_specs() -> dict[str, dict[str, Any]]:
     return {
         "deployment": manifest("deployment.yaml")["spec"]["template"]["spec"],
         "migrate job": manifest("migrate/job.yaml")["spec"]["template"]["spec"],
+        "images cleanup": manifest("images-cleanup-cronjob.yaml")["spec"]["jobTemplate"]["spec"][
+            "template"
+        ]["spec"],
     }
 
 
@@ -162,7 +165,7 @@ def test_tmp_holds_every_upload_the_pod_may_be_parsing() -> None:
     assert int(size.removesuffix("Gi")) << 30 > spool
 
 
-@pytest.mark.parametrize("name", ["deployment", "migrate job"])
+@pytest.mark.parametrize("name", ["deployment", "migrate job", "images cleanup"])
 def test_pods_are_locked_down(name: str) -> None:
     spec = pod_specs()[name]
     assert spec["automountServiceAccountToken"] is False
@@ -242,3 +245,25 @@ def test_every_base_image_is_pinned_by_digest() -> None:
     images = [base] + [s["image"] for n, s in compose["services"].items() if n != "api"]
     assert images
     assert [i for i in images if not DIGEST.search(i)] == []
+
+
+def test_the_pods_and_the_cleanup_share_the_kept_images() -> None:
+    """IMAGE_STORE_DIR is the shared claim's mount in every pod and in the CronJob, the claim
+    is larger than the store's bound, and the CronJob runs the cleanup command."""
+    values = config_env()
+    claim = manifest("images-pvc.yaml")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every pod, on any node
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    assert int(size.removesuffix("Gi")) << 30 > int(values["IMAGE_STORE_MAX_BYTES"])
+    for name in ("deployment", "images cleanup"):
+        spec = pod_specs()[name]
+        (volume,) = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        (container,) = spec["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts[volume["name"]] == values["IMAGE_STORE_DIR"]
+        assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    (cleanup,) = pod_specs()["images cleanup"]["containers"]
+    assert cleanup["command"] == ["visinspect", "images", "cleanup"]
+    kustomization = manifest("kustomization.yaml")
+    assert {"images-pvc.yaml", "images-cleanup-cronjob.yaml"} <= set(kustomization["resources"])

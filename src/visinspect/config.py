@@ -338,6 +338,12 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("image_store_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`IMAGE_STORE_DIR=` (compose's way of unsetting) means no store, not the directory ""."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("model_weights", "model_dir", "image_store_dir")
     @classmethod
     def _expand_home(cls, path: Path | None) -> Path | None:
