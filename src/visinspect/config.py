@@ -318,6 +318,24 @@ class Settings(BaseSettings):
         default=2, ge=0, le=64, description="glibc malloc arenas (0 = leave glibc's default)."
     )
 
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="An OpenTelemetry collector's OTLP/HTTP base URL, e.g. "
+        "`http://otel-collector:4318`: traces (a span per request; decode, queue wait, inference "
+        "and database write per image) go to its /v1/traces. Unset = no tracing, at no cost.",
+    )
+    otel_service_name: str = Field(
+        default="visinspect", min_length=1, max_length=128, description="The traces' service.name."
+    )
+    otel_traces_sampler_arg: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of requests traced (parent-based: a caller's sampled `traceparent` "
+        "is always followed).",
+    )
+
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         description="Where prometheus-client's multiprocess mode keeps each server process's "

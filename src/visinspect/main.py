@@ -35,15 +35,23 @@ from visinspect.logging import configure_logging
 from visinspect.memory import limit_malloc_arenas
 from visinspect.metrics import Metrics
 from visinspect.startup import Prepared, StartupFailed, open_services, prepare
+from visinspect.tracing import TELEMETRY_OFF, Tracing
 
 log = structlog.get_logger("visinspect")
 
 
-def create_app(settings: Settings | None = None, prepared: Prepared | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    prepared: Prepared | None = None,
+    tracing: Tracing | None = None,
+) -> FastAPI:
+    """`tracing`: for tests (an in-memory exporter); else from the settings (OTEL_*), or off."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
     limit_malloc_arenas(settings.malloc_arena_max)  # before the lifespan starts its threads
+    tracing = tracing or Tracing.from_settings(settings)
     app = FastAPI(
+        telemetry=tracing.fastapi_telemetry() if tracing is not None else TELEMETRY_OFF,
         title="Visual Inspection Service",
         version=__version__,
         summary="ImageNet top-k classification with a pretrained EfficientNet; every prediction stored.",
@@ -56,6 +64,7 @@ def create_app(settings: Settings | None = None, prepared: Prepared | None = Non
     app.state.prepared = prepared
     app.state.metrics = Metrics(settings.prometheus_multiproc_dir)
     app.state.api_keys = ApiKeys(settings.api_keys)
+    app.state.tracing = tracing
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(predictions.router)
@@ -85,7 +94,9 @@ def create_app(settings: Settings | None = None, prepared: Prepared | None = Non
         )
     app.add_middleware(SecurityHeadersMiddleware)
     # Outermost: every response gets its id, one log line and its metrics.
-    app.add_middleware(RequestObservationMiddleware, metrics=app.state.metrics)
+    app.add_middleware(
+        RequestObservationMiddleware, metrics=app.state.metrics, tracing=app.state.tracing
+    )
     return app
 
 
@@ -100,8 +111,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             exc.log()
             raise
     metrics: Metrics = app.state.metrics
+    tracing: Tracing | None = app.state.tracing
     try:
-        async with open_services(settings, prepared, metrics) as services:
+        async with open_services(settings, prepared, metrics, tracing) as services:
             identity = services.classifier.identity
             metrics.set_model(identity.name, identity.version, identity.backend, identity.precision)
             app.state.services = services
@@ -119,3 +131,5 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 log.info("shutdown.begin")
     finally:
         prepared.close()
+        if tracing is not None:
+            await anyio.to_thread.run_sync(tracing.shutdown)  # exports what is buffered

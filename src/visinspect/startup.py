@@ -38,6 +38,7 @@ from visinspect.services.images import ImageService
 from visinspect.services.predictions import PredictionService
 from visinspect.services.reviews import ReviewService
 from visinspect.storage.images import ImageStore, open_image_store
+from visinspect.tracing import Tracing
 
 __all__ = ["Prepared", "Services", "StartupFailed", "open_services", "prepare", "prepare_shared"]
 
@@ -128,9 +129,11 @@ async def open_services(
     settings: Settings,
     prepared: Prepared,
     metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[Services]:
     """Start the batcher and the writer, build the services; on exit, stop both after writing
-    what is queued (the server has drained its requests by then). `metrics` observes them."""
+    what is queued (the server has drained its requests by then). `metrics` observes them;
+    `tracing` (None: off) records each classification's spans."""
     batcher = MicroBatcher(
         prepared.classifier,
         settings.max_batch_size,
@@ -166,6 +169,7 @@ async def open_services(
         runner,
         writer,
         images,
+        tracing,
         timeout_s=settings.request_timeout_s,
         default_top_k=settings.default_top_k,
         max_batch_files=settings.max_batch_files,

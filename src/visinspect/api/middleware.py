@@ -18,6 +18,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visinspect.metrics import Metrics
+from visinspect.tracing import Tracing
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A client's id is echoed only when it is short and harmless in a log line or header.
@@ -32,9 +33,10 @@ def request_id_from(scope: Scope) -> str:
 
 
 class RequestObservationMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, tracing: Tracing | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracing = tracing  # None: traces are off
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,7 +56,10 @@ class RequestObservationMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        ids = {"request_id": request_id}
+        if self.tracing is not None:  # FastAPI's server span is current: tag it, log its trace
+            ids["trace_id"] = self.tracing.mark_request(request_id) or ""
+        with structlog.contextvars.bound_contextvars(**ids):
             try:
                 await self.app(scope, receive, send_with_id)
             finally:

@@ -31,6 +31,7 @@ import structlog
 from visinspect.capacity import run_in_background
 from visinspect.errors import DeadlineUnreachable, Overloaded
 from visinspect.inference.model import Classifier, Prediction
+from visinspect.tracing import Timeline
 
 log = structlog.get_logger("visinspect.batcher")
 
@@ -40,6 +41,7 @@ class _Job:
     pixels: np.ndarray
     top_k: int
     future: asyncio.Future[list[Prediction]] = field(repr=False)
+    timeline: Timeline | None = None  # when traced: the batch's start and end go here
 
 
 @dataclass(slots=True)
@@ -118,12 +120,17 @@ class MicroBatcher:
         ]
 
     async def classify(
-        self, pixels: np.ndarray, top_k: int, deadline: float | None = None
+        self,
+        pixels: np.ndarray,
+        top_k: int,
+        deadline: float | None = None,
+        timeline: Timeline | None = None,
     ) -> list[Prediction]:
+        """`timeline`: when given, receives when the image's batch entered and left the model."""
         self.check_deadline(deadline)
         future: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(pixels, top_k, future))
+            self._queue.put_nowait(_Job(pixels, top_k, future, timeline))
         except asyncio.QueueFull:
             raise Overloaded(
                 f"{self._queue.maxsize} images are already waiting for the model (MAX_QUEUE); "
@@ -144,6 +151,7 @@ class MicroBatcher:
             if not jobs:
                 continue
             started = time.perf_counter()
+            started_ns = time.time_ns()
             self._in_model += len(jobs)
             try:
                 results = await loop.run_in_executor(self._model_threads, self._predict, jobs)
@@ -160,7 +168,11 @@ class MicroBatcher:
             self.stats.add(len(jobs))
             if self.on_batch is not None:
                 self.on_batch(len(jobs), elapsed)
+            ended_ns = time.time_ns()
             for job, result in zip(jobs, results, strict=True):
+                if job.timeline is not None:
+                    job.timeline.model_started, job.timeline.model_ended = started_ns, ended_ns
+                    job.timeline.batch_size = len(jobs)
                 if not job.future.done():
                     job.future.set_result(result)
 

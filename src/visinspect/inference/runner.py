@@ -14,6 +14,7 @@ from visinspect.errors import ClientGone
 from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.decoders import DecoderPool
 from visinspect.inference.model import Classifier, ModelIdentity, Prediction
+from visinspect.tracing import Timeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +49,23 @@ class InferenceRunner:
         top_k: int,
         deadline: float | None = None,
         gone: Callable[[], Awaitable[bool]] | None = None,
+        timeline: Timeline | None = None,
     ) -> Classification:
         """Top-k classes of one uploaded image (read when a decoder is free); raises InvalidImage
         subclasses for bad input, Overloaded when the model's queue is full, DeadlineUnreachable
         when the work ahead outlasts `deadline` (event-loop time; checked before decoding and
-        again before queueing) and ClientGone when `gone()` says the client left meanwhile."""
+        again before queueing) and ClientGone when `gone()` says the client left meanwhile.
+        `timeline` (when traced) receives when each phase began and ended."""
         self.batcher.check_deadline(deadline)
+        if timeline is not None:
+            timeline.decode_started = time.time_ns()
         decoded = await self.decoders.decode(read)
+        if timeline is not None:
+            timeline.decoded = time.time_ns()
         if gone is not None and await gone():
             raise ClientGone("the client closed the connection before its image reached the model")
         decoded_at = time.perf_counter()
-        predictions = await self.batcher.classify(decoded.image.pixels, top_k, deadline)
+        predictions = await self.batcher.classify(decoded.image.pixels, top_k, deadline, timeline)
         return Classification(
             model=self.classifier.identity,
             predictions=predictions,

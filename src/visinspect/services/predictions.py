@@ -22,6 +22,7 @@ from visinspect.db.writer import PredictionWriter
 from visinspect.errors import RequestTimedOut, TooManyFiles, VisinspectError
 from visinspect.inference.runner import Classification, InferenceRunner
 from visinspect.services.images import ImageService
+from visinspect.tracing import Timeline, Tracing, now_ns
 
 log = structlog.get_logger("visinspect.predict")
 
@@ -57,6 +58,7 @@ class PredictionService:
         runner: InferenceRunner,
         writer: PredictionWriter,
         images: ImageService | None = None,
+        tracing: Tracing | None = None,
         *,
         timeout_s: float,
         default_top_k: int,
@@ -65,6 +67,7 @@ class PredictionService:
         self.runner = runner
         self.writer = writer
         self.images = images
+        self.tracing = tracing  # None: traces are off
         self.timeout_s = timeout_s
         self.default_top_k = default_top_k
         self.max_batch_files = max_batch_files
@@ -83,15 +86,50 @@ class PredictionService:
         `deadline_s`: the client's own time limit (capped by REQUEST_TIMEOUT_S); work that cannot
         finish within it is refused at once. `gone`: tells whether the client has left, so that
         its image is dropped before the model spends time on it."""
+        timeline = Timeline(started=now_ns()) if self.tracing is not None else None
+        try:
+            stored = await self._classify_and_record(
+                upload, request_id, top_k, deadline_s, gone, timeline
+            )
+        except VisinspectError as exc:
+            if self.tracing is not None and timeline is not None:
+                self.tracing.record_classification(timeline, request_id, {}, exc.code)
+            raise
+        if self.tracing is not None and timeline is not None:
+            self.tracing.record_classification(
+                timeline,
+                request_id,
+                {
+                    "visinspect.prediction_id": stored.id,
+                    "visinspect.class_name": stored.class_name,
+                    "visinspect.confidence": stored.confidence,
+                    "visinspect.image_bytes": stored.image_bytes,
+                },
+            )
+        return stored
+
+    async def _classify_and_record(
+        self,
+        upload: Upload,
+        request_id: str,
+        top_k: int | None,
+        deadline_s: float | None,
+        gone: Callable[[], Awaitable[bool]] | None,
+        timeline: Timeline | None,
+    ) -> PredictionRecord:
         started = time.perf_counter()
         classification = await self._classify(
-            upload.read, top_k or self.default_top_k, deadline_s, gone
+            upload.read, top_k or self.default_top_k, deadline_s, gone, timeline
         )
         latency_ms = (time.perf_counter() - started) * 1000
         record = new_record(classification, upload, request_id, latency_ms)
         if self.images is not None:
             record.image_kept = await self.images.keep(classification, request_id)
+        if timeline is not None:
+            timeline.write_started = now_ns()
         stored = await self.writer.store(record)
+        if timeline is not None:
+            timeline.written = now_ns()
         log.info(
             "prediction.stored",
             record_id=stored.id,
@@ -145,12 +183,13 @@ class PredictionService:
         top_k: int,
         deadline_s: float | None,
         gone: Callable[[], Awaitable[bool]] | None,
+        timeline: Timeline | None,
     ) -> Classification:
         limit_s = self.timeout_s if deadline_s is None else min(deadline_s, self.timeout_s)
         deadline = asyncio.get_running_loop().time() + limit_s
         try:
             with anyio.fail_after(limit_s):
-                return await self.runner.classify(read, top_k, deadline, gone)
+                return await self.runner.classify(read, top_k, deadline, gone, timeline)
         except TimeoutError:
             which = "REQUEST_TIMEOUT_S" if limit_s == self.timeout_s else "X-Request-Timeout-Ms"
             raise RequestTimedOut(
