@@ -38,6 +38,13 @@ def test_client_round_trip(server: tuple[object, str, str], photos: Path) -> Non
         with pytest.raises(ServiceError) as refused:
             client.predict(b"")
         assert (refused.value.status, refused.value.code) == (400, "empty_file")
+        # The server fixture keeps images: the upload comes back as it was sent.
+        assert coffee.image_kept is True
+        assert client.image(coffee.id) == (photos / "coffee.png").read_bytes()
+        assert client.image(coffee.id, thumbnail=True).startswith(b"\xff\xd8")  # a JPEG
+        with pytest.raises(ServiceError) as missing:
+            client.image(10**9)
+        assert (missing.value.status, missing.value.code) == (404, "prediction_not_found")
 
 
 def test_client_and_cli_review_quality_and_drift(

@@ -125,6 +125,15 @@ class Client:
     def prediction(self, prediction_id: int) -> PredictionOut:
         return PredictionOut.model_validate(_ok(self._http.get(f"/predictions/{prediction_id}")))
 
+    def image(self, prediction_id: int, thumbnail: bool = False) -> bytes:
+        """The kept upload of a prediction (or its JPEG thumbnail); ServiceError 404
+        `image_not_kept` when the server keeps no image for it."""
+        params = {"variant": "thumbnail"} if thumbnail else {}
+        response = self._http.get(f"/predictions/{prediction_id}/image", params=params)
+        if not response.is_success:
+            _ok(response)  # raises ServiceError with the server's code and message
+        return response.content
+
     def stats(self, class_name: str | None = None) -> StatsOut:
         response = self._http.get("/predictions/stats", params=_params(class_name=class_name))
         return StatsOut.model_validate(_ok(response))
