@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run model test audit install-check chromium containers bench bench-smoke footprint photos quantization reliability lock axe lint typecheck pytest postgres hey clean
+.PHONY: run model test audit install-check chromium containers bench bench-smoke bench-history bench-history-smoke footprint photos quantization reliability lock axe lint typecheck pytest postgres hey clean
 
 # The first run builds the model artifact (MODEL_DIR, default ~/.cache/visinspect/model); later runs
 # find it up to date and start at once.
@@ -36,6 +36,17 @@ bench: $(VENV)/.installed-dev model postgres hey
 
 bench-smoke: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.load --smoke
+
+# The history at scale (bench/history.py): 10 M realistic rows (kept between runs: the fill takes
+# minutes), then every history, statistics, quality and drift call timed through the server.
+HISTORY_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/visinspect_history
+HISTORY_ROWS ?= 10000000
+bench-history: $(VENV)/.installed-dev model postgres
+	$(BIN)/python -m bench.history run --rows $(HISTORY_ROWS) --database-url $(HISTORY_DATABASE_URL)
+
+bench-history-smoke: $(VENV)/.installed-dev model postgres
+	$(BIN)/python -m bench.history run --fresh --rows 20000 --requests 3 \
+	  --database-url postgresql+psycopg://postgres@127.0.0.1:5432/visinspect_history_smoke
 
 # Soak at twice the capacity, 2 GB uploads, benign traffic under attack, the decode-bomb corpus
 # against the budgets (docs/reliability.md). SOAK_SECONDS=60 by default.

@@ -85,9 +85,12 @@ class Client:
         offset: int = 0,
         reviewed: bool | None = None,
         max_confidence: float | None = None,
+        cursor: str | None = None,
     ) -> PredictionPage:
-        """A page of the history; `reviewed=False` is the review queue, least confident first."""
+        """A page of the history; `reviewed=False` is the review queue, least confident first.
+        The next page: the same call with `cursor=page.next_cursor` (and no offset)."""
         params = _params(
+            cursor=cursor,
             class_name=class_name,
             created_after=created_after.isoformat() if created_after else None,
             created_before=created_before.isoformat() if created_before else None,

@@ -104,6 +104,16 @@ class UnknownClass(InvalidRequest):
     code = "unknown_class"
 
 
+class InvalidCursor(InvalidRequest):
+    code = "invalid_cursor"
+
+
+class OffsetTooDeep(InvalidRequest):
+    """An offset beyond what is cheap to skip: page with the cursor instead."""
+
+    code = "offset_too_deep"
+
+
 class TooManyFiles(InvalidRequest):
     code = "too_many_files"
 

@@ -30,6 +30,8 @@ EXPECTED = {
     errors.InvalidTimeRange: 422,
     errors.TooManyFiles: 422,
     errors.InvalidReview: 422,
+    errors.InvalidCursor: 422,
+    errors.OffsetTooDeep: 422,
     errors.UnknownClass: 422,
     errors.PredictionNotFound: 404,
     errors.MissingApiKey: 401,

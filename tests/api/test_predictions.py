@@ -41,6 +41,52 @@ def test_paging(history: tuple[TestClient, list[dict]]) -> None:  # type: ignore
     assert (first["limit"], second["offset"], last["total"]) == (2, 2, 5)
 
 
+def test_cursor_paging_walks_the_history_once(
+    history: tuple[TestClient, list[dict]],  # type: ignore[type-arg]
+) -> None:
+    """next_cursor leads through every row exactly once, newest first, and ends with null; the
+    review queue's order pages the same way."""
+    client, made = history
+    for params, expected in [
+        ({}, [b["id"] for b in reversed(made)]),
+        (
+            {"reviewed": "false"},
+            [
+                b["id"]
+                for b in sorted(made, key=lambda b: (b["predictions"][0]["confidence"], b["id"]))
+            ],
+        ),
+    ]:
+        seen, cursor = [], None
+        while True:
+            page = client.get(
+                "/predictions",
+                params={**params, "limit": 2, **({"cursor": cursor} if cursor else {})},
+            ).json()
+            assert (page["total"], page["total_exact"]) == (5, True)
+            seen += [item["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == expected
+
+
+def test_cursor_and_offset_refusals(history: tuple[TestClient, list[dict]]) -> None:  # type: ignore[type-arg]
+    client, _ = history
+    newest = client.get("/predictions", params={"limit": 1}).json()["next_cursor"]
+    queue = client.get("/predictions", params={"limit": 1, "reviewed": "false"}).json()
+    cases = [
+        ({"offset": 10_001}, "offset_too_deep"),
+        ({"cursor": newest, "offset": 2}, "invalid_request"),
+        ({"cursor": "not-a-cursor"}, "invalid_cursor"),
+        ({"cursor": "eyJvIjoibmV3ZXN0In0="}, "invalid_cursor"),  # {"o":"newest"}: no position
+        ({"cursor": queue["next_cursor"]}, "invalid_cursor"),  # another order's cursor
+    ]
+    for params, code in cases:
+        response = client.get("/predictions", params=params)
+        assert (response.status_code, response.json()["error"]["code"]) == (422, code), params
+
+
 def test_filter_by_class_name(history: tuple[TestClient, list[dict]]) -> None:  # type: ignore[type-arg]
     client, _ = history
     page = client.get("/predictions", params={"class_name": "espresso"}).json()

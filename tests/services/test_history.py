@@ -109,3 +109,22 @@ async def test_control_characters_in_a_class_name_are_refused(history: HistorySe
     """PostgreSQL refuses NUL in text: a 422 on every database, never a driver error."""
     with pytest.raises(InvalidRequest, match="control characters"):
         await history.stats(HistoryFilter(class_name="a\x00b"), top_classes=10)
+
+
+async def test_the_total_is_counted_only_up_to_its_cap(
+    history: HistoryService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond TOTAL_COUNT_CAP the page says "more than" instead of reading every row."""
+    from visinspect.services import history as module
+
+    monkeypatch.setattr(module, "TOTAL_COUNT_CAP", 3)
+    capped = await history.page(HistoryFilter(), limit=2)
+    assert (capped.total, capped.total_exact) == (3, False)
+    exact = await history.page(HistoryFilter(class_name="espresso"), limit=2)
+    assert (exact.total, exact.total_exact) == (3, True)
+    assert exact.next_cursor is not None
+    rest = await history.page(
+        HistoryFilter(class_name="espresso"), limit=2, cursor=exact.next_cursor
+    )
+    assert [r.class_name for r in rest.records] == ["espresso"]
+    assert rest.next_cursor is None

@@ -193,7 +193,18 @@ class StatsOut(BaseModel):
 
 class PredictionPage(BaseModel):
     items: list[PredictionOut]
-    total: int = Field(description="Rows matching the filters, over all pages")
+    total: int = Field(
+        description="Rows matching the filters, over all pages: exact up to 10,000; beyond, "
+        "10,000 with `total_exact` false (counting further would read every matching row)"
+    )
+    total_exact: bool = Field(
+        default=True, description='false: there are more than `total` rows ("10,000+")'
+    )
+    next_cursor: str | None = Field(
+        default=None,
+        description="Pass it as `cursor` (with the same filters) for the next page; null on the "
+        "last page. Every page costs the same, however deep",
+    )
     limit: int
     offset: int
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Dialect,
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -124,6 +126,65 @@ class ReviewRecord(Base):
         # The latest review of a prediction, and a prediction's review history.
         Index("ix_reviews_prediction_id_id", "prediction_id", "id"),
     )
+
+
+# --- rollups: what statistics and drift read instead of the rows ------------------------------
+# Maintained by the database itself: an AFTER INSERT trigger on `predictions` (per statement on
+# PostgreSQL, over its transition table; per row on SQLite) adds each inserted row to them in the
+# same transaction, whichever release or tool inserted it (db/rollups.py has the triggers' SQL).
+# Keys are what a record says about the model, so one hour may hold several model versions.
+
+
+class HourlyClassCount(Base):
+    """Predictions per UTC hour, model and top-1 class, with their confidences' sum."""
+
+    __tablename__ = "rollup_hourly_classes"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32), primary_key=True)
+    precision: Mapped[str] = mapped_column(String(8), primary_key=True)
+    # By name, as statistics and drift count (a class id means a name only with its model).
+    class_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    class_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    model_name: Mapped[str] = mapped_column(String(64), nullable=False)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    confidence_sum: Mapped[float] = mapped_column(nullable=False)
+
+    __table_args__ = (Index("ix_rollup_hourly_classes_class_name_hour", "class_name", "hour"),)
+
+
+class DailyClassCount(Base):
+    """The same per UTC day: all-time statistics read a row per day and class, not per hour."""
+
+    __tablename__ = "rollup_daily_classes"
+
+    day: Mapped[date] = mapped_column(Date(), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32), primary_key=True)
+    precision: Mapped[str] = mapped_column(String(8), primary_key=True)
+    # By name, as statistics and drift count (a class id means a name only with its model).
+    class_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    class_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    model_name: Mapped[str] = mapped_column(String(64), nullable=False)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    confidence_sum: Mapped[float] = mapped_column(nullable=False)
+
+    __table_args__ = (Index("ix_rollup_daily_classes_class_name_day", "class_name", "day"),)
+
+
+class HourlyConfidenceCount(Base):
+    """Predictions per UTC hour and model whose top-1 confidence c has floor(100 c) = bucket
+    (0..99; 1.0 counts in 99): the confidence distribution drift compares."""
+
+    __tablename__ = "rollup_hourly_confidences"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32), primary_key=True)
+    precision: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class SchemaCompatibility(Base):

@@ -6,10 +6,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, case, exists, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    case,
+    exists,
+    func,
+    insert,
+    inspect,
+    literal,
+    select,
+    tuple_,
+)
 from sqlalchemy.orm import Session
 
-from visinspect.db.models import PredictionRecord, ReviewRecord
+from visinspect.db import rollups
+from visinspect.db.models import PredictionRecord, ReviewRecord, UTCDateTime
 
 S = TypeVar("S", bound=Select[*tuple[Any, ...]])
 
@@ -36,53 +48,87 @@ class QualityCounts:
     confusions: list[tuple[int, str, int, int]]  # predicted id and name, true id, count
 
 
+# Every attribute of a record but its id, which the database assigns.
+_INSERTED = [a.key for a in inspect(PredictionRecord).column_attrs if a.key != "id"]
+
+
 def add_predictions(session: Session, records: list[PredictionRecord]) -> None:
-    """One INSERT round trip for a group of rows (ids come back with it)."""
-    session.add_all(records)
-    session.flush()
+    """One INSERT for a group of rows, their ids returned in order and set on the records: a
+    bulk INSERT ... RETURNING, without the unit of work's per-object bookkeeping (the group
+    commit's rows are only ever inserted)."""
+    statement = insert(PredictionRecord).returning(
+        PredictionRecord.id, sort_by_parameter_order=True
+    )
+    rows = [{key: getattr(record, key) for key in _INSERTED} for record in records]
+    for record, row_id in zip(records, session.scalars(statement, rows), strict=True):
+        record.id = row_id
 
 
 def get_prediction(session: Session, prediction_id: int) -> PredictionRecord | None:
     return session.get(PredictionRecord, prediction_id)
 
 
+@dataclass(frozen=True, slots=True)
+class After:
+    """Where the previous page ended (keyset pagination): its last row's sort key and id."""
+
+    created_at: datetime | None = None  # newest first
+    confidence: float | None = None  # least confident first
+    id: int = 0
+
+
 def list_predictions(
     session: Session,
     where: PredictionFilter,
     limit: int,
-    offset: int,
+    offset: int = 0,
     least_confident_first: bool = False,
-) -> tuple[list[PredictionRecord], int]:
-    """One page, newest first (or least confident first; id breaks ties), and the number of rows
-    matching the filter."""
-    order = (
-        (PredictionRecord.confidence.asc(), PredictionRecord.id.asc())
-        if least_confident_first
-        else (PredictionRecord.created_at.desc(), PredictionRecord.id.desc())
-    )
-    page = _filtered(select(PredictionRecord), where).order_by(*order).limit(limit).offset(offset)
-    total = session.scalar(_filtered(select(func.count(PredictionRecord.id)), where))
-    return list(session.scalars(page)), int(total or 0)
+    after: After | None = None,
+) -> list[PredictionRecord]:
+    """One page, newest first (or least confident first; id breaks ties), starting after
+    `after`: an index range scan on (created_at, id) that reads only the page, however deep."""
+    statement = _filtered(select(PredictionRecord), where)
+    if least_confident_first:
+        statement = statement.order_by(PredictionRecord.confidence.asc(), PredictionRecord.id.asc())
+        if after is not None and after.confidence is not None:
+            statement = statement.where(
+                tuple_(PredictionRecord.confidence, PredictionRecord.id)
+                > tuple_(literal(after.confidence), literal(after.id))
+            )
+    else:
+        statement = statement.order_by(
+            PredictionRecord.created_at.desc(), PredictionRecord.id.desc()
+        )
+        if after is not None and after.created_at is not None:
+            statement = statement.where(
+                tuple_(PredictionRecord.created_at, PredictionRecord.id)
+                < tuple_(literal(after.created_at, UTCDateTime()), literal(after.id))
+            )
+    return list(session.scalars(statement.limit(limit).offset(offset)))
+
+
+def count_predictions(session: Session, where: PredictionFilter, cap: int) -> tuple[int, bool]:
+    """The rows matching the filter, counted up to `cap` (reading at most cap + 1 index
+    entries): (count, True), or (cap, False) when there are more."""
+    matching = _filtered(select(PredictionRecord.id), where).limit(cap + 1).subquery()
+    counted = int(session.scalar(select(func.count()).select_from(matching)) or 0)
+    return (counted, True) if counted <= cap else (cap, False)
 
 
 def prediction_stats(
     session: Session, where: PredictionFilter, top_classes: int
 ) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
-    """Total, counts per top-1 class (most frequent first) and per UTC day (oldest first), in SQL."""
-    count = func.count(PredictionRecord.id)
-    total = session.scalar(_filtered(select(count), where)) or 0
-    by_class = session.execute(
-        _filtered(select(PredictionRecord.class_name, count), where)
-        .group_by(PredictionRecord.class_name)
-        .order_by(count.desc(), PredictionRecord.class_name)
-        .limit(top_classes)
-    ).all()
-    day = func.date(PredictionRecord.created_at)  # connections run in UTC (db/session.py)
-    by_day = session.execute(_filtered(select(day, count), where).group_by(day).order_by(day)).all()
+    """Total, counts per top-1 class (most frequent first) and per UTC day (oldest first), from
+    the rollups (`db/rollups.py`): a row per day and class, whatever the number of predictions.
+    Only the class and time filters apply (what the statistics offer)."""
+    counts = rollups.class_counts(
+        session, where.created_after, where.created_before, where.class_name
+    )
+    by_class = sorted(counts.by_class.items(), key=lambda item: (-item[1], item[0]))
     return (
-        int(total),
-        [(str(name), int(n)) for name, n in by_class],
-        [(str(d), int(n)) for d, n in by_day],
+        counts.total,
+        by_class[:top_classes],
+        [(d.isoformat(), n) for d, n in sorted(counts.by_day.items()) if n],
     )
 
 
@@ -172,41 +218,23 @@ def quality_counts(
 
 # The confidences' distribution is read as its cumulative counts at these edges (0.01, ..., 0.99):
 # one scan, on every database, and what a two-sample Kolmogorov-Smirnov statistic needs.
-CONFIDENCE_EDGES = tuple(k / 100 for k in range(1, 100))
-
-
 @dataclass(frozen=True, slots=True)
 class WindowDistribution:
     count: int
     confidence_sum: float
     by_class: dict[str, int]  # top-1 class -> predictions
-    below_edge: tuple[int, ...]  # predictions with confidence < each of CONFIDENCE_EDGES
+    buckets: list[int]  # predictions per confidence bucket: floor(100 c), 0..99
 
 
 def window_distribution(session: Session, start: datetime, end: datetime) -> WindowDistribution:
-    """Top-1 classes and confidences of the predictions made in [start, end)."""
-    in_window = (PredictionRecord.created_at >= start, PredictionRecord.created_at < end)
-    cumulative = [
-        func.coalesce(func.sum(case((PredictionRecord.confidence < edge, 1), else_=0)), 0)
-        for edge in CONFIDENCE_EDGES
-    ]
-    count, total, *below = session.execute(
-        select(
-            func.count(PredictionRecord.id),
-            func.coalesce(func.sum(PredictionRecord.confidence), 0.0),
-            *cumulative,
-        ).where(*in_window)
-    ).one()
-    by_class = session.execute(
-        select(PredictionRecord.class_name, func.count(PredictionRecord.id))
-        .where(*in_window)
-        .group_by(PredictionRecord.class_name)
-    ).all()
+    """Top-1 classes and confidences of the predictions made in [start, end), from the rollups
+    (and the rows of the partial hours at the window's ends)."""
+    counts = rollups.class_counts(session, start, end, per_day=False)
     return WindowDistribution(
-        int(count),
-        float(total),
-        {str(n): int(c) for n, c in by_class},
-        tuple(int(b) for b in below),
+        counts.total,
+        counts.confidence_sum,
+        {name: n for name, n in counts.by_class.items() if n},
+        rollups.confidence_buckets(session, start, end),
     )
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from visinspect.config import Settings
 from visinspect.db import compatibility
 from visinspect.db.models import Base
+from visinspect.db.rollups import install_triggers
 from visinspect.db.session import describe_failure
 from visinspect.errors import StartupFailed
 
@@ -121,6 +122,7 @@ def grant_serving_privileges(connection: Connection, role: str) -> None:
 def create_all_for_development(engine: Engine) -> None:
     """DATABASE_CREATE_ALL=true only: tables straight from the ORM, no Alembic history."""
     Base.metadata.create_all(engine)
+    install_triggers(engine)  # the rollups' triggers, which no ORM table holds
     log.warning("db.create_all", hint="development only; production runs migrations")
 
 

@@ -3,8 +3,9 @@
 Classes: the Jensen-Shannon distance (base 2, from 0 for the same distribution to 1 for disjoint
 ones) between the two windows' top-1 class distributions, and the classes whose share moved most.
 Confidences: the two-sample Kolmogorov-Smirnov statistic between the two windows' confidences,
-read from cumulative counts at 0.01 steps (`db/repository.window_distribution`; the statistic at
-those edges, so within 0.01 in confidence of the exact one), with the p-value of the asymptotic
+read from cumulative counts at 0.01 steps (the rollups' confidence buckets,
+`db/rollups.confidence_buckets`; the statistic at those edges, so within 0.01 in confidence of the
+exact one), with the p-value of the asymptotic
 Kolmogorov distribution. Both are a few lines of NumPy: SciPy would add about 100 MB to a serving
 image held to 450 MB, so `tests/services/test_drift.py` checks these figures against SciPy's
 `jensenshannon` and `kstwobign` instead.
@@ -109,6 +110,11 @@ def kolmogorov_sf(x: float) -> float:
     return min(1.0, max(0.0, 2 * terms))
 
 
+def below_edges(buckets: list[int]) -> tuple[int, ...]:
+    """Predictions with 100 c below 1, 2, ..., 99: cumulative counts of the confidence buckets."""
+    return tuple(int(n) for n in np.cumsum(buckets)[:-1])
+
+
 def ks_from_cumulative(
     below_a: tuple[int, ...], n_a: int, below_b: tuple[int, ...], n_b: int
 ) -> tuple[float, float]:
@@ -185,7 +191,10 @@ class DriftService:
         else:
             js, moved = _classes(recent, earlier)
             ks, p_value = ks_from_cumulative(
-                recent.below_edge, recent.count, earlier.below_edge, earlier.count
+                below_edges(recent.buckets),
+                recent.count,
+                below_edges(earlier.buckets),
+                earlier.count,
             )
             reasons = []
             if js >= limits.class_js:

@@ -6,17 +6,27 @@ Filters arrive as the client wrote them; this is where they become a valid UTC t
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from visinspect.db import repository
 from visinspect.db.models import PredictionRecord, ReviewRecord
-from visinspect.db.repository import PredictionFilter
+from visinspect.db.repository import After, PredictionFilter
 from visinspect.db.session import Database
-from visinspect.errors import InvalidRequest, InvalidTimeRange, PredictionNotFound
+from visinspect.errors import (
+    InvalidCursor,
+    InvalidRequest,
+    InvalidTimeRange,
+    OffsetTooDeep,
+    PredictionNotFound,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +56,18 @@ class HistoryFilter:
         )
 
 
+# Counting the rows that match stops here (it reads at most this many index entries), and an
+# offset may skip at most this many: deeper pages are reached with the cursor, at the same cost.
+TOTAL_COUNT_CAP = 10_000
+MAX_OFFSET = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     records: list[PredictionRecord]
-    total: int  # rows matching the filter, over all pages
+    total: int  # rows matching the filter, over all pages; at most TOTAL_COUNT_CAP
+    total_exact: bool  # False: there are more than `total`
+    next_cursor: str | None  # where the next page starts; None on the last page
     reviews: dict[int, ReviewRecord]  # prediction id -> its latest review, where it has one
 
 
@@ -80,14 +98,32 @@ class HistoryService:
         return record, reviews.get(prediction_id)
 
     async def page(
-        self, where: HistoryFilter, limit: int, offset: int, least_confident_first: bool = False
+        self,
+        where: HistoryFilter,
+        limit: int,
+        offset: int = 0,
+        least_confident_first: bool = False,
+        cursor: str | None = None,
     ) -> HistoryPage:
-        """Newest first, or least confident first (the review queue); with each record's review
-        that counts, read in the same transaction."""
-        records, total, reviews = await self.database.run(
-            _page_with_reviews, where.to_query(), limit, offset, least_confident_first
+        """Newest first, or least confident first (the review queue), from the start, an
+        `offset` (up to MAX_OFFSET) or a `cursor` (a previous page's `next_cursor`); with each
+        record's review that counts, read in the same transaction."""
+        if cursor is not None and offset:
+            raise InvalidRequest("give either cursor or offset, not both")
+        if offset > MAX_OFFSET:
+            raise OffsetTooDeep(
+                f"offset {offset} is above {MAX_OFFSET}: skipping rows reads them all; page on "
+                "with `cursor` (each page's next_cursor) instead"
+            )
+        order = "least_confident" if least_confident_first else "newest"
+        after = decode_cursor(cursor, order) if cursor is not None else None
+        records, (total, exact), reviews = await self.database.run(
+            _page_with_reviews, where.to_query(), limit, offset, least_confident_first, after
         )
-        return HistoryPage(records, total, reviews)
+        more = len(records) > limit
+        records = records[:limit]
+        next_cursor = encode_cursor(records[-1], order) if more else None
+        return HistoryPage(records, total, exact, next_cursor, reviews)
 
     async def stats(self, where: HistoryFilter, top_classes: int) -> Stats:
         total, by_class, by_day = await self.database.run(
@@ -104,10 +140,51 @@ def _one_with_review(
 
 
 def _page_with_reviews(
-    session: Session, where: PredictionFilter, limit: int, offset: int, least_confident: bool
-) -> tuple[list[PredictionRecord], int, dict[int, ReviewRecord]]:
-    records, total = repository.list_predictions(session, where, limit, offset, least_confident)
-    return records, total, repository.latest_reviews(session, [r.id for r in records])
+    session: Session,
+    where: PredictionFilter,
+    limit: int,
+    offset: int,
+    least_confident: bool,
+    after: After | None,
+) -> tuple[list[PredictionRecord], tuple[int, bool], dict[int, ReviewRecord]]:
+    """One more row than the page: whether a next page exists, without counting."""
+    records = repository.list_predictions(session, where, limit + 1, offset, least_confident, after)
+    total = repository.count_predictions(session, where, TOTAL_COUNT_CAP)
+    return records, total, repository.latest_reviews(session, [r.id for r in records[:limit]])
+
+
+def encode_cursor(last: PredictionRecord, order: str) -> str:
+    """Opaque to clients: the order, and the sort key and id of the page's last row."""
+    key: dict[str, Any] = {"o": order, "i": last.id}
+    if order == "newest":
+        key["t"] = last.created_at.isoformat()
+    else:
+        key["c"] = last.confidence
+    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode()
+
+
+def decode_cursor(cursor: str, order: str) -> After:
+    """The cursor's position; InvalidCursor if it is not one of ours, or of another order."""
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        if key["o"] != order:
+            raise InvalidCursor(
+                f"this cursor pages the {key['o']!r} order, not {order!r}: keep the request's "
+                "parameters from page to page"
+            )
+        row_id = int(key["i"])
+        if order == "newest":
+            moment = datetime.fromisoformat(key["t"])
+            if moment.tzinfo is None:
+                raise ValueError("naive time")
+            return After(created_at=moment, id=row_id)
+        return After(confidence=float(key["c"]), id=row_id)
+    except InvalidCursor:
+        raise
+    except (ValueError, KeyError, TypeError, UnicodeError, binascii.Error):
+        raise InvalidCursor(
+            "not a cursor of this service: pass a page's next_cursor unchanged"
+        ) from None
 
 
 def _has_control_characters(text: str) -> bool:

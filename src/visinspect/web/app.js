@@ -3,7 +3,11 @@
 // framework, no CDN, no inline script (the CSP forbids them).
 "use strict";
 
-const state = { offset: 0, limit: 20, total: 0, classIds: null, current: null, skipped: new Set() };
+// History paging is by cursor: `cursors` holds the cursor of each page before the one shown
+// ("" for the first), so Newer goes back and Older follows the page's next_cursor.
+const state = {
+  cursors: [], cursor: "", next: null, limit: 20, classIds: null, current: null, skipped: new Set(),
+};
 const $ = (selector) => document.querySelector(selector);
 
 function apiKey() {
@@ -117,10 +121,10 @@ function rangeParams(form) {
 async function loadHistory() {
   const params = rangeParams($("#history-filters"));
   params.set("limit", state.limit);
-  params.set("offset", state.offset);
+  if (state.cursor) params.set("cursor", state.cursor);
   try {
     const page = await api(`/predictions?${params}`);
-    state.total = page.total;
+    state.next = page.next_cursor;
     const rows = page.items.map((item) => {
       const row = document.createElement("tr");
       const top = item.predictions[0];
@@ -133,11 +137,12 @@ async function loadHistory() {
       return row;
     });
     $("#history-table tbody").replaceChildren(...rows);
-    const last = Math.min(state.offset + state.limit, page.total);
-    $("#page-info").textContent = page.total
-      ? `${state.offset + 1}–${last} of ${page.total}` : "No predictions match.";
-    $("#prev-page").disabled = state.offset === 0;
-    $("#next-page").disabled = last >= page.total;
+    const first = state.cursors.length * state.limit + 1;
+    const total = page.total_exact ? `${page.total}` : `more than ${page.total.toLocaleString("en")}`;
+    $("#page-info").textContent = page.items.length
+      ? `${first}–${first + page.items.length - 1} of ${total}` : "No predictions match.";
+    $("#prev-page").disabled = state.cursors.length === 0;
+    $("#next-page").disabled = !page.next_cursor;
   } catch (error) {
     $("#page-info").textContent = `${error.code}: ${error.message}`;
   }
@@ -410,15 +415,18 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#history-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    state.offset = 0;
+    state.cursors = [];
+    state.cursor = "";
     loadHistory();
   });
   $("#prev-page").addEventListener("click", () => {
-    state.offset = Math.max(0, state.offset - state.limit);
+    state.cursor = state.cursors.pop() || "";
     loadHistory();
   });
   $("#next-page").addEventListener("click", () => {
-    state.offset += state.limit;
+    if (!state.next) return;
+    state.cursors.push(state.cursor);
+    state.cursor = state.next;
     loadHistory();
   });
   $("#stats-filters").addEventListener("submit", (event) => {

@@ -73,7 +73,19 @@ async def list_predictions(
         Query(description="Default `newest`; `least_confident` when `reviewed=false` (the queue)"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=512, description="The previous page's `next_cursor`: the next page"),
+    ] = None,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=1_000_000,
+            description="Rows to skip, at most 10,000 (422 `offset_too_deep` beyond: use "
+            "`cursor`); not with `cursor`",
+        ),
+    ] = 0,
 ) -> PredictionPage:
     where = HistoryFilter(
         class_name,
@@ -85,10 +97,12 @@ async def list_predictions(
         max_confidence,
     )
     least_confident = (order or ("least_confident" if reviewed is False else "newest")) != "newest"
-    page = await history.page(where, limit, offset, least_confident)
+    page = await history.page(where, limit, offset, least_confident, cursor)
     return PredictionPage(
         items=[prediction_out(r, page.reviews.get(r.id), reviews) for r in page.records],
         total=page.total,
+        total_exact=page.total_exact,
+        next_cursor=page.next_cursor,
         limit=limit,
         offset=offset,
     )

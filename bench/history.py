@@ -1,0 +1,445 @@
+"""The history at scale: fill a PostgreSQL database with realistic predictions, then time the
+history, statistics, quality and drift calls through a running `visinspect serve`.
+
+  python -m bench.history fill --rows 10000000 --database-url URL [--days 30]
+  python -m bench.history measure --database-url URL [--requests 60]
+  python -m bench.history run --rows N --database-url URL [--fresh]   (create, fill up to N, measure)
+  make bench-history          (10 M rows into the database `visinspect_history`, then measure)
+  make bench-history-smoke    (CI: 20,000 rows into a fresh database; its numbers mean nothing)
+
+`fill` uses the service's own schema (migrated to the head first) and writes with COPY, so the
+rollups' trigger counts every row as it would count the service's own; it appends, so a second
+fill adds to the first. The distributions: top-1 classes Zipf-like over the 1,000 ImageNet
+classes, confidences Beta(4, 1.5), times uniform over the last `--days` days with a daily cycle,
+two model versions (the older one only in the first third), a review for one prediction in 1,000.
+
+`measure` starts the real server on the database and reports, for each call, p50 and p95 over
+`--requests` sequential requests (after one warm-up); then the group-commit writer's sustained
+rows/s while reads run, /predict's p50 beside it, and the bytes per row of the table, its indexes
+and the rollups. Its targets (issue: the history at production scale): p95 <= 50 ms per call at
+10 M rows, >= 5,000 rows/s written with reads running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import numpy as np
+from sqlalchemy import create_engine, text
+
+from bench.footprint import photo_jpeg
+from bench.load import free_port
+from visinspect.db.models import PredictionRecord
+from visinspect.db.schema import upgrade_to_head
+from visinspect.db.session import Database
+from visinspect.db.writer import PredictionWriter
+from visinspect.inference.model import load_labels
+from visinspect.services.history import encode_cursor
+
+VISINSPECT = str(Path(sys.executable).parent / "visinspect")
+P95_TARGET_MS = 50.0
+WRITER_TARGET_ROWS_S = 5000
+CURRENT, OLDER = "sha256:579344248a93e230", "sha256:1d2f3a4b5c6d7e8f"
+COLUMNS = (
+    "created_at, request_id, model_name, model_version, inference_backend, precision, class_id, "
+    "class_name, confidence, top_k, image_sha256, image_width, image_height, image_format, "
+    "image_bytes, filename, latency_ms, decode_ms, inference_ms"
+)
+
+
+# --- fill ---------------------------------------------------------------------------------------
+
+
+def fill(url: str, rows: int, days: float, chunk: int = 100_000, seed: int = 1) -> None:
+    engine = create_engine(url)
+    upgrade_to_head(engine)
+    labels = load_labels()
+    generator = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, len(labels) + 1) ** 1.1
+    popularity /= popularity.sum()
+    ranked = generator.permutation(len(labels))  # which class is how popular
+    now = datetime.now(UTC)
+    span_s = days * 86400
+    started = time.perf_counter()
+    done = 0
+    raw = engine.raw_connection()
+    try:
+        while done < rows:
+            n = min(chunk, rows - done)
+            buffer = _chunk(generator, n, labels, ranked, popularity, now, span_s)
+            with (
+                raw.cursor() as cursor,  # type: ignore[attr-defined]
+                cursor.copy(f"COPY predictions ({COLUMNS}) FROM STDIN") as copy,
+            ):
+                copy.write(buffer)
+            raw.commit()
+            done += n
+            rate = done / (time.perf_counter() - started)
+            print(f"  {done:,} rows ({rate:,.0f} rows/s)", flush=True)
+        _add_reviews(raw, max(1, rows // 1000), generator)
+        raw.commit()
+    finally:
+        raw.close()
+    with engine.begin() as connection:
+        connection.execute(text("ANALYZE"))
+    engine.dispose()
+    print(f"filled {rows:,} rows in {time.perf_counter() - started:.0f} s")
+
+
+def _chunk(
+    generator: np.random.Generator,
+    n: int,
+    labels: tuple[str, ...],
+    ranked: np.ndarray,
+    popularity: np.ndarray,
+    now: datetime,
+    span_s: float,
+) -> str:
+    """n rows as COPY text: the per-row work is one f-string (times and digests vectorised)."""
+    classes = ranked[generator.choice(len(labels), size=n, p=popularity)]
+    confidences = generator.beta(4.0, 1.5, size=n)
+    # A daily cycle: more images by day than by night (UTC).
+    ages = generator.uniform(0, span_s, size=n)
+    hour = (ages / 3600) % 24
+    keep = generator.uniform(size=n) < 0.55 + 0.45 * np.sin(np.pi * hour / 24)
+    ages = np.where(keep, ages, generator.uniform(0, span_s, size=n))
+    moments = np.datetime64(now.replace(tzinfo=None), "us") - (ages * 1e6).astype("timedelta64[us]")
+    times = np.datetime_as_string(moments, unit="us")
+    versions = np.where(ages > span_s * 2 / 3, OLDER, CURRENT)
+    hexes = generator.bytes(32 * n).hex()
+    names = [json.dumps(label) for label in labels]
+    lines = []
+    for i in range(n):
+        c = int(classes[i])
+        r = (c + 1) % 1000
+        p = float(confidences[i])
+        top_k = (
+            f'[{{"class_id": {c}, "class_name": {names[c]}, "confidence": {p!r}}}, '
+            f'{{"class_id": {r}, "class_name": {names[r]}, "confidence": {(1 - p) / 2!r}}}]'
+        )
+        digest = hexes[64 * i : 64 * i + 64]
+        lines.append(
+            f"{times[i]}+00\t{digest[:32]}\tefficientnet_lite0\t{versions[i]}\tonnxruntime\t"
+            f"fp32\t{c}\t{labels[c]}\t{p!r}\t{top_k}\t{digest}\t640\t480\tJPEG\t58211\t"
+            f"IMG_{i % 10000:04d}.jpg\t21.4\t6.2\t13.9"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _add_reviews(raw: Any, count: int, generator: np.random.Generator) -> None:
+    """A review for `count` random predictions: one in ten says wrong (the runner-up)."""
+    with raw.cursor() as cursor:
+        cursor.execute("SELECT min(id), max(id) FROM predictions")
+        low, high = cursor.fetchone()
+        ids = sorted({int(i) for i in generator.integers(low, high + 1, size=count)})
+        cursor.execute(
+            """INSERT INTO reviews (prediction_id, created_at, verdict, predicted_class_id,
+                                    true_class_id, reviewer)
+               SELECT p.id, now(), CASE WHEN p.id %% 10 = 0 THEN 'wrong' ELSE 'correct' END,
+                      p.class_id,
+                      CASE WHEN p.id %% 10 = 0 THEN (p.class_id + 1) %% 1000 ELSE p.class_id END,
+                      'bench'
+               FROM predictions p WHERE p.id = ANY(%s)""",
+            (ids,),
+        )
+
+
+# --- measure ------------------------------------------------------------------------------------
+
+
+def measure(url: str, requests: int) -> dict[str, Any]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = int(connection.scalar(text("SELECT count(*) FROM predictions")) or 0)
+        middle = connection.execute(
+            text(
+                "SELECT id, created_at FROM predictions WHERE created_at >= "
+                "(SELECT min(created_at) + (max(created_at) - min(created_at)) / 2 FROM predictions)"
+                " ORDER BY created_at, id LIMIT 1"
+            )
+        ).one()
+        popular = connection.scalar(
+            text(
+                "SELECT class_name FROM rollup_daily_classes GROUP BY class_name "
+                "ORDER BY sum(count) DESC LIMIT 1"
+            )
+        )
+        sizes = _sizes(connection, rows)
+    engine.dispose()
+    deep = encode_cursor(SimpleNamespace(id=middle.id, created_at=middle.created_at), "newest")  # type: ignore[arg-type]
+    day = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    unaligned = datetime.now(UTC) - timedelta(days=2, minutes=17)
+    calls = {
+        "history, first page (limit 50)": ("/predictions", {"limit": 50}),
+        "history, a page in the middle (cursor)": ("/predictions", {"limit": 50, "cursor": deep}),
+        "history, one class (limit 50)": ("/predictions", {"limit": 50, "class_name": popular}),
+        "statistics, all time": ("/predictions/stats", {}),
+        "statistics, one UTC day": (
+            "/predictions/stats",
+            {
+                "created_after": day.isoformat(),
+                "created_before": (day + timedelta(days=1)).isoformat(),
+            },
+        ),
+        "statistics, 24 h from hh:mm": (
+            "/predictions/stats",
+            {
+                "created_after": unaligned.isoformat(),
+                "created_before": (unaligned + timedelta(days=1)).isoformat(),
+            },
+        ),
+        "quality, all time": ("/predictions/quality", {}),
+        "drift, 24h against 7d": ("/predictions/drift", {}),
+        "review queue (reviewed=false, max_confidence=0.5)": (
+            "/predictions",
+            {"reviewed": "false", "max_confidence": 0.5, "limit": 50},
+        ),
+    }
+    port = free_port()
+    server = subprocess.Popen(
+        [VISINSPECT, "serve", "--port", str(port), "--workers", "1"],
+        env={**_environment(), "DATABASE_URL": url, "LOG_LEVEL": "WARNING"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, server)
+        results = {
+            name: _time(base, path, params, requests) for name, (path, params) in calls.items()
+        }
+        writer = _writer_under_reads(url, base)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    report = {"rows": rows, "calls": results, "writer": writer, "sizes": sizes}
+    _print(report)
+    return report
+
+
+def _environment() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
+
+
+def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the server did not become ready within 120 s")
+
+
+def _time(base: str, path: str, params: dict[str, Any], requests: int) -> dict[str, float]:
+    with httpx.Client(base_url=base, timeout=120) as client:
+        first = client.get(path, params=params)
+        first.raise_for_status()
+        seconds = []
+        for _ in range(requests):
+            started = time.perf_counter()
+            client.get(path, params=params).raise_for_status()
+            seconds.append(time.perf_counter() - started)
+    ms = sorted(s * 1000 for s in seconds)
+    return {
+        "p50_ms": round(statistics.median(ms), 1),
+        "p95_ms": round(ms[max(0, int(len(ms) * 0.95) - 1)], 1),
+    }
+
+
+def _writer_under_reads(url: str, base: str, seconds: float = 10.0) -> dict[str, float]:
+    """The group-commit writer, 256 rows in flight, while a client reads the first page and the
+    statistics in a loop and another posts photos to /predict."""
+    stop = threading.Event()
+    predict_ms: list[float] = []
+    reads = [0]
+
+    def read_loop() -> None:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            while not stop.is_set():
+                client.get("/predictions", params={"limit": 50})
+                client.get("/predictions/stats")
+                reads[0] += 2
+
+    def predict_loop() -> None:
+        photo = photo_jpeg()
+        with httpx.Client(base_url=base, timeout=60) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                client.post("/predict", files={"file": ("coffee.jpg", photo)})
+                predict_ms.append((time.perf_counter() - started) * 1000)
+
+    threads = [threading.Thread(target=read_loop), threading.Thread(target=predict_loop)]
+    for thread in threads:
+        thread.start()
+    try:
+        written = asyncio.run(_write_for(url, seconds))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return {
+        "rows_per_s": round(written / seconds),
+        "reads_per_s": round(reads[0] / seconds, 1),
+        "predict_p50_ms": round(statistics.median(predict_ms), 1) if predict_ms else 0.0,
+    }
+
+
+async def _write_for(url: str, seconds: float) -> int:
+    engine = create_engine(url, pool_size=4)
+    database = Database(engine, max_concurrency=4)
+    writer = PredictionWriter(database)
+    writer.start()
+    written = 0
+    deadline = time.perf_counter() + seconds
+
+    async def one_lane(lane: int) -> None:
+        nonlocal written
+        while time.perf_counter() < deadline:
+            await writer.store(_record(f"bench-writer-{lane}-{written}"))
+            written += 1
+
+    try:
+        await asyncio.gather(*(one_lane(lane) for lane in range(256)))
+    finally:
+        await writer.close()
+        engine.dispose()
+    return written
+
+
+def _record(request_id: str) -> PredictionRecord:
+    return PredictionRecord(
+        created_at=datetime.now(UTC),
+        request_id=request_id,
+        model_name="efficientnet_lite0",
+        model_version=CURRENT,
+        backend="onnxruntime",
+        precision="fp32",
+        class_id=967,
+        class_name="espresso",
+        confidence=0.95,
+        predictions=[{"class_id": 967, "class_name": "espresso", "confidence": 0.95}],
+        image_sha256="0" * 64,
+        image_width=640,
+        image_height=480,
+        image_format="JPEG",
+        image_bytes=58211,
+        filename="bench.jpg",
+        latency_ms=20.0,
+    )
+
+
+def _sizes(connection: Any, rows: int) -> dict[str, float]:
+    def size(expression: str) -> int:
+        return int(connection.scalar(text(f"SELECT {expression}")) or 0)
+
+    table = size("pg_table_size('predictions')")
+    indexes = size("pg_indexes_size('predictions')")
+    rollups = sum(
+        size(f"pg_total_relation_size('{name}')")
+        for name in ("rollup_hourly_classes", "rollup_daily_classes", "rollup_hourly_confidences")
+    )
+    per_row = max(rows, 1)
+    return {
+        "table_bytes_per_row": round(table / per_row, 1),
+        "index_bytes_per_row": round(indexes / per_row, 1),
+        "rollup_bytes_per_row": round(rollups / per_row, 1),
+        "total_gb": round((table + indexes + rollups) / 1e9, 2),
+    }
+
+
+def _print(report: dict[str, Any]) -> None:
+    print(f"\n{report['rows']:,} rows")
+    print(f"{'call':52} {'p50 ms':>8} {'p95 ms':>8}  target p95 <= {P95_TARGET_MS:g} ms")
+    for name, result in report["calls"].items():
+        mark = "ok" if result["p95_ms"] <= P95_TARGET_MS else "ABOVE"
+        print(f"{name:52} {result['p50_ms']:8.1f} {result['p95_ms']:8.1f}  {mark}")
+    writer = report["writer"]
+    mark = "ok" if writer["rows_per_s"] >= WRITER_TARGET_ROWS_S else "BELOW"
+    print(
+        f"writer: {writer['rows_per_s']:,} rows/s with {writer['reads_per_s']} reads/s running "
+        f"(target >= {WRITER_TARGET_ROWS_S:,}: {mark}); /predict p50 beside it "
+        f"{writer['predict_p50_ms']} ms"
+    )
+    sizes = report["sizes"]
+    print(
+        f"bytes per row: table {sizes['table_bytes_per_row']}, indexes "
+        f"{sizes['index_bytes_per_row']}, rollups {sizes['rollup_bytes_per_row']} "
+        f"({sizes['total_gb']} GB in all)"
+    )
+    print("dropping a day of rows: not measured (the table is not partitioned yet)")
+    print(json.dumps(report))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    filling = commands.add_parser("fill", help="append N realistic rows")
+    filling.add_argument("--rows", type=int, required=True)
+    filling.add_argument("--days", type=float, default=30)
+    filling.add_argument("--database-url", required=True)
+    measuring = commands.add_parser("measure", help="time the calls through the server")
+    measuring.add_argument("--database-url", required=True)
+    measuring.add_argument("--requests", type=int, default=60)
+    running = commands.add_parser("run", help="create the database, fill it up to N rows, measure")
+    running.add_argument("--rows", type=int, required=True)
+    running.add_argument("--days", type=float, default=30)
+    running.add_argument("--database-url", required=True)
+    running.add_argument("--requests", type=int, default=60)
+    running.add_argument("--fresh", action="store_true", help="drop the database first")
+    args = parser.parse_args(argv)
+    url = args.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    if args.command == "fill":
+        fill(url, args.rows, args.days)
+    elif args.command == "measure":
+        measure(url, args.requests)
+    else:
+        missing = prepare_database(url, args.rows, args.fresh)
+        if missing:
+            fill(url, missing, args.days)
+        measure(url, args.requests)
+    return 0
+
+
+def prepare_database(url: str, rows: int, fresh: bool) -> int:
+    """Create the database (dropped first when `fresh`); how many rows it lacks to hold `rows`."""
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        name = target.database
+        if fresh:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        exists = connection.scalar(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        )
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    engine = create_engine(url)
+    upgrade_to_head(engine)
+    with engine.connect() as connection:
+        have = int(connection.scalar(text("SELECT count(*) FROM predictions")) or 0)
+    engine.dispose()
+    return max(0, rows - have)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
