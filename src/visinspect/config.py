@@ -240,6 +240,22 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS; empty = none."
     )
 
+    retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=36500,
+        description="Remove the predictions older than this many days: whole day partitions on "
+        "PostgreSQL (detached concurrently, then dropped), a DELETE on SQLite; the rollups keep "
+        "their counts. 0 = keep everything.",
+    )
+    history_maintenance_interval_s: float = Field(
+        default=3600,
+        ge=0,
+        le=86400,
+        description="How often a server process creates the coming days' partitions and applies "
+        "RETENTION_DAYS (one process at a time); 0 = only at start and by "
+        "`visinspect db maintain`.",
+    )
     image_store_dir: Path | None = Field(
         default=None,
         description="Keep every classified upload and a thumbnail here, one copy per distinct "

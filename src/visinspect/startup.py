@@ -19,9 +19,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
+import anyio.to_thread
 import structlog
 
 from visinspect.config import Settings
+from visinspect.db import partitions
 from visinspect.db.schema import prepare_schema
 from visinspect.db.session import Database, create_db_engine, wait_for_database
 from visinspect.db.writer import PredictionWriter
@@ -191,7 +193,11 @@ async def open_services(
     )
     watches = [
         task
-        for task in (_start_drift_watch(drift, settings), _start_image_cleanup(images, settings))
+        for task in (
+            _start_drift_watch(drift, settings),
+            _start_image_cleanup(images, settings),
+            _start_history_maintenance(prepared.database, settings),
+        )
         if task is not None
     ]
     try:
@@ -248,3 +254,30 @@ def _start_image_cleanup(images: ImageService, settings: Settings) -> asyncio.Ta
     return asyncio.get_running_loop().create_task(
         images.watch(settings.image_cleanup_interval_s), name="image-cleanup"
     )
+
+
+def _start_history_maintenance(database: Database, settings: Settings) -> asyncio.Task[None]:
+    """The coming days' partitions and RETENTION_DAYS: at start, then every
+    HISTORY_MAINTENANCE_INTERVAL_S (db/partitions.py; one process at a time)."""
+
+    async def maintain() -> None:
+        while True:
+            try:
+                done = await anyio.to_thread.run_sync(
+                    partitions.maintain, database.engine, settings.retention_days
+                )
+                if done.created or done.dropped or done.deleted_rows:
+                    log.info(
+                        "db.maintained",
+                        created=done.created,
+                        dropped=done.dropped,
+                        deleted_rows=done.deleted_rows,
+                        drop_ms=[round(s * 1000, 1) for s in done.drop_seconds],
+                    )
+            except Exception as exc:  # an outage, a lock: say so, try again next round
+                log.warning("db.maintenance_failed", reason=str(exc).splitlines()[0])
+            if settings.history_maintenance_interval_s <= 0:
+                return
+            await asyncio.sleep(settings.history_maintenance_interval_s)
+
+    return asyncio.get_running_loop().create_task(maintain(), name="history-maintenance")

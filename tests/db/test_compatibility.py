@@ -44,8 +44,10 @@ from visinspect.db.schema import (
 )
 from visinspect.errors import StartupFailed
 
-# The newest contract migration this release ships (inference_backend: a NOT NULL column).
-NEWEST_CONTRACT = "da2284f84b07"
+# The newest contract migration this release ships (partition_predictions: the table is
+# rebuilt), and the oldest release it lets serve (0.1.0's head: the columns did not change).
+NEWEST_CONTRACT = "4b7e9a2c6d18"
+OLDEST_SERVING = "5b8f0c2e7a14"
 
 NEWER_EXPAND = '''"""a newer release: a nullable column"""
 import sqlalchemy as sa
@@ -141,7 +143,8 @@ def test_every_migration_declares_its_phase_and_the_schema_begins_with_a_contrac
     phases = {script.revision: phase_of(script) for script in scripts}
     assert phases[scripts[-1].revision] == "contract"  # the first migration creates the schema
     assert phases[NEWEST_CONTRACT] == "contract"
-    assert phases[head_revision()] == "expand"
+    assert phases["da2284f84b07"] == "contract"  # inference_backend: a NOT NULL column
+    assert phases["8c2a5e7d1f43"] == "expand"  # the rollups
 
 
 # Statements that break the release before them: they may only appear in a contract migration.
@@ -200,7 +203,7 @@ def test_expand_migrations_contain_no_destructive_statement(
 
 def test_a_migration_run_records_who_may_serve(empty_engine: Engine) -> None:
     upgrade_to_head(empty_engine)
-    assert recorded(empty_engine) == (head_revision(), NEWEST_CONTRACT)
+    assert recorded(empty_engine) == (head_revision(), OLDEST_SERVING)
 
 
 def test_this_release_serves_on_after_a_newer_expand_and_after_the_rollback(
@@ -211,14 +214,14 @@ def test_this_release_serves_on_after_a_newer_expand_and_after_the_rollback(
     migrate(newer, empty_engine)
     with empty_engine.connect() as connection:
         assert current_revision(connection) == "feedface0001"
-    assert recorded(empty_engine) == ("feedface0001", NEWEST_CONTRACT)
+    assert recorded(empty_engine) == ("feedface0001", OLDEST_SERVING)
     assert problem_of(empty_engine) is None  # readiness stays green
     again = upgrade_to_head(empty_engine)  # a restart with MIGRATE_ON_START=true
     assert (again.before, again.after, again.changed) == ("feedface0001", "feedface0001", False)
     assert insert_and_count(empty_engine) == 1  # and it writes rows as it knows them
     migrate(newer, empty_engine, "-1")  # the newer release's downgrade, back to this head
     assert problem_of(empty_engine) is None
-    assert recorded(empty_engine) == (head_revision(), NEWEST_CONTRACT)
+    assert recorded(empty_engine) == (head_revision(), OLDEST_SERVING)
     assert insert_and_count(empty_engine) == 2
 
 

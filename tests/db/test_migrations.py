@@ -12,6 +12,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 
 from tests.support import fresh_postgres_database
 from visinspect.db.models import Base
+from visinspect.db.partitions import include_name
 from visinspect.db.schema import (
     alembic_config,
     create_all_for_development,
@@ -23,7 +24,9 @@ from visinspect.db.schema import (
 
 def _diff(engine: Engine) -> list[object]:
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_name": include_name}
+        )
         return list(compare_metadata(context, Base.metadata))
 
 

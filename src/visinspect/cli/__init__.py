@@ -144,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
         help="print the current and head revisions and whether this release can serve against "
         "the schema (the head, or a newer one recorded as compatible); exit 2 when it cannot",
     ).set_defaults(handler=_db_current)
+    db.add_parser(
+        "maintain",
+        help="create the coming days' partitions and apply RETENTION_DAYS (for a cron job; "
+        "the service also does it); prints what it did as JSON",
+    ).set_defaults(handler=_db_maintain)
     images = commands.add_parser("images", help="the kept images").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -216,6 +221,12 @@ def _db_current(settings: Settings, _args: argparse.Namespace) -> int:
     from visinspect.cli.db import current
 
     return current(settings)
+
+
+def _db_maintain(settings: Settings, _args: argparse.Namespace) -> int:
+    from visinspect.cli.db import maintain
+
+    return maintain(settings)
 
 
 def _images_cleanup(settings: Settings, _args: argparse.Namespace) -> int:

@@ -1,10 +1,15 @@
-"""`visinspect db upgrade | current`: the schema, for a migrate Job or an operator.
+"""`visinspect db upgrade | current | maintain`: the schema and its partitions, for a migrate
+Job, a cron job or an operator.
 
 Light on purpose (no model libraries): the Kubernetes init container runs `db current`."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 from visinspect.config import Settings
+from visinspect.db import partitions
 from visinspect.db.schema import current_revision, head_revision, prepare_schema, schema_problem
 from visinspect.db.session import create_db_engine, wait_for_database
 
@@ -32,3 +37,14 @@ def current(settings: Settings) -> int:
     print(f"current: {revision or '(empty database)'}\nhead:    {head_revision()}")
     print(f"serves:  {'yes' if problem is None else 'no: ' + problem}")
     return 0 if problem is None else 2
+
+
+def maintain(settings: Settings) -> int:
+    engine = create_db_engine(settings)
+    try:
+        wait_for_database(engine, settings.database_wait_s)
+        done = partitions.maintain(engine, settings.retention_days)
+    finally:
+        engine.dispose()
+    print(json.dumps(asdict(done)))
+    return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from visinspect.db import rollups
+from visinspect.db import partitions, rollups
 from visinspect.db.models import PredictionRecord, ReviewRecord, UTCDateTime
 
 S = TypeVar("S", bound=Select[*tuple[Any, ...]])
@@ -59,9 +59,14 @@ def add_predictions(session: Session, records: list[PredictionRecord]) -> None:
     statement = insert(PredictionRecord).returning(
         PredictionRecord.id, sort_by_parameter_order=True
     )
+    partitions.ensure_days(session.connection(), {_utc_day(r.created_at) for r in records})
     rows = [{key: getattr(record, key) for key in _INSERTED} for record in records]
     for record, row_id in zip(records, session.scalars(statement, rows), strict=True):
         record.id = row_id
+
+
+def _utc_day(moment: datetime) -> date:
+    return moment.astimezone(UTC).date()
 
 
 def get_prediction(session: Session, prediction_id: int) -> PredictionRecord | None:

@@ -8,6 +8,7 @@ from sqlalchemy import Connection
 from visinspect.config import Settings
 from visinspect.db import compatibility
 from visinspect.db.models import Base
+from visinspect.db.partitions import include_name
 from visinspect.db.session import create_db_engine
 
 target_metadata = Base.metadata
@@ -18,6 +19,7 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        include_name=include_name,  # autogenerate leaves the day partitions alone
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
     )
     with context.begin_transaction():

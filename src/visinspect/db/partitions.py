@@ -1,0 +1,166 @@
+"""Time partitions of `predictions` on PostgreSQL, and RETENTION_DAYS.
+
+`predictions` is partitioned by range of `created_at`, one partition per UTC day
+(`predictions_p20261201`). `maintain` creates the partitions of the coming days and, with
+RETENTION_DAYS, removes whole days of rows: a day's partition is detached CONCURRENTLY (inserts
+into the other days go on) and dropped, in well under a second whatever its size, instead of a
+DELETE that rewrites and bloats the table. The rollups keep the removed days' counts.
+
+There is no default partition (PostgreSQL cannot detach concurrently beside one). Instead the
+group commit makes sure the days of its rows have partitions (`ensure_days`): a lookup of a
+cached set for today's rows, and for a row of another day (a clock far off, an import of old
+rows) a CREATE TABLE IF NOT EXISTS in its transaction, so no insert fails for want of one.
+
+SQLite keeps a plain table: retention there is a DELETE of the rows before the cutoff.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import structlog
+from sqlalchemy import Connection, Engine, text
+
+log = structlog.get_logger("visinspect.db")
+
+PARTITION = re.compile(r"^predictions_p(\d{8})$")
+AHEAD_DAYS = 7
+# Days known to have a partition, per database: only days near today (retention never drops
+# them), so that a dropped or rolled-back partition is never taken for one that exists.
+_known: set[tuple[str, date]] = set()
+# One maintainer at a time among the server processes and the CLI (any 64-bit number of ours).
+_LOCK_KEY = 0x7669_7369_6E73_7002
+
+
+def partition_name(day: date) -> str:
+    return f"predictions_p{day:%Y%m%d}"
+
+
+def is_partition(name: str) -> bool:
+    """A table that is one of `predictions`' partitions (not part of the ORM's schema)."""
+    return bool(PARTITION.match(name))
+
+
+def include_name(name: str | None, type_: str, _parents: object) -> bool:
+    """Alembic's include_name hook: the partitions are no tables of the ORM's schema."""
+    return not (type_ == "table" and name is not None and is_partition(name))
+
+
+def create_partition_sql(day: date) -> str:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF predictions "
+        f"FOR VALUES FROM ('{start.isoformat()}') TO ('{(start + timedelta(days=1)).isoformat()}')"
+    )
+
+
+def is_partitioned(connection: Connection) -> bool:
+    if connection.dialect.name != "postgresql":
+        return False
+    kind = connection.scalar(
+        text("SELECT relkind FROM pg_class WHERE oid = to_regclass('predictions')")
+    )
+    return bool(kind == "p")
+
+
+def day_partitions(connection: Connection) -> dict[date, str]:
+    """The day partitions there are, by day."""
+    names = connection.scalars(
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = to_regclass('predictions')"
+        )
+    )
+    days = {}
+    for name in names:
+        if match := PARTITION.match(name):
+            days[datetime.strptime(match[1], "%Y%m%d").date()] = name
+    return days
+
+
+def ensure_days(connection: Connection, days: set[date]) -> None:
+    """Partitions for these days, in the caller's transaction, before it inserts their rows."""
+    if connection.dialect.name != "postgresql":
+        return
+    database = str(connection.engine.url)
+    wanted = {day for day in days if (database, day) not in _known}
+    if not wanted or not is_partitioned(connection):
+        return
+    existing = day_partitions(connection)
+    for day in sorted(wanted - set(existing)):
+        connection.execute(text(create_partition_sql(day)))
+    today = datetime.now(UTC).date()
+    _known.update((database, d) for d in wanted if -1 <= (d - today).days <= AHEAD_DAYS)
+
+
+@dataclass(slots=True)
+class Maintenance:
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    deleted_rows: int = 0  # SQLite: rows deleted
+    drop_seconds: list[float] = field(default_factory=list)  # each detach + drop
+    skipped: bool = False  # another process holds the maintenance lock
+
+
+def maintain(engine: Engine, retention_days: int, today: date | None = None) -> Maintenance:
+    """Partitions for today and AHEAD_DAYS more; with `retention_days` > 0, the days before
+    today - retention_days removed. Blocking (run it in a thread); safe to run from anywhere."""
+    today = today or datetime.now(UTC).date()
+    done = Maintenance()
+    cutoff = today - timedelta(days=retention_days) if retention_days > 0 else None
+    if engine.dialect.name != "postgresql":
+        if cutoff is not None:
+            done.deleted_rows = _delete_before(engine, cutoff)
+        return done
+    # DETACH ... CONCURRENTLY cannot run in a transaction: autocommit, statement by statement.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        if not is_partitioned(connection):
+            return done
+        if not connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}):
+            done.skipped = True
+            return done
+        try:
+            existing = day_partitions(connection)
+            for offset in range(AHEAD_DAYS + 1):
+                day = today + timedelta(days=offset)
+                if day not in existing:
+                    _create(connection, day, done)
+            if cutoff is not None:
+                for day, name in sorted(existing.items()):
+                    if day < cutoff:
+                        _drop(connection, name, done)
+
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+    return done
+
+
+def _create(connection: Connection, day: date, done: Maintenance) -> None:
+    try:
+        connection.execute(text(create_partition_sql(day)))
+        done.created.append(partition_name(day))
+    except Exception as exc:  # a concurrent maintainer made it first
+        log.warning(
+            "db.partition_not_created", day=day.isoformat(), reason=str(exc).splitlines()[0]
+        )
+
+
+def _drop(connection: Connection, name: str, done: Maintenance) -> None:
+    started = time.perf_counter()
+    connection.execute(text(f"ALTER TABLE predictions DETACH PARTITION {name} CONCURRENTLY"))
+    connection.execute(text(f"DROP TABLE {name}"))
+    done.drop_seconds.append(time.perf_counter() - started)
+    done.dropped.append(name)
+
+
+def _delete_before(engine: Engine, cutoff: date) -> int:
+    moment = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC)
+    with engine.begin() as connection:
+        result = connection.execute(
+            text("DELETE FROM predictions WHERE created_at < :t"),
+            {"t": moment.strftime("%Y-%m-%d %H:%M:%S.%f")},
+        )
+        return int(result.rowcount or 0)
