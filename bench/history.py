@@ -4,6 +4,7 @@ history, statistics, quality and drift calls through a running `visinspect serve
   python -m bench.history fill --rows 10000000 --database-url URL [--days 30]
   python -m bench.history measure --database-url URL [--requests 60]
   python -m bench.history run --rows N --database-url URL [--fresh]   (create, fill up to N, measure)
+  python -m bench.history explain --database-url URL   (every query's plan: docs/history-plans.md)
   make bench-history          (10 M rows into the database `visinspect_history`, then measure)
   make bench-history-smoke    (CI: 20,000 rows into a fresh database; its numbers mean nothing)
 
@@ -38,10 +39,11 @@ from typing import Any
 import httpx
 import numpy as np
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 from bench.footprint import photo_jpeg
 from bench.load import free_port
-from visinspect.db import partitions
+from visinspect.db import partitions, repository
 from visinspect.db.models import PredictionRecord
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
@@ -229,6 +231,7 @@ def measure(url: str, requests: int) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=60)
     report = {"rows": rows, "calls": results, "writer": writer, "sizes": sizes}
+    report["drop"] = _drop_oldest_day(url)
     _print(report)
     return report
 
@@ -351,12 +354,52 @@ def _record(request_id: str) -> PredictionRecord:
     )
 
 
+def _drop_oldest_day(url: str) -> dict[str, Any] | None:
+    """RETENTION_DAYS applied to the oldest day (it is gone afterwards: `run` fills up again),
+    while another connection inserts today's rows; None when the table is not partitioned."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            days = partitions.day_partitions(connection)
+            if not days:
+                return None
+            oldest = min(days)
+            in_it = int(connection.scalar(text(f"SELECT count(*) FROM {days[oldest]}")) or 0)
+        stop = threading.Event()
+        inserted = [0]
+
+        def insert_today() -> None:
+            while not stop.is_set():
+                with Session(engine) as session:
+                    repository.add_predictions(session, [_record("bench-retention")])
+                    session.commit()
+                inserted[0] += 1
+
+        inserter = threading.Thread(target=insert_today)
+        inserter.start()
+        try:
+            today = datetime.now(UTC).date()
+            done = partitions.maintain(engine, retention_days=(today - oldest).days - 1)
+        finally:
+            stop.set()
+            inserter.join()
+    finally:
+        engine.dispose()
+    seconds = sum(done.drop_seconds)
+    return {"rows": in_it, "seconds": round(seconds, 3), "inserts_during": inserted[0]}
+
+
 def _sizes(connection: Any, rows: int) -> dict[str, float]:
     def size(expression: str) -> int:
         return int(connection.scalar(text(f"SELECT {expression}")) or 0)
 
-    table = size("pg_table_size('predictions')")
-    indexes = size("pg_indexes_size('predictions')")
+    # A partitioned table's own size is 0: its partitions hold the rows.
+    parts = "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'predictions'::regclass)"
+    table = size(f"coalesce((SELECT sum(pg_table_size(r)) FROM {parts} AS p(r)), 0)")
+    indexes = size(f"coalesce((SELECT sum(pg_indexes_size(r)) FROM {parts} AS p(r)), 0)")
+    if not table:  # not partitioned
+        table = size("pg_table_size('predictions')")
+        indexes = size("pg_indexes_size('predictions')")
     rollups = sum(
         size(f"pg_total_relation_size('{name}')")
         for name in ("rollup_hourly_classes", "rollup_daily_classes", "rollup_hourly_confidences")
@@ -399,6 +442,75 @@ def _print(report: dict[str, Any]) -> None:
     print(json.dumps(report))
 
 
+def explain(url: str) -> None:
+    """EXPLAIN (ANALYZE, BUFFERS) of every statement the service runs for each call: the calls
+    go through the service layer itself, and a cursor hook captures their SQL and parameters."""
+    from sqlalchemy import event
+
+    from visinspect.services.drift import DriftService, DriftThresholds
+    from visinspect.services.history import HistoryFilter, HistoryService
+    from visinspect.services.reviews import ReviewService
+
+    engine = create_engine(url)
+    database = Database(engine, max_concurrency=1)
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        captured.append((statement, parameters))
+
+    with engine.connect() as connection:
+        middle = connection.execute(
+            text(
+                "SELECT id, created_at FROM predictions WHERE created_at >= (SELECT min(created_at)"
+                " + (max(created_at) - min(created_at)) / 2 FROM predictions) ORDER BY created_at, id"
+                " LIMIT 1"
+            )
+        ).one()
+    deep = encode_cursor(SimpleNamespace(id=middle.id, created_at=middle.created_at), "newest")  # type: ignore[arg-type]
+    history, reviews = HistoryService(database), ReviewService(database, load_labels())
+    drift = DriftService(database, DriftThresholds(0.1, 0.1, 0.01, 50))
+    day = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    unaligned = datetime.now(UTC) - timedelta(days=2, minutes=17)
+    calls: dict[str, Any] = {
+        "history, first page": lambda: history.page(HistoryFilter(), 50),
+        "history, a page in the middle (cursor)": lambda: history.page(HistoryFilter(), 50, cursor=deep),
+        "history, one class": lambda: history.page(HistoryFilter(class_name="tabby"), 50),
+        "review queue": lambda: history.page(HistoryFilter(reviewed=False, max_confidence=0.5), 50, 0, True),
+        "statistics, all time": lambda: history.stats(HistoryFilter(), 20),
+        "statistics, one UTC day": lambda: history.stats(
+            HistoryFilter(created_after=day, created_before=day + timedelta(days=1)), 20
+        ),
+        "statistics, 24 h from hh:mm": lambda: history.stats(
+            HistoryFilter(created_after=unaligned, created_before=unaligned + timedelta(days=1)), 20
+        ),
+        "quality, all time": lambda: reviews.quality(HistoryFilter(), 20, 20),
+        "drift, 24h against 7d": lambda: drift.compare(timedelta(hours=24), timedelta(days=7)),
+    }  # fmt: skip
+    for name, call in calls.items():
+        captured.clear()
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            asyncio.run(call())
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        print(f"\n### {name}\n")
+        with engine.connect() as connection:
+            for statement, parameters in captured:
+                if not statement.lstrip().upper().startswith("SELECT"):
+                    continue
+                plan = connection.exec_driver_sql(
+                    "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + statement, parameters
+                ).scalars()
+                lines = list(plan)
+                unread = [line for line in lines if "(never executed)" in line]
+                kept = [line for line in lines if "(never executed)" not in line]
+                if unread:
+                    kept.append(f"  ({len(unread)} more partitions' scans: never executed)")
+                print("```\n" + " ".join(statement.split())[:400])
+                print("\n".join(kept) + "\n```")
+    engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -409,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     measuring = commands.add_parser("measure", help="time the calls through the server")
     measuring.add_argument("--database-url", required=True)
     measuring.add_argument("--requests", type=int, default=60)
+    explaining = commands.add_parser("explain", help="the plan of every query of every call")
+    explaining.add_argument("--database-url", required=True)
     running = commands.add_parser("run", help="create the database, fill it up to N rows, measure")
     running.add_argument("--rows", type=int, required=True)
     running.add_argument("--days", type=float, default=30)
@@ -421,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         fill(url, args.rows, args.days)
     elif args.command == "measure":
         measure(url, args.requests)
+    elif args.command == "explain":
+        explain(url)
     else:
         missing = prepare_database(url, args.rows, args.fresh)
         if missing:

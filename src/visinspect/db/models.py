@@ -97,6 +97,8 @@ class PredictionRecord(Base):
         Index("ix_predictions_created_at_id", "created_at", "id"),
         Index("ix_predictions_class_name_created_at", "class_name", "created_at"),
         Index("ix_predictions_image_sha256", "image_sha256"),
+        # The review queue: least confident first.
+        Index("ix_predictions_confidence_id", "confidence", "id"),
     )
 
 

@@ -27,7 +27,7 @@ class _Pending:
 
 
 class PredictionWriter:
-    def __init__(self, database: Database, max_group: int = 64) -> None:
+    def __init__(self, database: Database, max_group: int = 512) -> None:
         self.database = database
         self.max_group = max_group
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()

@@ -5,7 +5,8 @@ UTC day (`db/partitions.py`), so that RETENTION_DAYS drops whole days. The rows
 already there are copied into the partitioned table in this migration's transaction (nothing is
 lost; inserts wait for it: at 10 M rows, minutes: see docs/benchmarks.md), then the old table is
 dropped. The primary key becomes (id, created_at), as partitioning requires; ids keep their
-sequence. Downgrade copies the rows back into a plain table. SQLite: nothing changes.
+sequence. An index on (confidence, id) comes with it: the review queue (least confident first)
+reads it in order instead of sorting every unreviewed row. Downgrade copies the rows back into a plain table. SQLite keeps a plain table (with the new index).
 
 Revision ID: 4b7e9a2c6d18
 Revises: 8c2a5e7d1f43
@@ -37,6 +38,9 @@ _INDEXES = {
 }
 
 
+_QUEUE_INDEX = "ix_predictions_confidence_id"
+
+
 def _swap_in(new_kind: str) -> None:
     """Rename `predictions` (and its key and indexes) aside, create the new `predictions` of
     `new_kind` ("partitioned" or "plain") from it, copy every row, drop the old one."""
@@ -46,6 +50,7 @@ def _swap_in(new_kind: str) -> None:
     op.execute("ALTER TABLE predictions_old RENAME CONSTRAINT pk_predictions TO pk_predictions_old")
     for name in _INDEXES:
         op.execute(f"ALTER INDEX {name} RENAME TO {name}_old")
+    op.execute(f"ALTER INDEX IF EXISTS {_QUEUE_INDEX} RENAME TO {_QUEUE_INDEX}_old")
     partitioning = " PARTITION BY RANGE (created_at)" if new_kind == "partitioned" else ""
     op.execute(
         "CREATE TABLE predictions (LIKE predictions_old INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
@@ -55,6 +60,8 @@ def _swap_in(new_kind: str) -> None:
     op.execute(f"ALTER TABLE predictions ADD CONSTRAINT pk_predictions PRIMARY KEY {key}")
     for name, columns in _INDEXES.items():
         op.execute(f"CREATE INDEX {name} ON predictions {columns}")
+    if new_kind == "partitioned":  # the review queue, least confident first, reads it in order
+        op.execute(f"CREATE INDEX {_QUEUE_INDEX} ON predictions (confidence, id)")
     op.execute("ALTER SEQUENCE predictions_id_seq OWNED BY predictions.id")
     if new_kind == "partitioned":
         _create_partitions()
@@ -86,8 +93,12 @@ def _create_partitions() -> None:
 def upgrade() -> None:
     if op.get_context().dialect.name == "postgresql":
         _swap_in("partitioned")
+    else:  # SQLite keeps its plain table and gains the review queue's index
+        op.create_index(_QUEUE_INDEX, "predictions", ["confidence", "id"])
 
 
 def downgrade() -> None:
     if op.get_context().dialect.name == "postgresql":
-        _swap_in("plain")  # the partitions go with the old table
+        _swap_in("plain")  # the partitions and the queue's index go with the old table
+    else:
+        op.drop_index(_QUEUE_INDEX, table_name="predictions")
