@@ -105,6 +105,9 @@ def pod_specs() -> dict[str, dict[str, Any]]:
         "images cleanup": manifest("images-cleanup-cronjob.yaml")["spec"]["jobTemplate"]["spec"][
             "template"
         ]["spec"],
+        "history maintenance": manifest("history-maintenance-cronjob.yaml")["spec"]["jobTemplate"][
+            "spec"
+        ]["template"]["spec"],
     }
 
 
@@ -165,7 +168,9 @@ def test_tmp_holds_every_upload_the_pod_may_be_parsing() -> None:
     assert int(size.removesuffix("Gi")) << 30 > spool
 
 
-@pytest.mark.parametrize("name", ["deployment", "migrate job", "images cleanup"])
+@pytest.mark.parametrize(
+    "name", ["deployment", "migrate job", "images cleanup", "history maintenance"]
+)
 def test_pods_are_locked_down(name: str) -> None:
     spec = pod_specs()[name]
     assert spec["automountServiceAccountToken"] is False
@@ -267,3 +272,14 @@ def test_the_pods_and_the_cleanup_share_the_kept_images() -> None:
     assert cleanup["command"] == ["visinspect", "images", "cleanup"]
     kustomization = manifest("kustomization.yaml")
     assert {"images-pvc.yaml", "images-cleanup-cronjob.yaml"} <= set(kustomization["resources"])
+
+
+def test_the_history_is_maintained_by_the_schema_owner() -> None:
+    """Partitions need the table's owner: the CronJob uses the migration Job's Secret, and the
+    pods (whose role cannot create tables) leave it to the CronJob."""
+    (maintain,) = pod_specs()["history maintenance"]["containers"]
+    assert maintain["command"] == ["visinspect", "db", "maintain"]
+    secrets = [s["secretRef"]["name"] for s in maintain["envFrom"] if "secretRef" in s]
+    assert secrets == ["visinspect-db-migrate"]
+    assert config_env()["HISTORY_MAINTENANCE_INTERVAL_S"] == "0"
+    assert "history-maintenance-cronjob.yaml" in manifest("kustomization.yaml")["resources"]

@@ -31,6 +31,7 @@ from tests.support import (
     make_settings,
     synthetic_record,
 )
+from visinspect.db import partitions
 from visinspect.db.compatibility import phase_of
 from visinspect.db.models import PredictionRecord, SchemaCompatibility
 from visinspect.db.schema import (
@@ -310,6 +311,9 @@ def test_the_app_role_reads_and_writes_rows_and_cannot_change_the_schema() -> No
                     assert "permission denied" in str(refused.value) or "must be owner" in str(
                         refused.value
                     )
+                # Partitions are the owner's: the app role's maintenance steps aside.
+                assert partitions.maintain(app, retention_days=1).skipped
+                assert not partitions.maintain(owner, retention_days=1).skipped
             finally:
                 app.dispose()
                 owner.dispose()

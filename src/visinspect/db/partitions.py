@@ -91,7 +91,16 @@ def ensure_days(connection: Connection, days: set[date]) -> None:
         return
     existing = day_partitions(connection)
     for day in sorted(wanted - set(existing)):
-        connection.execute(text(create_partition_sql(day)))
+        try:
+            with connection.begin_nested():  # a failure must not abort the caller's transaction
+                connection.execute(text(create_partition_sql(day)))
+        except Exception as exc:  # e.g. the serving role may not create tables (Kubernetes)
+            log.error(
+                "db.partition_not_created",
+                day=day.isoformat(),
+                reason=str(exc).splitlines()[0],
+                hint="run `visinspect db maintain` as the schema's owner (the CronJob does)",
+            )
     today = datetime.now(UTC).date()
     _known.update((database, d) for d in wanted if -1 <= (d - today).days <= AHEAD_DAYS)
 
@@ -102,7 +111,7 @@ class Maintenance:
     dropped: list[str] = field(default_factory=list)
     deleted_rows: int = 0  # SQLite: rows deleted
     drop_seconds: list[float] = field(default_factory=list)  # each detach + drop
-    skipped: bool = False  # another process holds the maintenance lock
+    skipped: bool = False  # another process holds the lock, or this role does not own the table
 
 
 def maintain(engine: Engine, retention_days: int, today: date | None = None) -> Maintenance:
@@ -118,6 +127,9 @@ def maintain(engine: Engine, retention_days: int, today: date | None = None) -> 
     # DETACH ... CONCURRENTLY cannot run in a transaction: autocommit, statement by statement.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         if not is_partitioned(connection):
+            return done
+        if not _owns_predictions(connection):  # partitions are the schema owner's to make
+            done.skipped = True
             return done
         if not connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}):
             done.skipped = True
@@ -136,6 +148,16 @@ def maintain(engine: Engine, retention_days: int, today: date | None = None) -> 
         finally:
             connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
     return done
+
+
+def _owns_predictions(connection: Connection) -> bool:
+    return bool(
+        connection.scalar(
+            text(
+                "SELECT pg_has_role(relowner, 'MEMBER') FROM pg_class WHERE oid = 'predictions'::regclass"
+            )
+        )
+    )
 
 
 def _create(connection: Connection, day: date, done: Maintenance) -> None:
