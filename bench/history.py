@@ -154,9 +154,10 @@ def _add_reviews(raw: Any, count: int, generator: np.random.Generator) -> None:
         ids = sorted({int(i) for i in generator.integers(low, high + 1, size=count)})
         cursor.execute(
             """INSERT INTO reviews (prediction_id, created_at, verdict, predicted_class_id,
+                                    predicted_class_name, prediction_created_at,
                                     true_class_id, reviewer)
                SELECT p.id, now(), CASE WHEN p.id %% 10 = 0 THEN 'wrong' ELSE 'correct' END,
-                      p.class_id,
+                      p.class_id, p.class_name, p.created_at,
                       CASE WHEN p.id %% 10 = 0 THEN (p.class_id + 1) %% 1000 ELSE p.class_id END,
                       'bench'
                FROM predictions p WHERE p.id = ANY(%s)""",

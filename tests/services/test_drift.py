@@ -119,7 +119,8 @@ async def test_the_watch_sets_the_gauges_and_logs_when_the_verdict_changes(
     assert first.drifted is None
     assert [entry["event"] for entry in logs] == ["drift.changed"]
     assert "visinspect_drift_detected -1.0" in metrics.render().decode()
-    now = datetime.now(UTC)
+    # Without `until`, the windows end with the current UTC hour (all rollups, no row read).
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     await write(database, rows("ref", ["espresso"] * 60, [0.905] * 60, now - DAY - WEEK, WEEK))
     await write(
         database, rows("now", ["tabby"] * 60, [0.205] * 60, now - DAY + MINUTE, DAY - 2 * MINUTE)

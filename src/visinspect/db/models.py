@@ -116,6 +116,10 @@ class ReviewRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     verdict: Mapped[str] = mapped_column(String(8), nullable=False)
     predicted_class_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The prediction's class and time, copied: quality is counted from the reviews alone,
+    # without a join into millions of predictions (nullable: an expand migration backfills).
+    predicted_class_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    prediction_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     true_class_id: Mapped[int] = mapped_column(Integer, nullable=False)
     note: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     reviewer: Mapped[str | None] = mapped_column(String(64), nullable=True)

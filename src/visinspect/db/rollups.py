@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Engine, Integer, cast, func, select, text
+from sqlalchemy import ColumnElement, Engine, Integer, cast, func, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from visinspect.db.models import (
@@ -109,19 +109,35 @@ def class_counts(
     """What GROUP BY class (and, with `per_day`, GROUP BY day) over the rows would give, from
     the rollups."""
     counts = ClassCounts()
+    postgres = session.get_bind().dialect.name == "postgresql"
     for piece in split_range(after, before):
         table, moment, count, total = _class_columns(piece.grain)
         where = _between(moment, piece) + _class_is(piece.grain, class_name)
-        for name, n, s in session.execute(
-            select(table.class_name, count, total).where(*where).group_by(table.class_name)
-        ):
-            counts.by_class[str(name)] += int(n)
-            counts.confidence_sum += float(s)
         if not per_day:
+            statement = select(table.class_name, count, total).where(*where)
+            for name, n, s in session.execute(statement.group_by(table.class_name)):
+                counts.by_class[str(name)] += int(n)
+                counts.confidence_sum += float(s)
             continue
         day = moment if piece.grain == "days" else func.date(moment)
-        for d, n in session.execute(select(day, count).where(*where).group_by(day)):
+        statement = select(table.class_name, day, count, total).where(*where)
+        if piece.grain == "days" and postgres:
+            # Per class and per day in one scan: a row per day and class would be many.
+            statement = statement.group_by(
+                func.grouping_sets(tuple_(table.class_name), tuple_(day))
+            )
+            for name, d, n, s in session.execute(statement):
+                if name is not None:
+                    counts.by_class[str(name)] += int(n)
+                    counts.confidence_sum += float(s)
+                else:
+                    counts.by_day[_as_date(d)] += int(n)
+            continue
+        # Rows of partial hours, hours of partial days: few (class, day) pairs, one scan.
+        for name, d, n, s in session.execute(statement.group_by(table.class_name, day)):
+            counts.by_class[str(name)] += int(n)
             counts.by_day[_as_date(d)] += int(n)
+            counts.confidence_sum += float(s)
     return counts
 
 

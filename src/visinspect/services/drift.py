@@ -126,6 +126,10 @@ def ks_from_cumulative(
     return statistic, kolmogorov_sf(math.sqrt(effective) * statistic)
 
 
+def _end_of_this_hour() -> datetime:
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
 class DriftService:
     def __init__(
         self,
@@ -142,8 +146,10 @@ class DriftService:
     async def compare(
         self, window: timedelta, reference: timedelta, until: datetime | None = None
     ) -> Drift:
-        """[until - window, until) against the `reference` before it."""
-        end = as_utc(until) or datetime.now(UTC)
+        """[until - window, until) against the `reference` before it. Without `until` the
+        windows end with the current UTC hour: the same rows as ending now (none is newer), and
+        every window of whole hours is read from the rollups alone."""
+        end = as_utc(until) or _end_of_this_hour()
         try:
             start, reference_start = end - window, end - window - reference
         except OverflowError:  # the reference would begin before year 1

@@ -129,6 +129,8 @@ def _add(
         created_at=datetime.now(UTC),
         verdict=verdict,
         predicted_class_id=predicted,
+        predicted_class_name=prediction.class_name,
+        prediction_created_at=prediction.created_at,
         true_class_id=predicted if true_class_id is None else true_class_id,
         note=note,
         reviewer=reviewer,
