@@ -205,87 +205,81 @@ def _as_date(value: Any) -> date:
 _KEYS = "hour, model_version, backend, precision, class_name"
 _DAY_KEYS = "day, model_version, backend, precision, class_name"
 _BUCKET_KEYS = "hour, model_version, backend, precision, bucket"
+# A row's hour, UTC day and confidence bucket, in each database's SQL. SQLAlchemy stores SQLite
+# datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC here) and dates as 'YYYY-MM-DD': the same forms.
+_ROW_KEYS = {
+    "postgresql": (
+        "date_trunc('hour', created_at, 'UTC')",
+        "(created_at AT TIME ZONE 'UTC')::date",
+        "least(99, floor(confidence * 100))::smallint",
+    ),
+    "sqlite": (
+        "strftime('%Y-%m-%d %H:00:00.000000', created_at)",
+        "date(created_at)",
+        "min(99, CAST(confidence * 100 AS INTEGER))",
+    ),
+}
+# SQLite's trigger is per row: its one new row, as a table the same statements can read.
+_SQLITE_NEW_ROW = "(SELECT " + ", ".join(
+    f"NEW.{column} AS {column}"
+    for column in (
+        "created_at", "model_version", "inference_backend", "precision", "class_name",
+        "class_id", "model_name", "confidence",
+    )
+) + ") AS new_rows"  # fmt: skip
 
-POSTGRES_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION visinspect_rollup_predictions() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    -- Sorted by key, so that concurrent writers lock the rollup rows in the same order.
-    INSERT INTO rollup_hourly_classes AS r ({_KEYS}, class_id, model_name, count, confidence_sum)
-    SELECT date_trunc('hour', created_at, 'UTC'), model_version, inference_backend, precision,
-           class_name, min(class_id), min(model_name), count(*), sum(confidence)
-    FROM new_rows GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT ({_KEYS}) DO UPDATE
-    SET count = r.count + EXCLUDED.count, confidence_sum = r.confidence_sum + EXCLUDED.confidence_sum;
 
-    INSERT INTO rollup_daily_classes AS r ({_DAY_KEYS}, class_id, model_name, count, confidence_sum)
-    SELECT (created_at AT TIME ZONE 'UTC')::date, model_version, inference_backend, precision,
-           class_name, min(class_id), min(model_name), count(*), sum(confidence)
-    FROM new_rows GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT ({_DAY_KEYS}) DO UPDATE
-    SET count = r.count + EXCLUDED.count, confidence_sum = r.confidence_sum + EXCLUDED.confidence_sum;
+def _add_to_rollups(dialect: str, rows: str) -> list[str]:
+    """The three statements that add the predictions in `rows` (a table, or the trigger's new
+    rows) to the rollups. Sorted by key, so that concurrent writers lock the rollup rows in the
+    same order. Used by the triggers and, once, by the migration for the rows already there."""
+    hour, day, bucket = _ROW_KEYS[dialect]
+    model = "model_version, inference_backend, precision"
+    classes = "class_name, min(class_id), min(model_name), count(*), sum(confidence)"
+    grouped = f"FROM {rows} WHERE true GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
 
-    INSERT INTO rollup_hourly_confidences AS r ({_BUCKET_KEYS}, count)
-    SELECT date_trunc('hour', created_at, 'UTC'), model_version, inference_backend, precision,
-           least(99, floor(confidence * 100))::smallint, count(*)
-    FROM new_rows GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT ({_BUCKET_KEYS}) DO UPDATE SET count = r.count + EXCLUDED.count;
-    RETURN NULL;
-END
-$$
-"""
+    def add(table: str, sums: bool) -> str:
+        """What a key already counted gets (target rows by table name: SQLite's triggers allow
+        no alias)."""
+        counts = f"count = {table}.count + excluded.count"
+        if not sums:
+            return counts
+        return f"{counts}, confidence_sum = {table}.confidence_sum + excluded.confidence_sum"
+
+    return [
+        f"INSERT INTO rollup_hourly_classes ({_KEYS}, class_id, model_name, count, "
+        f"confidence_sum) SELECT {hour}, {model}, {classes} {grouped} "
+        f"ON CONFLICT ({_KEYS}) DO UPDATE SET {add('rollup_hourly_classes', True)}",
+        f"INSERT INTO rollup_daily_classes ({_DAY_KEYS}, class_id, model_name, count, "
+        f"confidence_sum) SELECT {day}, {model}, {classes} {grouped} "
+        f"ON CONFLICT ({_DAY_KEYS}) DO UPDATE SET {add('rollup_daily_classes', True)}",
+        f"INSERT INTO rollup_hourly_confidences ({_BUCKET_KEYS}, count) "
+        f"SELECT {hour}, {model}, {bucket}, count(*) {grouped} "
+        f"ON CONFLICT ({_BUCKET_KEYS}) DO UPDATE SET {add('rollup_hourly_confidences', False)}",
+    ]
+
+
+POSTGRES_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION visinspect_rollup_predictions() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN "
+    + "; ".join(_add_to_rollups("postgresql", "new_rows"))
+    + "; RETURN NULL; END $$"
+)
 POSTGRES_TRIGGER = """
 CREATE TRIGGER predictions_rollup AFTER INSERT ON predictions
 REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
 EXECUTE FUNCTION visinspect_rollup_predictions()
 """
-# SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC here) and dates as
-# 'YYYY-MM-DD': the trigger writes the same forms.
-_SQLITE_HOUR = "strftime('%Y-%m-%d %H:00:00.000000', NEW.created_at)"
-SQLITE_TRIGGER = f"""
-CREATE TRIGGER predictions_rollup AFTER INSERT ON predictions
-BEGIN
-    INSERT INTO rollup_hourly_classes ({_KEYS}, class_id, model_name, count, confidence_sum)
-    VALUES ({_SQLITE_HOUR}, NEW.model_version, NEW.inference_backend, NEW.precision,
-            NEW.class_name, NEW.class_id, NEW.model_name, 1, NEW.confidence)
-    ON CONFLICT ({_KEYS}) DO UPDATE
-    SET count = count + 1, confidence_sum = confidence_sum + excluded.confidence_sum;
-
-    INSERT INTO rollup_daily_classes ({_DAY_KEYS}, class_id, model_name, count, confidence_sum)
-    VALUES (date(NEW.created_at), NEW.model_version, NEW.inference_backend, NEW.precision,
-            NEW.class_name, NEW.class_id, NEW.model_name, 1, NEW.confidence)
-    ON CONFLICT ({_DAY_KEYS}) DO UPDATE
-    SET count = count + 1, confidence_sum = confidence_sum + excluded.confidence_sum;
-
-    INSERT INTO rollup_hourly_confidences ({_BUCKET_KEYS}, count)
-    VALUES ({_SQLITE_HOUR}, NEW.model_version, NEW.inference_backend, NEW.precision,
-            min(99, CAST(NEW.confidence * 100 AS INTEGER)), 1)
-    ON CONFLICT ({_BUCKET_KEYS}) DO UPDATE SET count = count + 1;
-END
-"""
+SQLITE_TRIGGER = (
+    "CREATE TRIGGER predictions_rollup AFTER INSERT ON predictions BEGIN "
+    + "; ".join(_add_to_rollups("sqlite", _SQLITE_NEW_ROW))
+    + "; END"
+)
 
 
 def backfill_statements(dialect: str) -> list[str]:
     """Count the rows already there (a migration on a populated table), once."""
-    if dialect == "postgresql":
-        hour = "date_trunc('hour', created_at, 'UTC')"
-        day = "(created_at AT TIME ZONE 'UTC')::date"
-        bucket = "least(99, floor(confidence * 100))::smallint"
-    else:
-        hour = "strftime('%Y-%m-%d %H:00:00.000000', created_at)"
-        day = "date(created_at)"
-        bucket = "min(99, CAST(confidence * 100 AS INTEGER))"
-    common = "model_version, inference_backend, precision"
-    return [
-        f"INSERT INTO rollup_hourly_classes ({_KEYS}, class_id, model_name, count, confidence_sum)"
-        f" SELECT {hour}, {common}, class_name, min(class_id), min(model_name), count(*),"
-        f" sum(confidence) FROM predictions GROUP BY 1, 2, 3, 4, 5",
-        f"INSERT INTO rollup_daily_classes ({_DAY_KEYS}, class_id, model_name, count, confidence_sum)"
-        f" SELECT {day}, {common}, class_name, min(class_id), min(model_name), count(*),"
-        f" sum(confidence) FROM predictions GROUP BY 1, 2, 3, 4, 5",
-        f"INSERT INTO rollup_hourly_confidences ({_BUCKET_KEYS}, count)"
-        f" SELECT {hour}, {common}, {bucket}, count(*) FROM predictions GROUP BY 1, 2, 3, 4, 5",
-    ]
+    return _add_to_rollups(dialect, "predictions")
 
 
 def trigger_statements(dialect: str) -> list[str]:
