@@ -141,54 +141,53 @@ class ReviewRecord(Base):
 # Keys are what a record says about the model, so one hour may hold several model versions.
 
 
-class HourlyClassCount(Base):
+class _ModelKey:
+    """The part of a rollup's key that says which model counted (after the time: `sort_order`
+    keeps the key's columns in the migrations' order)."""
+
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True, sort_order=-5)
+    backend: Mapped[str] = mapped_column(String(32), primary_key=True, sort_order=-5)
+    precision: Mapped[str] = mapped_column(String(8), primary_key=True, sort_order=-5)
+
+
+class _ClassCount(_ModelKey):
+    """Predictions of one top-1 class, and the sum of their confidences."""
+
+    # By name, as statistics and drift count (a class id means a name only with its model).
+    class_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    class_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    model_name: Mapped[str] = mapped_column(String(64), nullable=False)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    confidence_sum: Mapped[float] = mapped_column(nullable=False)
+
+
+class HourlyClassCount(_ClassCount, Base):
     """Predictions per UTC hour, model and top-1 class, with their confidences' sum."""
 
     __tablename__ = "rollup_hourly_classes"
 
-    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
-    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
-    backend: Mapped[str] = mapped_column(String(32), primary_key=True)
-    precision: Mapped[str] = mapped_column(String(8), primary_key=True)
-    # By name, as statistics and drift count (a class id means a name only with its model).
-    class_name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    class_id: Mapped[int] = mapped_column(Integer, nullable=False)
-    model_name: Mapped[str] = mapped_column(String(64), nullable=False)
-    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    confidence_sum: Mapped[float] = mapped_column(nullable=False)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True, sort_order=-10)
 
     __table_args__ = (Index("ix_rollup_hourly_classes_class_name_hour", "class_name", "hour"),)
 
 
-class DailyClassCount(Base):
+class DailyClassCount(_ClassCount, Base):
     """The same per UTC day: all-time statistics read a row per day and class, not per hour."""
 
     __tablename__ = "rollup_daily_classes"
 
-    day: Mapped[date] = mapped_column(Date(), primary_key=True)
-    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
-    backend: Mapped[str] = mapped_column(String(32), primary_key=True)
-    precision: Mapped[str] = mapped_column(String(8), primary_key=True)
-    # By name, as statistics and drift count (a class id means a name only with its model).
-    class_name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    class_id: Mapped[int] = mapped_column(Integer, nullable=False)
-    model_name: Mapped[str] = mapped_column(String(64), nullable=False)
-    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    confidence_sum: Mapped[float] = mapped_column(nullable=False)
+    day: Mapped[date] = mapped_column(Date(), primary_key=True, sort_order=-10)
 
     __table_args__ = (Index("ix_rollup_daily_classes_class_name_day", "class_name", "day"),)
 
 
-class HourlyConfidenceCount(Base):
+class HourlyConfidenceCount(_ModelKey, Base):
     """Predictions per UTC hour and model whose top-1 confidence c has floor(100 c) = bucket
     (0..99; 1.0 counts in 99): the confidence distribution drift compares."""
 
     __tablename__ = "rollup_hourly_confidences"
 
-    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
-    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
-    backend: Mapped[str] = mapped_column(String(32), primary_key=True)
-    precision: Mapped[str] = mapped_column(String(8), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True, sort_order=-10)
     bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
