@@ -172,24 +172,9 @@ def measure(url: str, requests: int) -> dict[str, Any]:
     engine = create_engine(url)
     with engine.connect() as connection:
         rows = int(connection.scalar(text("SELECT count(*) FROM predictions")) or 0)
-        middle = connection.execute(
-            text(
-                "SELECT id, created_at FROM predictions WHERE created_at >= "
-                "(SELECT min(created_at) + (max(created_at) - min(created_at)) / 2 FROM predictions)"
-                " ORDER BY created_at, id LIMIT 1"
-            )
-        ).one()
-        popular = connection.scalar(
-            text(
-                "SELECT class_name FROM rollup_daily_classes GROUP BY class_name "
-                "ORDER BY sum(count) DESC LIMIT 1"
-            )
-        )
+        deep, popular, day, unaligned = _samples(connection)
         sizes = _sizes(connection, rows)
     engine.dispose()
-    deep = encode_cursor(SimpleNamespace(id=middle.id, created_at=middle.created_at), "newest")  # type: ignore[arg-type]
-    day = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
-    unaligned = datetime.now(UTC) - timedelta(days=2, minutes=17)
     calls = {
         "history, first page (limit 50)": ("/predictions", {"limit": 50}),
         "history, a page in the middle (cursor)": ("/predictions", {"limit": 50, "cursor": deep}),
@@ -235,6 +220,29 @@ def measure(url: str, requests: int) -> dict[str, Any]:
     report["drop"] = _drop_oldest_day(url)
     _print(report)
     return report
+
+
+def _samples(connection: Any) -> tuple[str, str, datetime, datetime]:
+    """What `measure` and `explain` ask for: a cursor to the middle of the history, the most
+    frequent class, the start of a UTC day two days back, and a time two days back not on the
+    hour (for a range that needs rows)."""
+    middle = connection.execute(
+        text(
+            "SELECT id, created_at FROM predictions WHERE created_at >= "
+            "(SELECT min(created_at) + (max(created_at) - min(created_at)) / 2 FROM predictions)"
+            " ORDER BY created_at, id LIMIT 1"
+        )
+    ).one()
+    popular = connection.scalar(
+        text(
+            "SELECT class_name FROM rollup_daily_classes GROUP BY class_name "
+            "ORDER BY sum(count) DESC LIMIT 1"
+        )
+    )
+    deep = encode_cursor(SimpleNamespace(id=middle.id, created_at=middle.created_at), "newest")  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    day = (now - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return deep, str(popular), day, now - timedelta(days=2, minutes=17)
 
 
 def _environment() -> dict[str, str]:
@@ -460,22 +468,13 @@ def explain(url: str) -> None:
         captured.append((statement, parameters))
 
     with engine.connect() as connection:
-        middle = connection.execute(
-            text(
-                "SELECT id, created_at FROM predictions WHERE created_at >= (SELECT min(created_at)"
-                " + (max(created_at) - min(created_at)) / 2 FROM predictions) ORDER BY created_at, id"
-                " LIMIT 1"
-            )
-        ).one()
-    deep = encode_cursor(SimpleNamespace(id=middle.id, created_at=middle.created_at), "newest")  # type: ignore[arg-type]
+        deep, popular, day, unaligned = _samples(connection)
     history, reviews = HistoryService(database), ReviewService(database, load_labels())
     drift = DriftService(database, DriftThresholds(0.1, 0.1, 0.01, 50))
-    day = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
-    unaligned = datetime.now(UTC) - timedelta(days=2, minutes=17)
     calls: dict[str, Any] = {
         "history, first page": lambda: history.page(HistoryFilter(), 50),
         "history, a page in the middle (cursor)": lambda: history.page(HistoryFilter(), 50, cursor=deep),
-        "history, one class": lambda: history.page(HistoryFilter(class_name="tabby"), 50),
+        "history, one class": lambda: history.page(HistoryFilter(class_name=popular), 50),
         "review queue": lambda: history.page(HistoryFilter(reviewed=False, max_confidence=0.5), 50, 0, True),
         "statistics, all time": lambda: history.stats(HistoryFilter(), 20),
         "statistics, one UTC day": lambda: history.stats(

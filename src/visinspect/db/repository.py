@@ -224,8 +224,8 @@ def quality_counts(
     )
 
 
-# The confidences' distribution is read as its cumulative counts at these edges (0.01, ..., 0.99):
-# one scan, on every database, and what a two-sample Kolmogorov-Smirnov statistic needs.
+# A window's confidences as counts per bucket of 0.01 (the rollups' buckets): their cumulative
+# sums are what a two-sample Kolmogorov-Smirnov statistic needs (services/drift.py).
 @dataclass(frozen=True, slots=True)
 class WindowDistribution:
     count: int
