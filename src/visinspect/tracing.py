@@ -41,10 +41,6 @@ class Timeline:
     written: int = 0
 
 
-def now_ns() -> int:
-    return time.time_ns()
-
-
 class Tracing:
     """The tracer of one server process, and how its spans are named and nested."""
 
@@ -119,7 +115,7 @@ class Tracing:
         from opentelemetry import trace
         from opentelemetry.trace import Status, StatusCode
 
-        end = timeline.written or now_ns()
+        end = timeline.written or time.time_ns()
         parent = self.tracer.start_span(
             "classify",
             start_time=timeline.started,

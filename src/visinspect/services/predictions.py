@@ -22,7 +22,7 @@ from visinspect.db.writer import PredictionWriter
 from visinspect.errors import RequestTimedOut, TooManyFiles, VisinspectError
 from visinspect.inference.runner import Classification, InferenceRunner
 from visinspect.services.images import ImageService
-from visinspect.tracing import Timeline, Tracing, now_ns
+from visinspect.tracing import Timeline, Tracing
 
 log = structlog.get_logger("visinspect.predict")
 
@@ -86,7 +86,7 @@ class PredictionService:
         `deadline_s`: the client's own time limit (capped by REQUEST_TIMEOUT_S); work that cannot
         finish within it is refused at once. `gone`: tells whether the client has left, so that
         its image is dropped before the model spends time on it."""
-        timeline = Timeline(started=now_ns()) if self.tracing is not None else None
+        timeline = Timeline(started=time.time_ns()) if self.tracing is not None else None
         try:
             stored = await self._classify_and_record(
                 upload, request_id, top_k, deadline_s, gone, timeline
@@ -126,10 +126,10 @@ class PredictionService:
         if self.images is not None:
             record.image_kept = await self.images.keep(classification, request_id)
         if timeline is not None:
-            timeline.write_started = now_ns()
+            timeline.write_started = time.time_ns()
         stored = await self.writer.store(record)
         if timeline is not None:
-            timeline.written = now_ns()
+            timeline.written = time.time_ns()
         log.info(
             "prediction.stored",
             record_id=stored.id,
