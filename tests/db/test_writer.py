@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from tests.support import fresh_postgres_database, synthetic_record
+from visinspect.db import repository
 from visinspect.db.models import PredictionRecord
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
 from visinspect.db.writer import PredictionWriter
 from visinspect.errors import RecordNotStored
-
-pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
@@ -35,6 +37,7 @@ def count(database: Database) -> int:
         return int(session.scalar(select(func.count(PredictionRecord.id))) or 0)
 
 
+@pytest.mark.anyio
 async def test_concurrent_stores_each_get_their_committed_row(committed_database: Database) -> None:
     writer = PredictionWriter(committed_database)
     writer.start()
@@ -46,6 +49,7 @@ async def test_concurrent_stores_each_get_their_committed_row(committed_database
     assert count(committed_database) == 50
 
 
+@pytest.mark.anyio
 async def test_a_bad_row_fails_alone(committed_database: Database) -> None:
     writer = PredictionWriter(committed_database)
     writer.start()
@@ -63,3 +67,35 @@ async def test_a_bad_row_fails_alone(committed_database: Database) -> None:
     assert results[1].__cause__ is not None  # the driver's error, for the log line
     assert all(isinstance(r, PredictionRecord) for r in (results[0], results[2]))
     assert count(committed_database) == 2
+
+
+def test_a_group_is_stored_as_given_on_both_backends(empty_engine: Engine) -> None:
+    """PostgreSQL inserts a group through arrays (`repository.add_predictions`), SQLite through
+    the ORM's bulk insert: both store every column as given, and number the rows in order."""
+    upgrade_to_head(empty_engine)
+    paris = timezone(timedelta(hours=1))
+    full = synthetic_record("full", class_name="café ☕", confidence=0.123456789012345)
+    full.created_at = datetime(2026, 12, 1, 23, 30, 0, 123456, tzinfo=paris)  # 22:30 UTC
+    full.predictions = [{"class_id": 967, "class_name": "café ☕", "confidence": 0.5}, {"k": None}]
+    full.filename, full.decode_ms, full.inference_ms, full.image_kept = "ünï.jpg", 1.5, 2.5, False
+    bare = synthetic_record("bare")  # filename, decode_ms, inference_ms, image_kept: None
+    records = [full, bare, synthetic_record("third")]
+    with Session(empty_engine) as session:
+        repository.add_predictions(session, records)
+        session.commit()
+    assert [r.id for r in records] == sorted(r.id for r in records)
+    columns = [a.key for a in inspect(PredictionRecord).column_attrs]
+    with Session(empty_engine) as session:
+        for given in records:
+            stored = session.get(PredictionRecord, given.id)
+            assert stored is not None
+            assert {c: getattr(stored, c) for c in columns} == {
+                c: getattr(given, c) for c in columns
+            }
+    assert full.created_at.astimezone(UTC).hour == 22
+
+
+def test_a_value_too_long_is_refused_not_cut(committed_database: Database) -> None:
+    """PostgreSQL's arrays are of text: a cast to VARCHAR(128) would cut the value silently."""
+    with committed_database.sessions() as session, pytest.raises(DBAPIError, match="too long"):
+        repository.add_predictions(session, [synthetic_record("long", class_name="x" * 129)])
