@@ -103,9 +103,12 @@ def test_schema_behind_head_is_not_ready(tmp_path: Path) -> None:
 
     with running_app(make_settings(f"sqlite:///{tmp_path / 'behind.db'}")) as client:
         config = alembic_config()
-        with services_of(client).history.database.engine.begin() as conn:
+        with services_of(
+            client
+        ).history.database.engine.connect() as conn:  # alembic begins its own transactions
             config.attributes["connection"] = conn
             command.downgrade(config, "base")
+            conn.commit()
         body = client.get("/health").json()
         assert body["failing"] == ["schema"]
         assert "code expects" in body["checks"]["schema"]["detail"]

@@ -110,12 +110,13 @@ def newer_release(tmp_path: Path, *migrations: str) -> Config:
 
 
 def migrate(config: Config, engine: Engine, target: str = "head") -> None:
-    with engine.begin() as connection:
+    with engine.connect() as connection:  # alembic begins its own transactions
         config.attributes["connection"] = connection
         if target.startswith("-") or target == "base":
             command.downgrade(config, target)
         else:
             command.upgrade(config, target)
+        connection.commit()
 
 
 def problem_of(engine: Engine) -> str | None:

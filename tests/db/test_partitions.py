@@ -36,9 +36,10 @@ def engine() -> Iterator[Engine]:
 
 def migrate(engine: Engine, target: str, down: bool = False) -> None:
     config = alembic_config()
-    with engine.begin() as connection:
+    with engine.connect() as connection:  # alembic begins its own transactions
         config.attributes["connection"] = connection
         (command.downgrade if down else command.upgrade)(config, target)
+        connection.commit()
 
 
 def add(engine: Engine, records: list[PredictionRecord]) -> None:

@@ -128,3 +128,36 @@ async def test_the_total_is_counted_only_up_to_its_cap(
     )
     assert [r.class_name for r in rest.records] == ["espresso"]
     assert rest.next_cursor is None
+
+
+async def test_one_class_pages_hold_that_class_only_newest_first(database: Database) -> None:
+    """A class's pages read the (class_name, created_at, id) index as a range of its whole key
+    (`repository.list_predictions`): neighbouring names never leak in, ties in time are broken
+    by id, and the cursor resumes exactly where a page ended."""
+    at = MIDNIGHT + timedelta(days=3)
+    rows = [  # names that sort right around "espresso", and three rows at the same moment
+        ("espress", at), ("espresso", at), ("espresso maker", at), ("espresso", at),
+        ("espresso", at - timedelta(seconds=1)), ("espressp", at), ("espresso", at),
+        ("espresso", at + timedelta(seconds=1)),
+    ]  # fmt: skip
+
+    def add(session: Session) -> list[tuple[int, datetime]]:
+        records = [
+            synthetic_record(f"neighbour-{i}", c, created_at=t) for i, (c, t) in enumerate(rows)
+        ]
+        repository.add_predictions(session, records)
+        return [(r.id, r.created_at) for r in records if r.class_name == "espresso"]
+
+    espresso = await database.run(add)
+    expected = [i for i, _ in sorted(espresso, key=lambda r: (r[1], r[0]), reverse=True)]
+    history = HistoryService(database)
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page = await history.page(HistoryFilter(class_name="espresso"), limit=2, cursor=cursor)
+        assert {r.class_name for r in page.records} <= {"espresso"}
+        seen += [r.id for r in page.records]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == expected

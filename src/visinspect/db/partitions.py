@@ -186,3 +186,47 @@ def _delete_before(engine: Engine, cutoff: date) -> int:
             {"t": moment.strftime("%Y-%m-%d %H:%M:%S.%f")},
         )
         return int(result.rowcount or 0)
+
+
+def build_index(connection: Connection, name: str, columns: list[str], using: str) -> None:
+    """Build the partitioned index `name` of `predictions` without blocking inserts: the
+    parent's index is made on the parent only, each partition's CONCURRENTLY, then attached
+    (the parent's is valid once all are; a partition created meanwhile gets its own with it).
+    `connection` is in autocommit (CONCURRENTLY cannot run in a transaction). Safe to run
+    again after it died half-way."""
+    definition = f"USING {using} ({', '.join(columns)})"
+    connection.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON ONLY predictions {definition}"))
+    # Named by what they hold: an index built before under another definition keeps its name.
+    suffix = "_".join([*columns, using])
+    for partition in _partitions_without(connection, name):
+        child = f"{partition}_{suffix}"[:63]
+        _drop_invalid(connection, child)  # what a build that died left behind
+        connection.execute(
+            text(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {child} ON {partition} {definition}")
+        )
+        connection.execute(text(f"ALTER INDEX {name} ATTACH PARTITION {child}"))
+
+
+def _partitions_without(connection: Connection, index: str) -> list[str]:
+    """The partitions of `predictions` that have no index attached to the partitioned `index`."""
+    return list(
+        connection.scalars(
+            text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'predictions'::regclass AND NOT EXISTS ("
+                "  SELECT 1 FROM pg_inherits a JOIN pg_index x ON x.indexrelid = a.inhrelid "
+                "  WHERE a.inhparent = to_regclass(:index) AND x.indrelid = c.oid) "
+                "ORDER BY c.relname"
+            ),
+            {"index": index},
+        )
+    )
+
+
+def _drop_invalid(connection: Connection, index: str) -> None:
+    invalid = connection.scalar(
+        text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:index)"),
+        {"index": index},
+    )
+    if invalid:
+        connection.execute(text(f"DROP INDEX CONCURRENTLY {index}"))

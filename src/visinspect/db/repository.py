@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
@@ -150,7 +150,12 @@ def list_predictions(
     after: After | None = None,
 ) -> list[PredictionRecord]:
     """One page, newest first (or least confident first; id breaks ties), starting after
-    `after`: an index range scan on (created_at, id) that reads only the page, however deep."""
+    `after`: an index range scan on (created_at, id), or (class_name, created_at, id) for one
+    class, that reads only the page, however deep."""
+    if where.class_name is not None and not least_confident_first:
+        statement = _filtered(select(PredictionRecord), replace(where, class_name=None))
+        statement = _one_class_newest_first(statement, where.class_name, after)
+        return list(session.scalars(statement.limit(limit).offset(offset)))
     statement = _filtered(select(PredictionRecord), where)
     if least_confident_first:
         statement = statement.order_by(PredictionRecord.confidence.asc(), PredictionRecord.id.asc())
@@ -169,6 +174,25 @@ def list_predictions(
                 < tuple_(literal(after.created_at, UTCDateTime()), literal(after.id))
             )
     return list(session.scalars(statement.limit(limit).offset(offset)))
+
+
+def _one_class_newest_first(statement: S, class_name: str, after: After | None) -> S:
+    """One class, newest first, read from (class_name, created_at, id) alone. The class is
+    asked for as a range of that whole key, ordered by it, not as `class_name = x`: given the
+    equality, PostgreSQL may instead walk (created_at, id) backwards and filter on the class,
+    betting that a frequent class turns up soon; when that class has gone quiet lately, the walk
+    reads every newer row of the others (hundreds of thousands, 100 ms at 10 M rows)."""
+    rows = PredictionRecord
+    statement = statement.where(rows.class_name >= class_name)
+    if after is not None and after.created_at is not None:
+        key = tuple_(rows.class_name, rows.created_at, rows.id)
+        start = tuple_(
+            literal(class_name), literal(after.created_at, UTCDateTime()), literal(after.id)
+        )
+        statement = statement.where(key < start)  # and >= (class_name, ...): this class only
+    else:
+        statement = statement.where(rows.class_name <= class_name)
+    return statement.order_by(rows.class_name.desc(), rows.created_at.desc(), rows.id.desc())
 
 
 def count_predictions(session: Session, where: PredictionFilter, cap: int) -> tuple[int, bool]:

@@ -9,6 +9,7 @@ one (expand/contract, `db/compatibility.py`).
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -33,6 +34,7 @@ log = structlog.get_logger("visinspect.db")
 # Any constant shared by every replica: pg_advisory_lock serialises concurrent start-ups, so exactly
 # one process migrates and the others find the schema already at head.
 _MIGRATION_LOCK_KEY = 0x7669_7369_6E73  # "visins"
+_LOCK_POLL_S = 0.2
 
 
 def alembic_config() -> Config:
@@ -74,8 +76,7 @@ def upgrade_to_head(engine: Engine, app_role: str | None = None) -> Migration:
     granted what serving needs on every table, and nothing that changes the schema."""
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-            connection.commit()
+            _lock_migrations(connection)
         try:
             before = after = current_revision(connection)
             known = compatibility.lineage(migration_scripts())
@@ -98,6 +99,18 @@ def upgrade_to_head(engine: Engine, app_role: str | None = None) -> Migration:
                 connection.commit()
     log.info("db.migrated", revision_before=before, revision=after, changed=before != after)
     return Migration(before, after)
+
+
+def _lock_migrations(connection: Connection) -> None:
+    """Wait for the migration lock without holding a snapshot meanwhile: a migration that
+    builds an index CONCURRENTLY waits for every open snapshot to end, and a blocking
+    pg_advisory_lock would keep one open for as long as it waits (a deadlock)."""
+    while not connection.scalar(
+        text("SELECT pg_try_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+    ):
+        connection.commit()
+        time.sleep(_LOCK_POLL_S)
+    connection.commit()
 
 
 def grant_serving_privileges(connection: Connection, role: str) -> None:

@@ -15,19 +15,24 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    # A transaction per migration, begun here: a migration may need to leave it for a while
+    # (an index built CONCURRENTLY, `autocommit_block`), which Alembic can only do with the
+    # transactions it began. What the caller read before handing over is committed first.
+    if connection.in_transaction():
+        connection.commit()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
         include_name=include_name,  # autogenerate leaves the day partitions alone
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()
-        # Who may serve against the schema now (expand/contract): in the same transaction.
-        compatibility.record(
-            connection, context.script, context.get_context().get_current_revision()
-        )
+    # Who may serve against the schema now (expand/contract), once the migrations are in.
+    compatibility.record(connection, context.script, context.get_context().get_current_revision())
+    connection.commit()
 
 
 def run_migrations_online() -> None:
