@@ -182,3 +182,43 @@ def test_today_is_never_without_its_partition(engine: Engine) -> None:
             later + timedelta(days=n) for n in range(AHEAD_DAYS + 1)
         }
     assert isinstance(later, date)
+
+
+def test_an_index_is_built_partition_by_partition_and_again_after_dying_half_way(
+    engine: Engine,
+) -> None:
+    """`partitions.build_index` (the history_indexes migration's): a build that died half-way
+    (the parent's index made, one partition's left invalid by a CONCURRENTLY that failed) is
+    finished by running it again: every partition gets a valid index, attached, and the
+    parent's is valid; once more changes nothing. Inserts work throughout."""
+    upgrade_to_head(engine)
+    add(engine, spread([0, 1, 2]))
+    with engine.connect() as connection:
+        days = sorted(partitions.day_partitions(connection).values())
+
+    def state() -> tuple[bool, list[tuple[str, bool]]]:
+        with engine.connect() as connection:
+            parent = connection.scalar(
+                text("SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_t'::regclass")
+            )
+            children = connection.execute(
+                text(
+                    "SELECT c.relname, x.indisvalid FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_index x ON x.indexrelid = c.oid "
+                    "WHERE i.inhparent = 'ix_t'::regclass ORDER BY c.relname"
+                )
+            )
+            return bool(parent), [(str(n), bool(v)) for n, v in children]
+
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("CREATE INDEX ix_t ON ONLY predictions (confidence)"))
+        dead = f"{days[0]}_confidence_btree"
+        connection.execute(text(f"CREATE INDEX {dead} ON {days[0]} (confidence)"))
+        connection.execute(  # what a failed CREATE INDEX CONCURRENTLY leaves
+            text(f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{dead}'::regclass")
+        )
+        partitions.build_index(connection, "ix_t", ["confidence"], "btree")
+        assert state() == (True, [(f"{name}_confidence_btree", True) for name in days])
+        partitions.build_index(connection, "ix_t", ["confidence"], "btree")
+        assert state() == (True, [(f"{name}_confidence_btree", True) for name in days])
+    add(engine, spread([0], per_day=3))
