@@ -55,7 +55,7 @@ class QualityCounts:
     confusions: list[tuple[int, str, int, int]]  # predicted id and name, true id, count
 
 
-# Every attribute of a record but its id, which the database assigns.
+# Every attribute of a record but its id, which comes from the sequence.
 _INSERTED = [a for a in inspect(PredictionRecord).column_attrs if a.key != "id"]
 
 
