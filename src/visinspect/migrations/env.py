@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+from typing import Any
+
 from alembic import context
+from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import Connection
 
 from visinspect.config import Settings
@@ -12,6 +16,16 @@ from visinspect.db.partitions import include_name
 from visinspect.db.session import create_db_engine
 
 target_metadata = Base.metadata
+
+
+def _record_compatibility(
+    ctx: MigrationContext, step: MigrationInfo, heads: Collection[Any], run_args: Mapping[str, Any]
+) -> None:
+    """Who may serve against the schema (expand/contract), in each migration's own transaction:
+    a release serving meanwhile never sees a revision without its record."""
+    assert ctx.connection is not None
+    revision = next(iter(heads), None)  # one line of history: at most one head
+    compatibility.record(ctx.connection, context.script, revision)
 
 
 def _run(connection: Connection) -> None:
@@ -27,10 +41,11 @@ def _run(connection: Connection) -> None:
         include_name=include_name,  # autogenerate leaves the day partitions alone
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
         transaction_per_migration=True,
+        on_version_apply=_record_compatibility,
     )
     with context.begin_transaction():
         context.run_migrations()
-    # Who may serve against the schema now (expand/contract), once the migrations are in.
+    # Recorded again when no migration ran (the row is rewritten by every run).
     compatibility.record(connection, context.script, context.get_context().get_current_revision())
     connection.commit()
 
