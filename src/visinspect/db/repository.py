@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -79,12 +79,13 @@ def _insert_unnested(session: Session, records: list[PredictionRecord]) -> None:
     unnest() with an array per column. Its text is the same for every group, so the driver
     parses it once and the server plans it once; a multi-row VALUES list would be a new
     statement of 20 parameters per row each time (most of the writer's time went there)."""
+    dialect = session.get_bind().dialect
     ids = sorted(session.scalars(_NEXT_IDS, {"n": len(records)}))
     columns: dict[str, list[Any]] = {"id": ids}
-    for attribute in _INSERTED:
-        values = [getattr(record, attribute.key) for record in records]
-        columns[attribute.key] = [_bound(attribute.key, value) for value in values]
-    session.execute(_insert_statement(session.get_bind().dialect), columns)
+    for key, process in _bind_processors(dialect).items():
+        values = [getattr(record, key) for record in records]
+        columns[key] = values if process is None else [process(value) for value in values]
+    session.execute(_insert_statement(dialect), columns)
     for record, row_id in zip(records, ids, strict=True):
         record.id = row_id
 
@@ -94,15 +95,13 @@ _NEXT_IDS = text(
 )
 
 
-def _bound(key: str, value: Any) -> Any:
-    """What the column types do on the way in, for the arrays (which bypass them)."""
-    if value is None:
-        return None
-    if key == "created_at":
-        return UTCDateTime().process_bind_param(value, None)  # type: ignore[arg-type]
-    if key == "predictions":
-        return json.dumps(value)
-    return value
+@functools.cache
+def _bind_processors(dialect: Dialect) -> dict[str, Callable[[Any], Any] | None]:
+    """What each column's type does to a value on the way in (aware datetimes to UTC, the top-k
+    to JSONB), applied by hand: the values go in as arrays, which bypass the column types."""
+    return {
+        a.key: a.columns[0].type.dialect_impl(dialect).bind_processor(dialect) for a in _INSERTED
+    }
 
 
 def _element_type(column_type: TypeEngine[Any], dialect: Dialect) -> str:
@@ -113,12 +112,12 @@ def _element_type(column_type: TypeEngine[Any], dialect: Dialect) -> str:
 
 @functools.cache
 def _insert_statement(dialect: Dialect) -> TextClause:
-    table = PredictionRecord.__table__
     names = ["id", *(a.columns[0].name for a in _INSERTED)]
     keys = ["id", *(a.key for a in _INSERTED)]
+    types = [PredictionRecord.__table__.c[name].type for name in names]
     arrays = ", ".join(
-        f"CAST(:{key} AS {_element_type(table.c[name].type, dialect)}[])"
-        for key, name in zip(keys, names, strict=True)
+        f"CAST(:{key} AS {_element_type(column_type, dialect)}[])"
+        for key, column_type in zip(keys, types, strict=True)
     )
     columns = ", ".join(names)  # from the ORM, not from a request
     return text(f"INSERT INTO predictions ({columns}) SELECT * FROM unnest({arrays})")  # noqa: S608
