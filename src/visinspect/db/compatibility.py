@@ -72,7 +72,8 @@ def oldest_compatible(scripts: ScriptDirectory, revision: str) -> str:
 
 
 def record(connection: Connection, scripts: ScriptDirectory, revision: str | None) -> None:
-    """After a migration run: what the schema now is and who may serve against it."""
+    """After each migration, in its transaction: what the schema now is and who may serve
+    against it."""
     if revision is None or not inspect(connection).has_table(SchemaCompatibility.__tablename__):
         return  # downgraded below the revision that creates the table
     connection.execute(delete(SchemaCompatibility))

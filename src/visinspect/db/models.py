@@ -195,7 +195,7 @@ class HourlyConfidenceCount(_ModelKey, Base):
 
 
 class SchemaCompatibility(Base):
-    """One row, rewritten by every migration run (`db/compatibility.py`): the revision reached and
+    """One row, rewritten by every migration (`db/compatibility.py`): the revision reached and
     the oldest release, by its head revision, that may serve against it. A release that does not
     know the database's revision reads it to tell a newer expand (serve on) from a contract."""
 

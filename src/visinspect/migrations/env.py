@@ -45,9 +45,6 @@ def _run(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
-    # Recorded again when no migration ran (the row is rewritten by every run).
-    compatibility.record(connection, context.script, context.get_context().get_current_revision())
-    connection.commit()
 
 
 def run_migrations_online() -> None:
