@@ -5,6 +5,7 @@ history, statistics, quality and drift calls through a running `visinspect serve
   python -m bench.history measure --database-url URL [--requests 60] [--pin]
   python -m bench.history run --rows N --database-url URL [--fresh] [--pin]   (create, fill, measure)
   python -m bench.history explain --database-url URL   (every query's plan: docs/history-plans.md)
+  python -m bench.history remigrate --database-url URL (the head migration down and up, timed)
   make bench-history          (10 M rows into the database `visinspect_history`, then measure)
   make bench-history-smoke    (CI: 20,000 rows into a fresh database; its numbers mean nothing)
 
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,14 +47,15 @@ from typing import Any
 
 import httpx
 import numpy as np
-from sqlalchemy import create_engine, text
+from alembic import command
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
 from bench.footprint import photo_jpeg
 from bench.load import free_port
 from visinspect.db import partitions, repository
 from visinspect.db.models import PredictionRecord
-from visinspect.db.schema import upgrade_to_head
+from visinspect.db.schema import alembic_config, upgrade_to_head
 from visinspect.db.session import Database
 from visinspect.db.writer import PredictionWriter
 from visinspect.inference.model import load_labels
@@ -459,25 +462,9 @@ def _drop_oldest_days(url: str, days: int = 2) -> dict[str, Any] | None:
                 int(connection.scalar(text(f"SELECT count(*) FROM {partitioned[d]}")) or 0)
                 for d in oldest
             ]
-        stop = threading.Event()
-        insert_ms: list[float] = []
-
-        def insert_today() -> None:
-            while not stop.is_set():
-                started = time.perf_counter()
-                with Session(engine) as session:
-                    repository.add_predictions(session, [_record("bench-retention")])
-                    session.commit()
-                insert_ms.append((time.perf_counter() - started) * 1000)
-
-        inserter = threading.Thread(target=insert_today)
-        inserter.start()
-        try:
+        with _inserting(engine, "bench-retention") as insert_ms:
             today = datetime.now(UTC).date()
             done = partitions.maintain(engine, retention_days=(today - oldest[-1]).days - 1)
-        finally:
-            stop.set()
-            inserter.join()
     finally:
         engine.dispose()
     return {
@@ -488,6 +475,60 @@ def _drop_oldest_days(url: str, days: int = 2) -> dict[str, Any] | None:
         "inserts_during": len(insert_ms),
         "slowest_insert_ms": round(max(insert_ms, default=0.0), 1),
     }
+
+
+@contextlib.contextmanager
+def _inserting(engine: Engine, request_id: str, pause_s: float = 0.0) -> Iterator[list[float]]:
+    """Another connection inserts today's rows one at a time, as long as the block runs; the
+    list it yields holds each insert's milliseconds (how long one waited: a lock would show)."""
+    stop = threading.Event()
+    insert_ms: list[float] = []
+
+    def insert_today() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            with Session(engine) as session:
+                repository.add_predictions(session, [_record(request_id)])
+                session.commit()
+            insert_ms.append((time.perf_counter() - started) * 1000)
+            stop.wait(pause_s)
+
+    inserter = threading.Thread(target=insert_today)
+    inserter.start()
+    try:
+        yield insert_ms
+    finally:
+        stop.set()
+        inserter.join()
+
+
+def remigrate(url: str) -> dict[str, Any]:
+    """The head migration undone and done again on a filled database, while another connection
+    inserts a row every 10 ms: how long each direction takes, and the slowest insert meanwhile
+    (the history indexes' migration builds every partition's index CONCURRENTLY)."""
+    engine = create_engine(url)
+    report: dict[str, Any] = {}
+    try:
+        for direction in ("downgrade", "upgrade"):
+            started = time.perf_counter()
+            with _inserting(engine, "bench-migration", pause_s=0.01) as insert_ms:
+                if direction == "downgrade":
+                    config = alembic_config()
+                    with engine.connect() as connection:
+                        config.attributes["connection"] = connection
+                        command.downgrade(config, "-1")
+                        connection.commit()
+                else:
+                    upgrade_to_head(engine)
+            report[direction] = {
+                "seconds": round(time.perf_counter() - started, 1),
+                "inserts_during": len(insert_ms),
+                "slowest_insert_ms": round(max(insert_ms, default=0.0), 1),
+            }
+            print(f"{direction}: {report[direction]}", flush=True)
+    finally:
+        engine.dispose()
+    return report
 
 
 def _sizes(connection: Any, rows: int) -> dict[str, float]:
@@ -627,6 +668,10 @@ def main(argv: list[str] | None = None) -> int:
     measuring.add_argument("--pin", action="store_true", help=PIN_HELP)
     explaining = commands.add_parser("explain", help="the plan of every query of every call")
     explaining.add_argument("--database-url", required=True)
+    remigrating = commands.add_parser(
+        "remigrate", help="undo and redo the head migration while rows are inserted"
+    )
+    remigrating.add_argument("--database-url", required=True)
     running = commands.add_parser("run", help="create the database, fill it up to N rows, measure")
     running.add_argument("--rows", type=int, required=True)
     running.add_argument("--days", type=float, default=30)
@@ -642,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
         measure(url, args.requests, args.pin)
     elif args.command == "explain":
         explain(url)
+    elif args.command == "remigrate":
+        remigrate(url)
     else:
         missing = prepare_database(url, args.rows, args.fresh)
         if missing:
