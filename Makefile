@@ -47,6 +47,8 @@ bench-history: $(VENV)/.installed-dev model postgres
 bench-history-smoke: $(VENV)/.installed-dev model postgres
 	$(BIN)/python -m bench.history run --fresh --rows 20000 --requests 3 \
 	  --database-url postgresql+psycopg://postgres@127.0.0.1:5432/visinspect_history_smoke
+	$(BIN)/python -m bench.history remigrate \
+	  --database-url postgresql+psycopg://postgres@127.0.0.1:5432/visinspect_history_smoke
 
 # Soak at twice the capacity, 2 GB uploads, benign traffic under attack, the decode-bomb corpus
 # against the budgets (docs/reliability.md). SOAK_SECONDS=60 by default.

@@ -7,7 +7,8 @@ history, statistics, quality and drift calls through a running `visinspect serve
   python -m bench.history explain --database-url URL   (every query's plan: docs/history-plans.md)
   python -m bench.history remigrate --database-url URL (the head migration down and up, timed)
   make bench-history          (10 M rows into the database `visinspect_history`, then measure)
-  make bench-history-smoke    (CI: 20,000 rows into a fresh database; its numbers mean nothing)
+  make bench-history-smoke    (CI: 20,000 rows into a fresh database, then remigrate; its numbers
+                              mean nothing)
 
 `fill` uses the service's own schema (migrated to the head first) and writes with COPY, so the
 rollups' trigger counts every row as it would count the service's own; it appends, so a second
