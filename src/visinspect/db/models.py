@@ -95,8 +95,8 @@ class PredictionRecord(Base):
     __table_args__ = (
         # GET /predictions: newest first, optionally one class or one image.
         Index("ix_predictions_created_at_id", "created_at", "id"),
-        # (A hash on PostgreSQL: a digest is only ever looked up whole, and a hash entry is a
-        # fifth of a btree's. The class index holds the id, so the class page is its order.)
+        # (A hash on PostgreSQL: a digest is only ever looked up whole, and a hash entry holds
+        # 4 bytes, not 64 hex digits. The class index holds the id: the class page's order.)
         Index("ix_predictions_class_name_created_at_id", "class_name", "created_at", "id"),
         Index("ix_predictions_image_sha256", "image_sha256", postgresql_using="hash"),
         # The review queue: least confident first.

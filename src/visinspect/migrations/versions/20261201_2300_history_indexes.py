@@ -6,7 +6,8 @@ Two indexes of `predictions` replaced:
   the (created_at, id) index instead, filtering row by row: quick for a class that is frequent
   lately, over 100 ms at 10 M rows for one that was frequent and has gone quiet.
 - image_sha256's btree becomes a hash index: it is looked up by equality only, and a hash entry
-  takes about 20 bytes where the btree's, holding the 64 hex digits, takes about 90.
+  holds a 4-byte hash where the btree's holds the 64 hex digits (31 bytes a row against about
+  100 at 10 M rows: docs/benchmarks.md).
 
 On PostgreSQL each partition's index is built CONCURRENTLY, inserts going on meanwhile
 (`db/partitions.build_index`); then the old index is dropped and the new one renamed in the
