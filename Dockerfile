@@ -40,13 +40,13 @@ ENV MODEL_DIR=/opt/visinspect/model
 RUN /opt/build/bin/pip install --no-deps --no-build-isolation . \
  && /opt/build/bin/visinspect model build \
  && /opt/venv/bin/pip install --no-deps --no-build-isolation . \
- && /opt/venv/bin/python -c "import sys; from visinspect.config import Settings; from visinspect.inference.model import load_classifier; load_classifier(Settings(_env_file=None)); assert 'torch' not in sys.modules" \
+ && /opt/venv/bin/python -c "import sys; from visinspect.config import Settings; from visinspect.inference.classifier import load_classifier; load_classifier(Settings(_env_file=None)); assert 'torch' not in sys.modules" \
  && site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
  && find "$site/swagger_ui_bundle" -name '*.map' -delete \
  && rm -rf "$site/onnxruntime/capi/libonnxruntime.so."* "$site/onnxruntime/transformers" "$site/onnxruntime/tools" \
     "$site/onnxruntime/quantization" "$site/onnxruntime/datasets" \
  && find "$site/uvloop" "$site/sqlalchemy" -name '*.so' -type f -exec strip --strip-unneeded {} + \
- && /opt/venv/bin/python -c "import uvloop, sqlalchemy.engine, sqlalchemy.orm; from visinspect.config import Settings; from visinspect.inference.model import load_classifier; load_classifier(Settings(_env_file=None))" \
+ && /opt/venv/bin/python -c "import uvloop, sqlalchemy.engine, sqlalchemy.orm; from visinspect.config import Settings; from visinspect.inference.classifier import load_classifier; load_classifier(Settings(_env_file=None))" \
  && /opt/venv/bin/pip uninstall --yes --quiet setuptools pip
 
 FROM ${PYTHON_IMAGE} AS runtime

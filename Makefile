@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run model test audit install-check chromium containers bench bench-smoke bench-history bench-history-smoke footprint photos quantization reliability lock axe lint typecheck pytest postgres hey clean
+.PHONY: run model test imports docs docs-build audit install-check chromium containers bench bench-smoke bench-history bench-history-smoke footprint photos quantization reliability lock axe lint typecheck pytest postgres hey clean
 
 # The first run builds the model artifact (MODEL_DIR, default ~/.cache/visinspect/model); later runs
 # find it up to date and start at once.
@@ -16,7 +16,7 @@ run: model
 model: $(VENV)/.installed
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect model build --if-missing
 
-test: $(VENV)/.installed-dev postgres chromium axe lint typecheck pytest
+test: $(VENV)/.installed-dev postgres chromium axe lint typecheck imports docs-build pytest
 
 # Installed packages against PyPI's advisories; fails on a vulnerability that has a fix.
 audit: $(VENV)/.installed-dev
@@ -90,6 +90,18 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
+# The architecture's import contracts ([tool.importlinter] in pyproject.toml).
+imports: $(VENV)/.installed-dev
+	$(BIN)/lint-imports
+
+# The docs site (MkDocs Material): `make docs` serves it on http://127.0.0.1:8001 with live reload;
+# `make test` builds it strictly (a broken link or anchor fails).
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+docs-build: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .cache/site
+
 pytest: $(VENV)/.installed-dev
 	$(BIN)/pytest
 
@@ -109,4 +121,4 @@ $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .cache/site

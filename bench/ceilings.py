@@ -29,9 +29,9 @@ from PIL import Image
 
 from visinspect.config import Settings
 from visinspect.inference.backends import InferenceBackend
-from visinspect.inference.model import Classifier, load_classifier
+from visinspect.inference.classifier import Classifier, load_classifier
 from visinspect.inference.preprocess import preprocess
-from visinspect.inference.reference import TorchBackend
+from visinspect.offline.reference import TorchBackend
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 

@@ -55,11 +55,11 @@ from sqlalchemy.orm import Session
 from bench.footprint import photo_jpeg
 from bench.load import free_port
 from visinspect.db import partitions, repository
-from visinspect.db.models import PredictionRecord
 from visinspect.db.schema import alembic_config, upgrade_to_head
 from visinspect.db.session import Database
+from visinspect.db.tables import PredictionRecord
 from visinspect.db.writer import PredictionWriter
-from visinspect.inference.model import load_labels
+from visinspect.inference.classifier import load_labels
 from visinspect.services.history import encode_cursor
 
 VISINSPECT = str(Path(sys.executable).parent / "visinspect")
@@ -595,8 +595,9 @@ def explain(url: str) -> None:
     go through the service layer itself, and a cursor hook captures their SQL and parameters."""
     from sqlalchemy import event
 
+    from visinspect.filters import HistoryFilter
     from visinspect.services.drift import DriftService, DriftThresholds
-    from visinspect.services.history import HistoryFilter, HistoryService
+    from visinspect.services.history import HistoryService
     from visinspect.services.reviews import ReviewService
 
     engine = create_engine(url)

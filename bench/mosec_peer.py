@@ -22,7 +22,7 @@ import numpy as np
 from mosec import Server, Worker
 
 from visinspect.config import Settings
-from visinspect.inference.model import load_labels
+from visinspect.inference.classifier import load_labels
 from visinspect.inference.preprocess import PREPROCESSING, preprocess
 
 TOP_K = 3

@@ -16,10 +16,10 @@ import torch
 from fastapi import FastAPI, File, UploadFile
 
 from visinspect.config import Architecture, Settings
-from visinspect.inference.architectures import build_network
-from visinspect.inference.model import load_labels
+from visinspect.inference.classifier import load_labels
 from visinspect.inference.preprocess import PREPROCESSING, preprocess
 from visinspect.inference.weights import weights_path
+from visinspect.offline.architectures import build_network
 
 CONNINFO = os.environ["NAIVE_DATABASE_URL"]  # a plain libpq URL
 SPEC = PREPROCESSING[Architecture.EFFICIENTNET_LITE0]

@@ -3,7 +3,7 @@
   make quantization     (= python -m bench.quantization; `make photos` installs the photographs)
 
 Every recipe is calibrated on the same calibration photographs and measured on the same, disjoint
-evaluation photographs (`visinspect.inference.photos`), in one run on one machine. Agreement is
+evaluation photographs (`visinspect.offline.photos`), in one run on one machine. Agreement is
 reported overall and by the fp32 reference's own confidence; speed is milliseconds per image at
 batch 1 and 8, the recipe and fp32 alternating (`build.measure_speed`). The default recipe also runs
 with ONNX Runtime's fast u8s8 kernels, to show what they cost on a CPU without VNNI.
@@ -19,7 +19,9 @@ import numpy as np
 
 from visinspect.config import Architecture, Precision, Settings
 from visinspect.inference.backends import OnnxRuntimeBackend
-from visinspect.inference.build import (
+from visinspect.inference.preprocess import PREPROCESSING
+from visinspect.inference.weights import verified_weights
+from visinspect.offline.build import (
     INT8_CONFIDENT,
     Int8Recipe,
     cpu_description,
@@ -28,10 +30,8 @@ from visinspect.inference.build import (
     quantize_int8,
     softmax_of,
 )
-from visinspect.inference.photos import find_photos
-from visinspect.inference.preprocess import PREPROCESSING
-from visinspect.inference.reference import TorchBackend, export_onnx, load_network
-from visinspect.inference.weights import verified_weights
+from visinspect.offline.photos import find_photos
+from visinspect.offline.reference import TorchBackend, export_onnx, load_network
 
 RECIPES = {
     "MinMax, flips, ends in fp32 (the default)": Int8Recipe(),

@@ -30,7 +30,7 @@ from tests.support import (
 from visinspect.config import Precision, Settings
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
-from visinspect.inference.model import Classifier, load_classifier
+from visinspect.inference.classifier import Classifier, load_classifier
 
 # One model artifact per test session (fp32, measured on scikit-image's photos), served by every app
 # and server process the tests start. MODEL_DIR=... reuses an artifact that is up to date.
@@ -40,8 +40,8 @@ os.environ.setdefault("MODEL_DIR", tempfile.mkdtemp(prefix="visinspect-model-"))
 @pytest.fixture(scope="session", autouse=True)
 def model_artifact() -> Path:
     from visinspect.cli.model import is_up_to_date
-    from visinspect.inference.build import build_artifact
-    from visinspect.inference.photos import find_photos
+    from visinspect.offline.build import build_artifact
+    from visinspect.offline.photos import find_photos
 
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     if not is_up_to_date(settings, {Precision.FP32}):

@@ -30,10 +30,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from visinspect.config import Settings
-from visinspect.db.models import PredictionRecord
 from visinspect.db.session import Database
+from visinspect.db.tables import PredictionRecord
 from visinspect.inference.backends import InferenceBackend
-from visinspect.inference.model import Classifier
+from visinspect.inference.classifier import Classifier
 from visinspect.main import create_app
 from visinspect.startup import Services
 
@@ -222,12 +222,14 @@ def process_gone(pid: int) -> bool:
         return True
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30, what: str = "") -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float = 30, what: str = "", interval_s: float = 0.01
+) -> None:
     """Poll `condition` until it holds; fail after `timeout_s` (never a fixed sleep)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.01)
+        time.sleep(interval_s)
 
 
 # --- real server processes --------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from scripts.load_check import drain
 from sqlalchemy import create_engine, text
 
-from tests.support import environment, free_port, fresh_postgres_database, wait_ready
+from tests.support import environment, free_port, fresh_postgres_database, wait_ready, wait_until
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -133,10 +133,12 @@ def test_postgres_stopped_and_started_under_a_running_service(
         assert httpx.get(f"{base}/health/live").status_code == 200  # alive, just not ready
 
         cluster.start()
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{base}/health", timeout=30).status_code != 200:
-            assert time.monotonic() < deadline, "the service did not recover on its own"
-            time.sleep(0.5)
+        wait_until(
+            lambda: httpx.get(f"{base}/health", timeout=30).status_code == 200,
+            30,
+            "the service to recover on its own",
+            interval_s=0.5,
+        )
         recovered = _post(base, photo)
         assert recovered.status_code == 200
         acknowledged.append(recovered.json()["id"])

@@ -25,7 +25,15 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
-from tests.support import PHOTOS, VISINSPECT, environment, free_port, json_lines, serving
+from tests.support import (
+    PHOTOS,
+    VISINSPECT,
+    environment,
+    free_port,
+    json_lines,
+    serving,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -268,10 +276,11 @@ def test_a_client_that_leaves_is_not_classified_nor_stored(tmp_path: Path) -> No
                 + body
             )
             time.sleep(0.05)
-        deadline = time.monotonic() + 30
-        while '"leaving-client"' not in (tmp_path / "server.log").read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(
+            lambda: '"leaving-client"' in (tmp_path / "server.log").read_text(),
+            30,
+            "the leaving client's log line",
+        )
         assert httpx.get(f"{base}/health", timeout=10).status_code == 200
     events = [
         e

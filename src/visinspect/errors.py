@@ -1,4 +1,4 @@
-"""Domain errors. Each has a stable machine-readable `code`; `api/errors.py` maps them to HTTP.
+"""Domain errors. Each has a stable machine-readable `code`; `api/error_handlers.py` maps them to HTTP.
 
 The classes form a hierarchy by what the client should do (send another file, fix the request,
 retry later, report a bug), and the HTTP mapping follows the hierarchy: a new subclass answers what

@@ -17,19 +17,19 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from visinspect import __version__
-from visinspect.api.errors import install_error_handlers
+from visinspect.api.error_handlers import install_error_handlers
+from visinspect.api.headers import SecurityHeadersMiddleware
 from visinspect.api.limits import (
-    ApiKeyGateMiddleware,
     ConcurrencyLimitMiddleware,
     LimitedHttpToolsProtocol,
     RequestBodyLimitsMiddleware,
 )
 from visinspect.api.middleware import RequestObservationMiddleware
-from visinspect.api.routes import health, images, predict, predictions
+from visinspect.api.routes import drift, health, history, images, predict, reviews
 from visinspect.api.routes import metrics as metrics_route
 from visinspect.api.routes.docs import mount_docs
 from visinspect.api.routes.ui import mount_ui
-from visinspect.api.security import ApiKeys, SecurityHeadersMiddleware
+from visinspect.api.security import ApiKeyGateMiddleware, ApiKeys
 from visinspect.config import Settings
 from visinspect.logging import configure_logging
 from visinspect.memory import limit_malloc_arenas
@@ -67,7 +67,10 @@ def create_app(
     app.state.tracing = tracing
     install_error_handlers(app)
     app.include_router(predict.router)
-    app.include_router(predictions.router)
+    # /predictions/quality and /predictions/drift before history's /predictions/{prediction_id}.
+    app.include_router(reviews.router)
+    app.include_router(drift.router)
+    app.include_router(history.router)
     app.include_router(images.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)

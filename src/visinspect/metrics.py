@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from visinspect.services.drift import Drift
-    from visinspect.storage.images import CleanupReport
+    from visinspect.storage.image_store import CleanupReport
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

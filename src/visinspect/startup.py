@@ -29,17 +29,17 @@ from visinspect.db.session import Database, create_db_engine, wait_for_database
 from visinspect.db.writer import PredictionWriter
 from visinspect.errors import DatabaseUnavailable, StartupFailed
 from visinspect.inference.batcher import MicroBatcher
+from visinspect.inference.classifier import Classifier, ModelLoadError, check_model, load_classifier
 from visinspect.inference.decoders import DecoderLimits, DecoderPool, start_forkserver
-from visinspect.inference.model import Classifier, ModelLoadError, check_model, load_classifier
 from visinspect.inference.runner import InferenceRunner
 from visinspect.metrics import Metrics
 from visinspect.services.drift import DriftService, DriftThresholds, parse_duration
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.images import ImageService
-from visinspect.services.predictions import PredictionService
+from visinspect.services.predict import PredictService
 from visinspect.services.reviews import ReviewService
-from visinspect.storage.images import ImageStore, open_image_store
+from visinspect.storage.image_store import ImageStore, open_image_store
 from visinspect.tracing import Tracing
 
 __all__ = ["Prepared", "Services", "StartupFailed", "open_services", "prepare", "prepare_shared"]
@@ -115,7 +115,7 @@ def _log_begin(settings: Settings) -> None:
 class Services:
     """The use cases the API and the CLI call, and what /health and /metrics look at."""
 
-    predictions: PredictionService
+    predict: PredictService
     history: HistoryService
     reviews: ReviewService
     drift: DriftService
@@ -167,7 +167,7 @@ async def open_services(
         on_not_kept=metrics.observe_image_not_kept if metrics else None,
         on_cleanup=metrics.observe_image_cleanup if metrics else None,
     )
-    predictions = PredictionService(
+    predict = PredictService(
         runner,
         writer,
         images,
@@ -202,7 +202,7 @@ async def open_services(
     ]
     try:
         yield Services(
-            predictions,
+            predict,
             history,
             reviews,
             drift,

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from tests.support import rows_with_request_id, services_of
 from visinspect import errors
-from visinspect.api.errors import STATUS_BY_ERROR, status_of
+from visinspect.api.error_handlers import STATUS_BY_ERROR, status_of
 
 EXPECTED = {
     errors.EmptyImage: 400,

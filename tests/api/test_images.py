@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from tests.support import app_on, mounted_full_disk, services_of
 from visinspect.cli import main as cli_main
-from visinspect.db.models import PredictionRecord
+from visinspect.db.tables import PredictionRecord
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])

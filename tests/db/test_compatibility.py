@@ -33,7 +33,6 @@ from tests.support import (
 )
 from visinspect.db import partitions
 from visinspect.db.compatibility import phase_of
-from visinspect.db.models import PredictionRecord, SchemaCompatibility
 from visinspect.db.schema import (
     alembic_config,
     current_revision,
@@ -43,6 +42,7 @@ from visinspect.db.schema import (
     schema_problem,
     upgrade_to_head,
 )
+from visinspect.db.tables import PredictionRecord, SchemaCompatibility
 from visinspect.errors import StartupFailed
 
 # The newest contract migration this release ships (partition_predictions: the table is

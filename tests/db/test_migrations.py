@@ -11,7 +11,6 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from tests.support import fresh_postgres_database
-from visinspect.db.models import Base
 from visinspect.db.partitions import include_name
 from visinspect.db.schema import (
     alembic_config,
@@ -20,6 +19,7 @@ from visinspect.db.schema import (
     head_revision,
     upgrade_to_head,
 )
+from visinspect.db.tables import Base
 
 
 def _diff(engine: Engine) -> list[object]:

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 from tests.db.test_rollups import assert_rollups_equal_rows
 from tests.support import fresh_postgres_database, synthetic_record
 from visinspect.db import partitions, repository
-from visinspect.db.models import HourlyClassCount, PredictionRecord
 from visinspect.db.partitions import AHEAD_DAYS, partition_name
 from visinspect.db.schema import alembic_config, upgrade_to_head
 from visinspect.db.session import Database
+from visinspect.db.tables import HourlyClassCount, PredictionRecord
 
 BEFORE_PARTITIONS = "8c2a5e7d1f43"  # the rollups; the next migration partitions the table
 TODAY = datetime.now(UTC).date()

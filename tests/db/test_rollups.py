@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 
 from tests.support import fresh_postgres_database, set_connections_allowed, synthetic_record
 from visinspect.db import repository, rollups
-from visinspect.db.models import PredictionRecord
 from visinspect.db.rollups import HOUR, split_range
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
+from visinspect.db.tables import PredictionRecord
 from visinspect.db.writer import PredictionWriter
 from visinspect.errors import DatabaseUnavailable, RecordNotStored
 

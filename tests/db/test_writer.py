@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from tests.support import fresh_postgres_database, synthetic_record
 from visinspect.db import repository
-from visinspect.db.models import PredictionRecord
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
+from visinspect.db.tables import PredictionRecord
 from visinspect.db.writer import PredictionWriter
 from visinspect.errors import RecordNotStored
 

@@ -18,17 +18,17 @@ import pytest
 
 from tests.support import PHOTOS, make_settings, running_app
 from visinspect.config import Precision, Settings
-from visinspect.inference import build as build_module
 from visinspect.inference.artifact import (
     PreprocessingContract,
     labels_sha256,
     read_manifest,
 )
-from visinspect.inference.build import BuildFailed, build_artifact
-from visinspect.inference.model import ModelLoadError, load_classifier, load_labels
-from visinspect.inference.photos import PhotoSets, find_photos
+from visinspect.inference.classifier import ModelLoadError, load_classifier, load_labels
 from visinspect.inference.preprocess import preprocess
 from visinspect.inference.weights import LITE0_WEIGHTS_SHA256, weights_path
+from visinspect.offline import build as build_module
+from visinspect.offline.build import BuildFailed, build_artifact
+from visinspect.offline.photos import PhotoSets, find_photos
 
 
 def settings(model_dir: Path, **values: Any) -> Settings:
@@ -200,7 +200,7 @@ def test_photo_sets_are_disjoint_and_keep_variants_together() -> None:
 
 
 def build_module_subject(path: Path) -> str:
-    from visinspect.inference.photos import _subject
+    from visinspect.offline.photos import _subject
 
     return _subject(path)
 
@@ -274,7 +274,7 @@ def test_serving_path_imports_no_torch(model_artifact: Path) -> None:
     code = (
         "import sys\n"
         "from visinspect.config import Settings\n"
-        "from visinspect.inference.model import load_classifier\n"
+        "from visinspect.inference.classifier import load_classifier\n"
         "import visinspect.main, visinspect.startup, visinspect.cli.serve\n"
         f"load_classifier(Settings(_env_file=None, model_dir={str(model_artifact)!r}))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'onnx'}))\n"

@@ -13,7 +13,7 @@ import pytest
 from tests.support import PHOTOS
 from visinspect.errors import Overloaded
 from visinspect.inference.batcher import MicroBatcher
-from visinspect.inference.model import Classifier
+from visinspect.inference.classifier import Classifier
 from visinspect.inference.preprocess import preprocess
 
 pytestmark = pytest.mark.anyio

@@ -20,7 +20,7 @@ from visinspect.config import Architecture
 from visinspect.errors import DecoderCrashed, ImageTooSlowToDecode, NotAnImage
 from visinspect.inference.decoders import RESIDENT_GROWTH_LIMIT, DecoderLimits, DecoderPool
 from visinspect.inference.preprocess import PREPROCESSING
-from visinspect.services.predictions import Upload
+from visinspect.services.predict import Upload
 
 BUDGET_MB = 384
 LIMITS = DecoderLimits(

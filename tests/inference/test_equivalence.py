@@ -7,7 +7,7 @@ import numpy as np
 
 from tests.support import PHOTOS
 from visinspect.inference.backends import EQUIVALENCE_TOLERANCE, softmax
-from visinspect.inference.model import Classifier
+from visinspect.inference.classifier import Classifier
 from visinspect.inference.preprocess import preprocess
 
 PHOTO_NAMES = [

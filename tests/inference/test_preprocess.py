@@ -21,7 +21,7 @@ from visinspect.errors import (
     TooManyPixels,
     UnsupportedImageFormat,
 )
-from visinspect.inference.model import Classifier
+from visinspect.inference.classifier import Classifier
 from visinspect.inference.preprocess import PREPROCESSING, preprocess, to_pixels
 
 LITE0 = PREPROCESSING[Architecture.EFFICIENTNET_LITE0]

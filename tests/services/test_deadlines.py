@@ -12,10 +12,11 @@ import anyio
 import pytest
 
 from tests.support import count_records, gated_model, make_settings
+from visinspect.context import RequestContext
 from visinspect.db.session import Database
 from visinspect.errors import ClientGone, DeadlineUnreachable, RequestTimedOut
-from visinspect.inference.model import Classifier
-from visinspect.services.predictions import Upload
+from visinspect.inference.classifier import Classifier
+from visinspect.services.predict import Upload
 from visinspect.startup import Prepared, Services, open_services
 
 pytestmark = pytest.mark.anyio
@@ -35,14 +36,14 @@ def coffee(photos: Path) -> Upload:
 async def test_a_deadline_the_waiting_work_outlasts_is_refused_at_once(
     services: Services, database: Database, classifier: Classifier, photos: Path
 ) -> None:
-    await services.predictions.classify_and_record(coffee(photos), request_id="warm")
+    await services.predict.classify_and_record(coffee(photos), RequestContext("warm"))
     assert services.batcher.seconds_per_image is not None  # learnt from that pass
     with gated_model(classifier) as gate:
         async with anyio.create_task_group() as group:
             for i in range(4):
                 group.start_soon(
-                    lambda i=i: services.predictions.classify_and_record(
-                        coffee(photos), request_id=f"queued-{i}"
+                    lambda i=i: services.predict.classify_and_record(
+                        coffee(photos), RequestContext(f"queued-{i}")
                     )
                 )
             with anyio.fail_after(20):  # the four decoded: in the held pass or queued behind it
@@ -54,16 +55,16 @@ async def test_a_deadline_the_waiting_work_outlasts_is_refused_at_once(
             with pytest.raises(
                 DeadlineUnreachable, match="longer than this request's deadline"
             ) as e:
-                await services.predictions.classify_and_record(
-                    coffee(photos), request_id="hurried", deadline_s=0.001
+                await services.predict.classify_and_record(
+                    coffee(photos), RequestContext("hurried", timeout_s=0.001)
                 )
             assert time.perf_counter() - started < 0.5  # refused, not queued until it timed out
             assert e.value.retry_after_s is not None
             assert e.value.retry_after_s >= 1
             # A deadline that the waiting work fits in is accepted and answered.
             group.start_soon(
-                lambda: services.predictions.classify_and_record(
-                    coffee(photos), request_id="patient", deadline_s=9
+                lambda: services.predict.classify_and_record(
+                    coffee(photos), RequestContext("patient", timeout_s=9)
                 )
             )
             gate.release.set()
@@ -77,8 +78,8 @@ async def test_the_clients_own_deadline_times_out_under_its_name(
     with gated_model(classifier) as gate:
         started = time.perf_counter()
         with pytest.raises(RequestTimedOut, match=r"0\.2 s \(X-Request-Timeout-Ms\)"):
-            await services.predictions.classify_and_record(
-                coffee(photos), request_id="short", deadline_s=0.2
+            await services.predict.classify_and_record(
+                coffee(photos), RequestContext("short", timeout_s=0.2)
             )
         assert time.perf_counter() - started < 5  # its own deadline, not REQUEST_TIMEOUT_S (10 s)
         gate.release.set()
@@ -93,9 +94,11 @@ async def test_a_client_that_left_is_neither_classified_nor_stored(
 
     images_before = services.batcher.stats.images
     with pytest.raises(ClientGone):
-        await services.predictions.classify_and_record(coffee(photos), request_id="gone", gone=gone)
-    outcomes = await services.predictions.classify_many(
-        [coffee(photos), coffee(photos)], request_id="gone-batch", gone=gone
+        await services.predict.classify_and_record(
+            coffee(photos), RequestContext("gone", gone=gone)
+        )
+    outcomes = await services.predict.classify_many(
+        [coffee(photos), coffee(photos)], RequestContext("gone-batch", gone=gone)
     )
     assert all(isinstance(o, ClientGone) for o in outcomes)
     assert services.batcher.stats.images == images_before  # the model never saw them

@@ -13,7 +13,8 @@ from tests.support import synthetic_record
 from visinspect.db import repository
 from visinspect.db.session import Database
 from visinspect.errors import InvalidRequest, InvalidTimeRange, PredictionNotFound
-from visinspect.services.history import HistoryFilter, HistoryService
+from visinspect.filters import HistoryFilter
+from visinspect.services.history import HistoryService
 
 pytestmark = pytest.mark.anyio
 
@@ -115,9 +116,7 @@ async def test_the_total_is_counted_only_up_to_its_cap(
     history: HistoryService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Beyond TOTAL_COUNT_CAP the page says "more than" instead of reading every row."""
-    from visinspect.services import history as module
-
-    monkeypatch.setattr(module, "TOTAL_COUNT_CAP", 3)
+    monkeypatch.setattr(repository, "TOTAL_COUNT_CAP", 3)
     capped = await history.page(HistoryFilter(), limit=2)
     assert (capped.total, capped.total_exact) == (3, False)
     exact = await history.page(HistoryFilter(class_name="espresso"), limit=2)

@@ -13,8 +13,9 @@ from tests.support import synthetic_record
 from visinspect.db import repository
 from visinspect.db.session import Database
 from visinspect.errors import InvalidRequest, InvalidReview, PredictionNotFound, UnknownClass
-from visinspect.inference.model import load_labels
-from visinspect.services.history import HistoryFilter, HistoryService
+from visinspect.filters import HistoryFilter
+from visinspect.inference.classifier import load_labels
+from visinspect.services.history import HistoryService
 from visinspect.services.reviews import Accuracy, Confusion, ReviewService
 
 pytestmark = pytest.mark.anyio

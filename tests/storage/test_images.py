@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import mounted_full_disk
-from visinspect.storage.images import ImageStore, NotKept, Variant
+from visinspect.storage.image_store import ImageStore, NotKept, Variant
 
 THUMBNAIL = b"\xff\xd8 a thumbnail"
 

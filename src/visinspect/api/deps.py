@@ -15,7 +15,7 @@ from visinspect.services.drift import DriftService
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.images import ImageService
-from visinspect.services.predictions import PredictionService
+from visinspect.services.predict import PredictService
 from visinspect.services.reviews import ReviewService
 from visinspect.startup import Services
 
@@ -30,8 +30,8 @@ def _services(request: Request) -> Services:
     return services
 
 
-async def get_prediction_service(request: Request) -> PredictionService:
-    return _services(request).predictions
+async def get_predict_service(request: Request) -> PredictService:
+    return _services(request).predict
 
 
 async def get_history_service(request: Request) -> HistoryService:
@@ -55,7 +55,7 @@ async def get_readiness_service(request: Request) -> ReadinessService:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_service)]
+PredictServiceDep = Annotated[PredictService, Depends(get_predict_service)]
 HistoryServiceDep = Annotated[HistoryService, Depends(get_history_service)]
 ReviewServiceDep = Annotated[ReviewService, Depends(get_review_service)]
 DriftServiceDep = Annotated[DriftService, Depends(get_drift_service)]

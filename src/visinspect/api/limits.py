@@ -9,8 +9,6 @@
   refused before a byte is read, a chunked body is counted as it arrives (413), and the whole body
   must arrive within HTTP_BODY_TIMEOUT_S (408), so no request holds more than MAX_UPLOAD_BYTES in
   memory or in a spooled file, nor a connection forever.
-- **Keys before bodies** (`ApiKeyGateMiddleware`): with API_KEYS set, a protected route without a
-  valid key is answered 401/403 before its body is read.
 - **Concurrency** (`ConcurrencyLimitMiddleware`): at most MAX_CONCURRENT_REQUESTS requests in
   progress; more are answered 503 `overloaded` at once, with Retry-After.
 
@@ -32,24 +30,19 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from visinspect.api.errors import (
+from visinspect.api.error_handlers import (
     RETRY_AFTER_SECONDS,
     body_too_large_message,
-    domain_error_response,
     error_response,
     http_error_response,
 )
-from visinspect.api.security import SECURITY_HEADERS, ApiKeys, check_api_key
+from visinspect.api.headers import SECURITY_HEADERS
 from visinspect.config import Settings
-from visinspect.errors import VisinspectError
-
-# Routes that need a key when API_KEYS is set (the same routes declare it for OpenAPI).
-PROTECTED_PREFIXES = ("/predict", "/predictions")
 
 
 class _BodyRefused(HTTPException):
     """Raised from `receive`. FastAPI's body parsing hands it to the JSON error handler
-    (`api/errors.py`); raised elsewhere, the middleware below answers it through the same
+    (`api/error_handlers.py`); raised elsewhere, the middleware below answers it through the same
     `http_error_response`. Either way the connection is closed: the rest of the body is not
     worth reading."""
 
@@ -118,31 +111,6 @@ class RequestBodyLimitsMiddleware:
     ) -> None:
         response = http_error_response(Request(scope, receive), refusal)
         await response(scope, receive, send)
-
-
-class ApiKeyGateMiddleware:
-    """API keys are checked from the headers, before a protected route's body is read."""
-
-    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
-        self.app = app
-        self.keys = keys
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and self.keys.enabled
-            and scope.get("method") != "OPTIONS"  # CORS preflights carry no key
-            and str(scope.get("path", "")).startswith(PROTECTED_PREFIXES)
-        ):
-            request = Request(scope, receive)
-            try:
-                check_api_key(self.keys, request.headers)
-            except VisinspectError as exc:
-                # The unread body is not worth reading: close the connection after the answer.
-                response = domain_error_response(request, exc, {"Connection": "close"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class ConcurrencyLimitMiddleware:

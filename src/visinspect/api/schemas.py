@@ -1,7 +1,8 @@
 """What the world sees: request and response models, with the examples shown at /docs.
 
 Pydantic only: the typed client (`visinspect.client`) imports these without FastAPI or SQLAlchemy.
-A stored prediction converts by attribute names (`from_attributes`), whatever object holds it.
+A stored prediction converts by attribute names (`from_attributes`), whatever object holds it; a
+stored review too, with the model's labels in the validation context to name its true class.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, model_validator
 
 _PREDICTIONS_EXAMPLE: list[JsonValue] = [
     {"class_id": 967, "class_name": "espresso", "confidence": 0.9512},
@@ -82,6 +83,18 @@ class ReviewOut(BaseModel):
     true_class_name: str
     note: str | None
     reviewer: str | None = Field(description="The API key's name; null when keys are off")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_the_true_class(cls, data: Any, info: ValidationInfo) -> Any:
+        """A stored review holds the class's id; `context={"labels": ...}` names it."""
+        labels = (info.context or {}).get("labels")
+        if labels is None or isinstance(data, dict):
+            return data
+        fields = {
+            name: getattr(data, name) for name in cls.model_fields if name != "true_class_name"
+        }
+        return fields | {"true_class_name": labels[data.true_class_id]}
 
 
 class PredictionOut(BaseModel):

@@ -1,4 +1,5 @@
-"""Optional API keys (API_KEYS) and HTTP hardening: security headers, CORS only when configured.
+"""Optional API keys (API_KEYS): parsed, checked per route (`require_api_key`, for OpenAPI) and
+before any body is read (`ApiKeyGateMiddleware`).
 
 Keys are kept as SHA-256 digests and compared in constant time; API_KEYS may hold the digests
 themselves (`sha256:<hex>`), so the plaintext need not live in the environment. An entry may carry
@@ -17,14 +18,17 @@ from collections.abc import Mapping
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from visinspect.errors import InvalidApiKey, MissingApiKey
+from visinspect.api.error_handlers import domain_error_response
+from visinspect.errors import InvalidApiKey, MissingApiKey, VisinspectError
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
 
 
+# Routes that need a key when API_KEYS is set (the same routes declare it for OpenAPI).
+PROTECTED_PREFIXES = ("/predict", "/predictions")
 _NAMED = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63}):(?P<key>.+)$")
 
 
@@ -95,54 +99,26 @@ async def key_name(request: Request) -> str | None:
     return check_api_key(request.app.state.api_keys, request.headers)
 
 
-_COMMON_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-]
-_API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
-# What an API answer carries; also sent by answers made outside the middleware stack (the 500
-# of Starlette's outermost error middleware, and the protocol's own 400/408/431).
-SECURITY_HEADERS = [*_COMMON_HEADERS, _API_CSP]
-# Swagger UI's page has an inline bootstrap script and inline styles; everything else is ours.
-_DOCS_CSP = (
-    b"content-security-policy",
-    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    b"img-src 'self' data:; frame-ancestors 'none'",
-)
+class ApiKeyGateMiddleware:
+    """API keys are checked from the headers, before a protected route's body is read."""
 
-
-# The inspection page: our own script and style only; previews are blob: URLs.
-_UI_CSP = (
-    b"content-security-policy",
-    b"default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-)
-
-
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
         self.app = app
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-        if path.startswith("/docs"):
-            csp = _DOCS_CSP
-        elif path == "/" or path.startswith("/static/"):
-            csp = _UI_CSP
-        else:
-            csp = _API_CSP
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {
-                    **message,
-                    "headers": [*message.get("headers", []), *_COMMON_HEADERS, csp],
-                }
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        if (
+            scope["type"] == "http"
+            and self.keys.enabled
+            and scope.get("method") != "OPTIONS"  # CORS preflights carry no key
+            and str(scope.get("path", "")).startswith(PROTECTED_PREFIXES)
+        ):
+            request = Request(scope, receive)
+            try:
+                check_api_key(self.keys, request.headers)
+            except VisinspectError as exc:
+                # The unread body is not worth reading: close the connection after the answer.
+                response = domain_error_response(request, exc, {"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -8,7 +8,9 @@ Every command starts along one path (`visinspect.startup`); a start-up failure e
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -30,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     configure_logging(settings.log_level, settings.log_format)
     try:
-        result: int = args.handler(settings, args)
+        if prelude := getattr(args, "prelude", None):
+            _load(prelude)()
+        result = _load(args.command)(settings, args)
     except StartupFailed as exc:
         exc.log()
         return 1
@@ -58,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         "--format", choices=["table", "jsonl", "csv"], default="table", help="output format"
     )
     classify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    classify.set_defaults(handler=_classify)
+    classify.set_defaults(command="visinspect.cli.classify:classify_paths")
     review = commands.add_parser(
         "review",
         help="record a verdict on a stored prediction (against a server)",
@@ -71,20 +75,20 @@ def _parser() -> argparse.ArgumentParser:
         "--true-class", type=int, metavar="CLASS_ID", help="the class the image shows (for wrong)"
     )
     review.add_argument("--note")
-    review.set_defaults(handler=_review)
+    review.set_defaults(command="visinspect.cli.review:review")
     quality = commands.add_parser(
         "quality", help="accuracy measured by reviews, per class, and the confusions"
     )
     quality.add_argument("--class-name", help="only predictions of this top-1 class")
     quality.add_argument("--format", choices=["table", "json"], default="table")
-    quality.set_defaults(handler=_quality)
+    quality.set_defaults(command="visinspect.cli.review:quality")
     drift = commands.add_parser(
         "drift", help="has the stream of images changed? the recent window against a reference"
     )
     drift.add_argument("--window", help="the recent window: 90m, 24h, 7d (default DRIFT_WINDOW)")
     drift.add_argument("--reference", help="the reference before it (default DRIFT_REFERENCE)")
     drift.add_argument("--format", choices=["table", "json"], default="table")
-    drift.set_defaults(handler=_drift)
+    drift.set_defaults(command="visinspect.cli.review:drift")
     for command in (review, quality, drift):
         command.add_argument("--url", help="server URL (default: http://HOST:PORT)")
         command.add_argument("--api-key", help="API key for the server; its name is the reviewer")
@@ -96,7 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, help="server processes (default: WORKERS, else 1 per 4 usable CPUs)"
     )
-    serve.set_defaults(handler=_serve)
+    # The decoders' process server imports its code on the other core while this one imports
+    # the app (about half a second each): start to ready is the longer of the two, not the sum.
+    serve.set_defaults(
+        command="visinspect.cli.serve:run", prelude="visinspect.inference.decoders:start_forkserver"
+    )
     model = commands.add_parser("model", help="the model artifact").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -131,24 +139,26 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do nothing when MODEL_DIR already holds a matching artifact",
     )
-    build.set_defaults(handler=_model_build)
-    model.add_parser("show", help="print MODEL_DIR's manifest").set_defaults(handler=_model_show)
+    build.set_defaults(command="visinspect.cli.model:build")
+    model.add_parser("show", help="print MODEL_DIR's manifest").set_defaults(
+        command="visinspect.cli.model:show"
+    )
     db = commands.add_parser("db", help="database schema").add_subparsers(
         required=True, metavar="ACTION"
     )
     db.add_parser(
         "upgrade", help="alembic upgrade head (waits up to DATABASE_WAIT_S for the database)"
-    ).set_defaults(handler=_db_upgrade)
+    ).set_defaults(command="visinspect.cli.db:upgrade")
     db.add_parser(
         "current",
         help="print the current and head revisions and whether this release can serve against "
         "the schema (the head, or a newer one recorded as compatible); exit 2 when it cannot",
-    ).set_defaults(handler=_db_current)
+    ).set_defaults(command="visinspect.cli.db:current")
     db.add_parser(
         "maintain",
         help="create the coming days' partitions and apply RETENTION_DAYS (for a cron job; "
         "the service also does it); prints what it did as JSON",
-    ).set_defaults(handler=_db_maintain)
+    ).set_defaults(command="visinspect.cli.db:maintain")
     images = commands.add_parser("images", help="the kept images").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -156,83 +166,17 @@ def _parser() -> argparse.ArgumentParser:
         "cleanup",
         help="remove images older than IMAGE_RETENTION_DAYS, then the oldest while the store "
         "is above IMAGE_STORE_MAX_BYTES (for a cron job; the service also runs it)",
-    ).set_defaults(handler=_images_cleanup)
+    ).set_defaults(command="visinspect.cli.images:cleanup")
     return parser
 
 
-# The commands import what they need when they run: `visinspect classify --url` never loads torch,
-# and the decoder processes, which re-import this module as their main, stay small.
-
-
-def _classify(settings: Settings, args: argparse.Namespace) -> int:
-    from visinspect.cli.classify import classify_paths
-
-    return classify_paths(settings, args)
-
-
-def _review(settings: Settings, args: argparse.Namespace) -> int:
-    from visinspect.cli.review import review
-
-    return review(settings, args)
-
-
-def _quality(settings: Settings, args: argparse.Namespace) -> int:
-    from visinspect.cli.review import quality
-
-    return quality(settings, args)
-
-
-def _drift(settings: Settings, args: argparse.Namespace) -> int:
-    from visinspect.cli.review import drift
-
-    return drift(settings, args)
-
-
-def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from visinspect.inference.decoders import start_forkserver
-
-    # The decoders' process server imports its code on the other core while this one imports
-    # the app (about half a second each): start to ready is the longer of the two, not the sum.
-    start_forkserver()
-    from visinspect.cli.serve import serve
-
-    return serve(settings, args.host or settings.host, args.port or settings.port)
-
-
-def _model_build(settings: Settings, args: argparse.Namespace) -> int:
-    from visinspect.cli.model import build
-
-    return build(settings, args)
-
-
-def _model_show(settings: Settings, args: argparse.Namespace) -> int:
-    from visinspect.cli.model import show
-
-    return show(settings, args)
-
-
-def _db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
-    from visinspect.cli.db import upgrade
-
-    return upgrade(settings)
-
-
-def _db_current(settings: Settings, _args: argparse.Namespace) -> int:
-    from visinspect.cli.db import current
-
-    return current(settings)
-
-
-def _db_maintain(settings: Settings, _args: argparse.Namespace) -> int:
-    from visinspect.cli.db import maintain
-
-    return maintain(settings)
-
-
-def _images_cleanup(settings: Settings, _args: argparse.Namespace) -> int:
-    from visinspect.cli.images import cleanup
-
-    return cleanup(settings)
+def _load(target: str) -> Callable[..., int]:
+    """A command's function, imported when it runs (`module:function`): `visinspect classify
+    --url` never loads torch, and the decoder processes, which re-import this module as their
+    main, stay small."""
+    module, _, name = target.partition(":")
+    command: Callable[..., int] = getattr(importlib.import_module(module), name)
+    return command
 
 
 if __name__ == "__main__":

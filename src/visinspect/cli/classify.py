@@ -1,7 +1,7 @@
 """`visinspect classify PATH...`: many images from the command line, with a progress bar.
 
 Against a server (`--url`, results stored there) through `visinspect.client.Client`, or in this
-process through the same `PredictionService` the server uses: the same start-up, model,
+process through the same `PredictService` the server uses: the same start-up, model,
 preprocessing and labels, and every prediction recorded in DATABASE_URL.
 """
 
@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -35,7 +34,9 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_MATCHED, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 @dataclass
-class Outcome:
+class FileResult:
+    """One file's line of the output: its classes and stored record, or why it failed."""
+
     path: Path
     classes: list[tuple[str, float]]
     error: str | None = None
@@ -70,7 +71,7 @@ def classify_paths(settings: Settings, args: argparse.Namespace) -> int:
     except httpx.TransportError as exc:
         err.print(f"visinspect: cannot reach {args.url}: {exc}")
         return EXIT_UNREACHABLE
-    outcomes: list[Outcome] = []
+    outcomes: list[FileResult] = []
     try:
         with Progress(
             TextColumn("{task.description}"),
@@ -95,26 +96,29 @@ def classify_paths(settings: Settings, args: argparse.Namespace) -> int:
 
 def _remote(
     args: argparse.Namespace, top_k: int
-) -> tuple[Callable[[Path], Outcome], Callable[[], None]]:
+) -> tuple[Callable[[Path], FileResult], Callable[[], None]]:
     client = Client(args.url, api_key=args.api_key)
     client.health()  # fail fast (exit 3) when nothing answers
 
-    def classify_one(path: Path) -> Outcome:
+    def classify_one(path: Path) -> FileResult:
         try:
             result = client.predict(path, top_k=top_k)
         except ServiceError as exc:
-            return Outcome(path, [], error=f"{exc.code}: {exc.message}")
+            return FileResult(path, [], error=f"{exc.code}: {exc.message}")
         classes = [(p.class_name, p.confidence) for p in result.predictions]
-        return Outcome(path, classes, record_id=result.id)
+        return FileResult(path, classes, record_id=result.id)
 
     return classify_one, client.close
 
 
-def _local(settings: Settings, top_k: int) -> tuple[Callable[[Path], Outcome], Callable[[], None]]:
+def _local(
+    settings: Settings, top_k: int
+) -> tuple[Callable[[Path], FileResult], Callable[[], None]]:
     """The service in this process: its event loop runs in a portal thread, and each file is one
     blocking call into it, exactly as one request would be."""
     # Imported here: they load the model's libraries, which `--url` never needs.
-    from visinspect.services.predictions import Upload
+    from visinspect.context import RequestContext
+    from visinspect.services.predict import Upload
     from visinspect.startup import open_services, prepare
 
     prepared = prepare(settings)
@@ -130,30 +134,24 @@ def _local(settings: Settings, top_k: int) -> tuple[Callable[[Path], Outcome], C
         raise
     run_id, counter = uuid.uuid4().hex[:12], itertools.count(1)
 
-    def classify_one(path: Path) -> Outcome:
+    def classify_one(path: Path) -> FileResult:
         try:
             upload = Upload.from_bytes(path.read_bytes(), path.name)
         except OSError as exc:
-            return Outcome(path, [], error=f"unreadable: {exc}")
+            return FileResult(path, [], error=f"unreadable: {exc}")
         request_id = f"cli-{run_id}-{next(counter)}"
         try:
-            record = portal.call(
-                partial(
-                    services.predictions.classify_and_record,
-                    upload,
-                    request_id=request_id,
-                    top_k=top_k,
-                )
-            )
+            context = RequestContext(request_id, top_k)
+            record = portal.call(services.predict.classify_and_record, upload, context)
         except VisinspectError as exc:
-            return Outcome(path, [], error=f"{exc.code}: {exc.message}")
+            return FileResult(path, [], error=f"{exc.code}: {exc.message}")
         classes = [(p["class_name"], p["confidence"]) for p in record.predictions]
-        return Outcome(path, classes, record_id=record.id)
+        return FileResult(path, classes, record_id=record.id)
 
     return classify_one, stack.close
 
 
-def _print(outcomes: list[Outcome], fmt: str) -> None:
+def _print(outcomes: list[FileResult], fmt: str) -> None:
     if fmt == "jsonl":
         for line in _json_lines(outcomes):
             sys.stdout.write(line + "\n")
@@ -176,7 +174,7 @@ def _print(outcomes: list[Outcome], fmt: str) -> None:
         Console().print(table)
 
 
-def _json_lines(outcomes: list[Outcome]) -> Iterator[str]:
+def _json_lines(outcomes: list[FileResult]) -> Iterator[str]:
     for o in outcomes:
         yield json.dumps(
             {

@@ -5,6 +5,7 @@ Light on purpose (no model libraries): the Kubernetes init container runs `db cu
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict
 
@@ -14,7 +15,7 @@ from visinspect.db.schema import current_revision, head_revision, prepare_schema
 from visinspect.db.session import create_db_engine, wait_for_database
 
 
-def upgrade(settings: Settings) -> int:
+def upgrade(settings: Settings, _args: argparse.Namespace | None = None) -> int:
     """What `serve` does first with MIGRATE_ON_START=true, and nothing else."""
     engine = create_db_engine(settings)
     try:
@@ -25,7 +26,7 @@ def upgrade(settings: Settings) -> int:
     return 0
 
 
-def current(settings: Settings) -> int:
+def current(settings: Settings, _args: argparse.Namespace | None = None) -> int:
     engine = create_db_engine(settings)
     try:
         wait_for_database(engine, settings.database_wait_s)
@@ -39,7 +40,7 @@ def current(settings: Settings) -> int:
     return 0 if problem is None else 2
 
 
-def maintain(settings: Settings) -> int:
+def maintain(settings: Settings, _args: argparse.Namespace | None = None) -> int:
     engine = create_db_engine(settings)
     try:
         wait_for_database(engine, settings.database_wait_s)

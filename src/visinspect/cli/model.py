@@ -13,9 +13,9 @@ from visinspect.inference.artifact import (
     describe,
     read_manifest,
 )
-from visinspect.inference.model import load_labels
-from visinspect.inference.photos import find_photos
+from visinspect.inference.classifier import load_labels
 from visinspect.inference.weights import ModelLoadError, expected_sha256
+from visinspect.offline.photos import find_photos
 from visinspect.startup import StartupFailed
 
 
@@ -27,7 +27,7 @@ def build(settings: Settings, args: argparse.Namespace) -> int:
         print(f"visinspect: the model artifact in {settings.model_dir} is up to date")
         return 0
     try:
-        from visinspect.inference.build import BuildFailed, build_artifact
+        from visinspect.offline.build import BuildFailed, build_artifact
     except ImportError as exc:
         raise StartupFailed(
             "model",

@@ -3,6 +3,7 @@ or WORKERS processes under a supervisor (`visinspect.supervisor`)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import tempfile
@@ -23,6 +24,10 @@ log = structlog.get_logger("visinspect.cli")
 # termination grace must exceed preStop + SHUTDOWN_GRACE_S + this (deploy/k8s, tested).
 DRAIN_TIMEOUT_S = 30
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    return serve(settings, args.host or settings.host, args.port or settings.port)
 
 
 def serve(settings: Settings, host: str, port: int) -> int:

@@ -27,7 +27,7 @@ from typing import Literal
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy import Connection, delete, insert, inspect, select
 
-from visinspect.db.models import SchemaCompatibility
+from visinspect.db.tables import SchemaCompatibility
 
 Phase = Literal["expand", "contract"]
 PHASES: tuple[Phase, ...] = ("expand", "contract")

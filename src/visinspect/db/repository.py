@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -28,31 +27,26 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine
 
 from visinspect.db import partitions, rollups
-from visinspect.db.models import PredictionRecord, ReviewRecord, UTCDateTime
+from visinspect.db.tables import PredictionRecord, ReviewRecord, UTCDateTime
+from visinspect.filters import HistoryFilter
 
 S = TypeVar("S", bound=Select[*tuple[Any, ...]])
 
 
-@dataclass(frozen=True, slots=True)
-class PredictionFilter:
-    class_name: str | None = None
-    image_sha256: str | None = None
-    created_after: datetime | None = None  # inclusive
-    created_before: datetime | None = None  # exclusive
-    reviewed: bool | None = None
-    min_confidence: float | None = None  # inclusive
-    max_confidence: float | None = None  # inclusive
+# Counting the rows that match a filter stops here (it reads at most this many index entries).
+TOTAL_COUNT_CAP = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class QualityCounts:
-    """Latest reviews of the predictions that match a filter, counted in SQL."""
+class ReviewGroup:
+    """The latest reviews of one predicted class, UTC day, verdict and true class, counted."""
 
-    reviewed: int
-    correct: int
-    by_class: list[tuple[str, int, int]]  # predicted class, reviewed, correct; most reviewed first
-    by_day: list[tuple[str, int, int]]  # UTC day of the prediction, reviewed, correct; oldest first
-    confusions: list[tuple[int, str, int, int]]  # predicted id and name, true id, count
+    predicted_class_id: int
+    predicted_class_name: str
+    day: date  # of the prediction
+    verdict: str
+    true_class_id: int
+    count: int
 
 
 # Every attribute of a record but its id, which comes from the sequence.
@@ -142,7 +136,7 @@ class After:
 
 def list_predictions(
     session: Session,
-    where: PredictionFilter,
+    where: HistoryFilter,
     limit: int,
     offset: int = 0,
     least_confident_first: bool = False,
@@ -189,7 +183,7 @@ def _newest_first(statement: S, class_name: str | None, after: After | None) -> 
     return statement.order_by(*(column.desc() for column in key))
 
 
-def count_predictions(session: Session, where: PredictionFilter, cap: int) -> tuple[int, bool]:
+def count_predictions(session: Session, where: HistoryFilter, cap: int) -> tuple[int, bool]:
     """The rows matching the filter, counted up to `cap` (reading at most cap + 1 index
     entries): (count, True), or (cap, False) when there are more."""
     matching = _filtered(select(PredictionRecord.id), where).limit(cap + 1).subquery()
@@ -198,7 +192,7 @@ def count_predictions(session: Session, where: PredictionFilter, cap: int) -> tu
 
 
 def prediction_stats(
-    session: Session, where: PredictionFilter, top_classes: int
+    session: Session, where: HistoryFilter, top_classes: int
 ) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
     """Total, counts per top-1 class (most frequent first) and per UTC day (oldest first), from
     the rollups (`db/rollups.py`): a row per day and class, whatever the number of predictions.
@@ -214,14 +208,51 @@ def prediction_stats(
     )
 
 
+def prediction_with_review(
+    session: Session, prediction_id: int
+) -> tuple[PredictionRecord | None, ReviewRecord | None]:
+    """One prediction and its review that counts (the latest), read in one transaction."""
+    record = get_prediction(session, prediction_id)
+    if record is None:
+        return None, None
+    return record, latest_reviews(session, [prediction_id]).get(prediction_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    records: list[PredictionRecord]  # up to limit + 1: the extra one says a next page exists
+    total: int  # rows matching, counted up to TOTAL_COUNT_CAP
+    total_exact: bool  # False: there are more than `total`
+    reviews: dict[int, ReviewRecord]  # prediction id -> its latest review, where it has one
+
+
+def page_with_reviews(
+    session: Session,
+    where: HistoryFilter,
+    limit: int,
+    offset: int,
+    least_confident: bool,
+    after: After | None,
+) -> Page:
+    """One page and one row more (whether a next page exists, without counting), the count of
+    all matching rows up to TOTAL_COUNT_CAP, and the page's latest reviews: one transaction, so
+    the three agree."""
+    records = list_predictions(session, where, limit + 1, offset, least_confident, after)
+    total, exact = count_predictions(session, where, TOTAL_COUNT_CAP)
+    reviews = latest_reviews(session, [r.id for r in records[:limit]])
+    return Page(records, total, exact, reviews)
+
+
 def add_review(session: Session, review: ReviewRecord) -> ReviewRecord:
     session.add(review)
     session.flush()
     return review
 
 
-def reviews_of(session: Session, prediction_id: int) -> list[ReviewRecord]:
-    """Every review of one prediction, newest first."""
+def reviews_of(session: Session, prediction_id: int) -> list[ReviewRecord] | None:
+    """Every review of one prediction, newest first; None when there is no such prediction."""
+    if get_prediction(session, prediction_id) is None:
+        return None
     statement = (
         select(ReviewRecord)
         .where(ReviewRecord.prediction_id == prediction_id)
@@ -243,12 +274,11 @@ def latest_reviews(session: Session, prediction_ids: list[int]) -> dict[int, Rev
     return {review.prediction_id: review for review in rows}
 
 
-def quality_counts(
-    session: Session, where: PredictionFilter, top_classes: int, top_confusions: int
-) -> QualityCounts:
-    """Accuracy by the latest review of each prediction: overall, per predicted class, per UTC
-    day of the prediction, and the most frequent confusions (predicted -> true). From the
-    reviews alone: each carries its prediction's class and time, so no prediction is read."""
+def latest_review_groups(session: Session, where: HistoryFilter) -> list[ReviewGroup]:
+    """The latest review of each prediction that matches the class and time filters, grouped as
+    finely as every quality figure needs (predicted class, UTC day, verdict, true class): one scan
+    of the reviews, and no prediction is read, since each review carries its prediction's class
+    and time. Reviews are counted in thousands, not millions: a few groups a day and class."""
     reviews = ReviewRecord
     later = aliased(ReviewRecord)
     # The latest review of each prediction: none later of the same prediction (an anti-join, one
@@ -273,35 +303,13 @@ def quality_counts(
         reviews.verdict,
         reviews.true_class_id,
     )
-    # One scan of the latest reviews, grouped as finely as every figure needs; the figures are
-    # sums of these groups (reviews are counted in thousands, not millions).
     groups = session.execute(
         select(*keys, func.count(reviews.id)).where(*filters).group_by(*keys)
     ).all()
-    by_class: dict[str, list[int]] = {}
-    by_day: dict[str, list[int]] = {}
-    confused: Counter[tuple[int, str, int]] = Counter()
-    total = right = 0
-    for class_id, class_name, on, verdict, true_class_id, n in groups:
-        ok = n if verdict == "correct" else 0
-        total, right = total + n, right + ok
-        for figures in (
-            by_class.setdefault(str(class_name), [0, 0]),
-            by_day.setdefault(str(on), [0, 0]),
-        ):
-            figures[0] += n
-            figures[1] += ok
-        if verdict == "wrong":
-            confused[(int(class_id), str(class_name), int(true_class_id))] += n
-    classes = sorted(by_class.items(), key=lambda item: (-item[1][0], item[0]))[:top_classes]
-    confusions = sorted(confused.items(), key=lambda item: (-item[1], item[0][1], item[0][2]))
-    return QualityCounts(
-        total,
-        right,
-        [(name, n, ok) for name, (n, ok) in classes],
-        [(d, n, ok) for d, (n, ok) in sorted(by_day.items())],
-        [(p, name, t, n) for (p, name, t), n in confusions[:top_confusions]],
-    )
+    return [
+        ReviewGroup(int(p), str(name), date.fromisoformat(str(on)), str(verdict), int(t), int(n))
+        for p, name, on, verdict, t, n in groups
+    ]
 
 
 # A window's confidences as counts per bucket of 0.01 (the rollups' buckets): their cumulative
@@ -326,11 +334,21 @@ def window_distribution(session: Session, start: datetime, end: datetime) -> Win
     )
 
 
-def _filtered(statement: S, where: PredictionFilter) -> S:
+def window_distributions(
+    session: Session, reference_start: datetime, start: datetime, end: datetime
+) -> tuple[WindowDistribution, WindowDistribution]:
+    """[start, end) and [reference_start, start) in one transaction: the same rows for both."""
+    return (
+        window_distribution(session, start, end),
+        window_distribution(session, reference_start, start),
+    )
+
+
+def _filtered(statement: S, where: HistoryFilter) -> S:
     if where.class_name is not None:
         statement = statement.where(PredictionRecord.class_name == where.class_name)
     if where.image_sha256 is not None:
-        statement = statement.where(PredictionRecord.image_sha256 == where.image_sha256.lower())
+        statement = statement.where(PredictionRecord.image_sha256 == where.image_sha256)
     if where.created_after is not None:
         statement = statement.where(PredictionRecord.created_at >= where.created_after)
     if where.created_before is not None:

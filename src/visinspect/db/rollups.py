@@ -23,7 +23,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Engine, Integer, cast, func, select, text, tuple_
 from sqlalchemy.orm import Session
 
-from visinspect.db.models import (
+from visinspect.db.tables import (
     DailyClassCount,
     HourlyClassCount,
     HourlyConfidenceCount,

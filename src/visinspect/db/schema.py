@@ -21,12 +21,13 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from visinspect.config import Settings
 from visinspect.db import compatibility
-from visinspect.db.models import Base
 from visinspect.db.rollups import install_triggers
 from visinspect.db.session import describe_failure
+from visinspect.db.tables import Base
 from visinspect.errors import StartupFailed
 
 log = structlog.get_logger("visinspect.db")
@@ -188,3 +189,11 @@ def prepare_schema(engine: Engine, settings: Settings) -> None:
         raise StartupFailed(
             "database", describe_failure(exc), "check the database's log and permissions"
         ) from exc
+
+
+def schema_state(session: Session, create_all_mode: bool) -> tuple[str | None, str | None]:
+    """For readiness: the current revision (None in create-all mode) and what keeps this release
+    from serving on the schema, if anything."""
+    connection = session.connection()
+    revision = None if create_all_mode else current_revision(connection)
+    return revision, schema_problem(connection, create_all_mode)

@@ -15,8 +15,8 @@ import contextlib
 from dataclasses import dataclass, field
 
 from visinspect.db import repository
-from visinspect.db.models import PredictionRecord
 from visinspect.db.session import Database
+from visinspect.db.tables import PredictionRecord
 from visinspect.errors import DatabaseUnavailable, RecordNotStored
 
 

@@ -60,9 +60,3 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(shifted, dtype=np.float64)
     probabilities: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
     return probabilities
-
-
-def max_confidence_difference(
-    candidate: InferenceBackend, reference: InferenceBackend, batch: np.ndarray
-) -> float:
-    return float(np.abs(softmax(candidate.logits(batch)) - softmax(reference.logits(batch))).max())

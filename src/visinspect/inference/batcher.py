@@ -30,7 +30,7 @@ import structlog
 
 from visinspect.capacity import run_in_background
 from visinspect.errors import DeadlineUnreachable, Overloaded
-from visinspect.inference.model import Classifier, Prediction
+from visinspect.inference.classifier import Classifier, Prediction
 from visinspect.tracing import Timeline
 
 log = structlog.get_logger("visinspect.batcher")
@@ -41,7 +41,7 @@ class _Job:
     pixels: np.ndarray
     top_k: int
     future: asyncio.Future[list[Prediction]] = field(repr=False)
-    timeline: Timeline | None = None  # when traced: the batch's start and end go here
+    timeline: Timeline  # the batch's start and end go here (for the trace)
 
 
 @dataclass(slots=True)
@@ -126,11 +126,11 @@ class MicroBatcher:
         deadline: float | None = None,
         timeline: Timeline | None = None,
     ) -> list[Prediction]:
-        """`timeline`: when given, receives when the image's batch entered and left the model."""
+        """`timeline` receives when the image's batch entered and left the model."""
         self.check_deadline(deadline)
         future: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(pixels, top_k, future, timeline))
+            self._queue.put_nowait(_Job(pixels, top_k, future, timeline or Timeline()))
         except asyncio.QueueFull:
             raise Overloaded(
                 f"{self._queue.maxsize} images are already waiting for the model (MAX_QUEUE); "
@@ -170,9 +170,8 @@ class MicroBatcher:
                 self.on_batch(len(jobs), elapsed)
             ended_ns = time.time_ns()
             for job, result in zip(jobs, results, strict=True):
-                if job.timeline is not None:
-                    job.timeline.model_started, job.timeline.model_ended = started_ns, ended_ns
-                    job.timeline.batch_size = len(jobs)
+                job.timeline.model_started, job.timeline.model_ended = started_ns, ended_ns
+                job.timeline.batch_size = len(jobs)
                 if not job.future.done():
                     job.future.set_result(result)
 

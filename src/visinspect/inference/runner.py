@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from visinspect.errors import ClientGone
 from visinspect.inference.batcher import MicroBatcher
+from visinspect.inference.classifier import Classifier, ModelIdentity, Prediction
 from visinspect.inference.decoders import DecoderPool
-from visinspect.inference.model import Classifier, ModelIdentity, Prediction
 from visinspect.tracing import Timeline
 
 
@@ -47,22 +47,20 @@ class InferenceRunner:
         self,
         read: Callable[[], Awaitable[bytes]],
         top_k: int,
-        deadline: float | None = None,
-        gone: Callable[[], Awaitable[bool]] | None = None,
-        timeline: Timeline | None = None,
+        deadline: float | None,
+        gone: Callable[[], Awaitable[bool]],
+        timeline: Timeline,
     ) -> Classification:
         """Top-k classes of one uploaded image (read when a decoder is free); raises InvalidImage
         subclasses for bad input, Overloaded when the model's queue is full, DeadlineUnreachable
         when the work ahead outlasts `deadline` (event-loop time; checked before decoding and
         again before queueing) and ClientGone when `gone()` says the client left meanwhile.
-        `timeline` (when traced) receives when each phase began and ended."""
+        `timeline` receives when each phase began and ended (for the trace, when traced)."""
         self.batcher.check_deadline(deadline)
-        if timeline is not None:
-            timeline.decode_started = time.time_ns()
+        timeline.decode_started = time.time_ns()
         decoded = await self.decoders.decode(read)
-        if timeline is not None:
-            timeline.decoded = time.time_ns()
-        if gone is not None and await gone():
+        timeline.decoded = time.time_ns()
+        if await gone():
             raise ClientGone("the client closed the connection before its image reached the model")
         decoded_at = time.perf_counter()
         predictions = await self.batcher.classify(decoded.image.pixels, top_k, deadline, timeline)

@@ -11,9 +11,9 @@ from sqlalchemy import Connection
 
 from visinspect.config import Settings
 from visinspect.db import compatibility
-from visinspect.db.models import Base
 from visinspect.db.partitions import include_name
 from visinspect.db.session import create_db_engine
+from visinspect.db.tables import Base
 
 target_metadata = Base.metadata
 

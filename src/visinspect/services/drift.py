@@ -25,14 +25,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import structlog
-from sqlalchemy.orm import Session
 
 from visinspect.config import window_length
 from visinspect.db import repository
 from visinspect.db.repository import WindowDistribution
 from visinspect.db.session import Database
 from visinspect.errors import InvalidRequest, InvalidTimeRange
-from visinspect.services.history import as_utc
+from visinspect.filters import as_utc
 
 log = structlog.get_logger("visinspect.drift")
 MOVED_CLASSES = 10
@@ -156,7 +155,9 @@ class DriftService:
             raise InvalidTimeRange(
                 f"the reference window would begin before year 1 (until {end.isoformat()})"
             ) from None
-        recent, earlier = await self.database.run(_windows, reference_start, start, end)
+        recent, earlier = await self.database.run(
+            repository.window_distributions, reference_start, start, end
+        )
         return self._judge(start, end, reference_start, recent, earlier)
 
     async def watch(self, window: timedelta, reference: timedelta) -> Drift:
@@ -242,16 +243,6 @@ def _classes(
     ]
     shifts.sort(key=lambda s: (-abs(s.change), s.class_name))
     return jensen_shannon_distance(p, q), shifts[:MOVED_CLASSES]
-
-
-def _windows(
-    session: Session, reference_start: datetime, start: datetime, end: datetime
-) -> tuple[WindowDistribution, WindowDistribution]:
-    """Both windows in one transaction: the same rows for both."""
-    return (
-        repository.window_distribution(session, start, end),
-        repository.window_distribution(session, reference_start, start),
-    )
 
 
 def _mean(window: WindowDistribution) -> float | None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
-
-from visinspect.db.schema import current_revision, schema_problem
+from visinspect.db.schema import schema_state
 from visinspect.db.session import Database
 from visinspect.errors import DatabaseUnavailable
-from visinspect.inference.model import ModelIdentity
+from visinspect.inference.classifier import ModelIdentity
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +38,7 @@ class ReadinessService:
         checks = {"model": Check(ok=True)}
         revision: str | None = None
         try:
-            revision, problem = await self.database.run(_schema_state, self.create_all_mode)
+            revision, problem = await self.database.run(schema_state, self.create_all_mode)
         except DatabaseUnavailable as exc:
             checks["database"] = Check(ok=False, detail=exc.message)
             checks["schema"] = Check(ok=False, detail="unknown: database unavailable")
@@ -48,9 +46,3 @@ class ReadinessService:
             checks["database"] = Check(ok=True)
             checks["schema"] = Check(ok=problem is None, detail=problem)
         return Readiness(checks, self.model, revision)
-
-
-def _schema_state(session: Session, create_all_mode: bool) -> tuple[str | None, str | None]:
-    connection = session.connection()
-    revision = None if create_all_mode else current_revision(connection)
-    return revision, schema_problem(connection, create_all_mode)

@@ -1,7 +1,7 @@
 """Kept images as use cases: keep a classified upload (never failing it), hand out one
 prediction's image, and run the store's cleanup in the background.
 
-The filesystem work is `storage/images.py`; here it runs off the event loop, with the log lines
+The filesystem work is `storage/image_store.py`; here it runs off the event loop, with the log lines
 and metrics an operator reads, and with the prediction's row deciding what may be served.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -19,7 +19,7 @@ from visinspect.db import repository
 from visinspect.db.session import Database
 from visinspect.errors import ImageNotKept, PredictionNotFound
 from visinspect.inference.runner import Classification
-from visinspect.storage.images import CleanupReport, ImageStore, KeptFile, NotKept, Variant
+from visinspect.storage.image_store import CleanupReport, ImageStore, KeptFile, NotKept, Variant
 
 log = structlog.get_logger("visinspect.images")
 
@@ -37,14 +37,33 @@ _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP":
 _FULL_CLEANUP_SPACING_S = 10.0
 
 
+# A kept image is streamed in chunks of this size, each read off the event loop.
+_CHUNK_BYTES = 256 << 10
+
+
 @dataclass(frozen=True, slots=True)
 class KeptImage:
-    """One prediction's kept image, open: the route streams `kept.file` and closes it."""
+    """One prediction's kept image, open: the route streams `chunks()`, or `close()`s it unread."""
 
     kept: KeptFile
     media_type: str
     etag: str
     filename: str
+
+    @property
+    def size(self) -> int:
+        return self.kept.size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes, read in a worker thread; the file is closed at the end."""
+        try:
+            while chunk := await anyio.to_thread.run_sync(self.kept.file.read, _CHUNK_BYTES):
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.kept.file.close()
 
 
 class ImageService:
@@ -91,8 +110,10 @@ class ImageService:
             self._full.set()  # the cleanup makes room now instead of at its next round
         return False
 
-    async def open(self, prediction_id: int, variant: Variant) -> KeptImage:
-        """The image of one prediction; PredictionNotFound, or ImageNotKept saying why not."""
+    async def open(self, prediction_id: int, variant: Variant | str) -> KeptImage:
+        """The image of one prediction (`original` or `thumbnail`); PredictionNotFound, or
+        ImageNotKept saying why not."""
+        variant = Variant(variant)
         record = await self.database.run(repository.get_prediction, prediction_id)
         if record is None:
             raise PredictionNotFound(f"no prediction with id {prediction_id}")

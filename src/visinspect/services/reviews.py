@@ -2,26 +2,26 @@
 
 A review is only ever added. The latest review of a prediction counts; the earlier ones are its
 history. Accuracy, per class and per day, and the confusions are counted in SQL over the latest
-reviews (`db/repository.quality_counts`), each figure with the number of reviews behind it.
+reviews (`db/repository.latest_review_groups`), summed here, each figure with the number of
+reviews behind it.
 """
 
 from __future__ import annotations
 
-import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Literal
 
-from sqlalchemy.orm import Session
-
 from visinspect.db import repository
-from visinspect.db.models import ReviewRecord
+from visinspect.db.repository import ReviewGroup
 from visinspect.db.session import Database
+from visinspect.db.tables import PredictionRecord, ReviewRecord
 from visinspect.errors import InvalidReview, PredictionNotFound, UnknownClass
-from visinspect.services.history import HistoryFilter
+from visinspect.filters import HistoryFilter
+from visinspect.text import has_control_characters
 
 Verdict = Literal["correct", "wrong"]
-_ALLOWED_CONTROLS = {"\n", "\r", "\t"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,32 +72,48 @@ class ReviewService:
             )
         if verdict == "wrong" and true_class_id is None:
             raise InvalidReview("a `wrong` verdict needs true_class_id: the class the image shows")
-        if note is not None and any(
-            unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROLS for c in note
-        ):
+        if note is not None and has_control_characters(note, allow="\n\r\t"):
             raise InvalidReview("note contains control characters")
-        return await self.database.run(
-            _add, prediction_id, verdict, true_class_id, note or None, reviewer
-        )
+        # Predictions are only ever inserted: the one read here is the one the review is of.
+        prediction = await self.database.run(repository.get_prediction, prediction_id)
+        if prediction is None:
+            raise PredictionNotFound(f"no prediction with id {prediction_id}")
+        review = _review_of(prediction, verdict, true_class_id, note or None, reviewer)
+        return await self.database.run(repository.add_review, review)
 
     async def history(self, prediction_id: int) -> list[ReviewRecord]:
         """Every review of a prediction, newest first (404 for an unknown prediction)."""
-        reviews = await self.database.run(_reviews_of, prediction_id)
+        reviews = await self.database.run(repository.reviews_of, prediction_id)
         if reviews is None:
             raise PredictionNotFound(f"no prediction with id {prediction_id}")
         return reviews
 
     async def quality(self, where: HistoryFilter, top_classes: int, top_confusions: int) -> Quality:
-        counts = await self.database.run(
-            repository.quality_counts, where.to_query(), top_classes, top_confusions
-        )
+        """Accuracy by the latest review of each prediction: overall, per predicted class (most
+        reviewed first), per UTC day of the prediction, and the most frequent confusions."""
+        groups = await self.database.run(repository.latest_review_groups, where.validated())
+        by_class: Counter[str] = Counter()
+        by_day: Counter[date] = Counter()
+        right_by_class: Counter[str] = Counter()
+        right_by_day: Counter[date] = Counter()
+        confused: Counter[tuple[int, str, int]] = Counter()
+        for group in groups:
+            right = group.count if group.verdict == "correct" else 0
+            by_class[group.predicted_class_name] += group.count
+            by_day[group.day] += group.count
+            right_by_class[group.predicted_class_name] += right
+            right_by_day[group.day] += right
+            if group.verdict == "wrong":
+                confused[_confusion_key(group)] += group.count
+        classes = sorted(by_class.items(), key=lambda item: (-item[1], item[0]))[:top_classes]
+        confusions = sorted(confused.items(), key=lambda item: (-item[1], item[0][1], item[0][2]))
         return Quality(
-            Accuracy(counts.reviewed, counts.correct),
-            [(name, Accuracy(n, ok)) for name, n, ok in counts.by_class],
-            [(date.fromisoformat(d), Accuracy(n, ok)) for d, n, ok in counts.by_day],
+            Accuracy(by_class.total(), right_by_class.total()),
+            [(name, Accuracy(n, right_by_class[name])) for name, n in classes],
+            [(day, Accuracy(by_day[day], right_by_day[day])) for day in sorted(by_day)],
             [
                 Confusion(predicted, name, true, self.labels[true], n)
-                for predicted, name, true, n in counts.confusions
+                for (predicted, name, true), n in confusions[:top_confusions]
             ],
         )
 
@@ -105,17 +121,18 @@ class ReviewService:
         return self.labels[class_id]
 
 
-def _add(
-    session: Session,
-    prediction_id: int,
+def _confusion_key(group: ReviewGroup) -> tuple[int, str, int]:
+    return group.predicted_class_id, group.predicted_class_name, group.true_class_id
+
+
+def _review_of(
+    prediction: PredictionRecord,
     verdict: Verdict,
     true_class_id: int | None,
     note: str | None,
     reviewer: str | None,
 ) -> ReviewRecord:
-    prediction = repository.get_prediction(session, prediction_id)
-    if prediction is None:
-        raise PredictionNotFound(f"no prediction with id {prediction_id}")
+    """The review to add, or InvalidReview when the verdict contradicts the predicted class."""
     predicted = prediction.class_id
     if verdict == "correct" and true_class_id not in (None, predicted):
         raise InvalidReview(
@@ -124,8 +141,8 @@ def _add(
         )
     if verdict == "wrong" and true_class_id == predicted:
         raise InvalidReview("a `wrong` verdict names a class other than the predicted one")
-    review = ReviewRecord(
-        prediction_id=prediction_id,
+    return ReviewRecord(
+        prediction_id=prediction.id,
         created_at=datetime.now(UTC),
         verdict=verdict,
         predicted_class_id=predicted,
@@ -135,10 +152,3 @@ def _add(
         note=note,
         reviewer=reviewer,
     )
-    return repository.add_review(session, review)
-
-
-def _reviews_of(session: Session, prediction_id: int) -> list[ReviewRecord] | None:
-    if repository.get_prediction(session, prediction_id) is None:
-        return None
-    return repository.reviews_of(session, prediction_id)

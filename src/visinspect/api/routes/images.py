@@ -1,28 +1,23 @@
 """GET /predictions/{id}/image: a prediction's kept upload, or its thumbnail (`variant=thumbnail`).
 
-The file is streamed from the store in chunks, off the event loop. Its content type is the one
+The file is streamed from the store in chunks, off the event loop (`services/images.py`). Its content type is the one
 of the format the decoder found (never the client's claim), `nosniff` and a `default-src 'none'`
 policy come with every API answer, and the body is content-addressed: the ETag is its digest.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
-import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
 from visinspect.api.deps import ImageServiceDep
-from visinspect.api.routes.predictions import PredictionId
+from visinspect.api.params import PredictionId
 from visinspect.api.schemas import error_responses
 from visinspect.api.security import require_api_key
-from visinspect.storage.images import KeptFile, Variant
 
 router = APIRouter(tags=["predictions"], dependencies=[Depends(require_api_key)])
-
-_CHUNK_BYTES = 256 << 10
 
 
 @router.get(
@@ -42,8 +37,9 @@ async def prediction_image(
     images: ImageServiceDep,
     prediction_id: PredictionId,
     variant: Annotated[
-        Variant, Query(description="`original` (as uploaded) or `thumbnail` (a small JPEG)")
-    ] = Variant.ORIGINAL,
+        Literal["original", "thumbnail"],
+        Query(description="`original` (as uploaded) or `thumbnail` (a small JPEG)"),
+    ] = "original",
     if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     image = await images.open(prediction_id, variant)
@@ -54,15 +50,7 @@ async def prediction_image(
         "Content-Disposition": f'inline; filename="{image.filename}"',
     }
     if if_none_match is not None and image.etag in {t.strip() for t in if_none_match.split(",")}:
-        image.kept.file.close()
+        image.close()
         return Response(status_code=304, headers=headers)
-    headers["Content-Length"] = str(image.kept.size)
-    return StreamingResponse(_chunks(image.kept), media_type=image.media_type, headers=headers)
-
-
-async def _chunks(kept: KeptFile) -> AsyncIterator[bytes]:
-    try:
-        while chunk := await anyio.to_thread.run_sync(kept.file.read, _CHUNK_BYTES):
-            yield chunk
-    finally:
-        kept.file.close()
+    headers["Content-Length"] = str(image.size)
+    return StreamingResponse(image.chunks(), media_type=image.media_type, headers=headers)

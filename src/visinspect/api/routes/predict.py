@@ -1,21 +1,22 @@
-"""POST /predict and /predict/batch: HTTP in, `PredictionService` calls, HTTP out."""
+"""POST /predict and /predict/batch: HTTP in, `PredictService` calls, HTTP out."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
 
-from visinspect.api.deps import PredictionServiceDep
-from visinspect.api.errors import public_message, record_rejection
+from visinspect.api.deps import PredictServiceDep
+from visinspect.api.error_handlers import public_message, record_rejection
 from visinspect.api.middleware import request_id_from
 from visinspect.api.schemas import BatchItem, BatchOut, ErrorDetail, PredictionOut, error_responses
 from visinspect.api.security import require_api_key
+from visinspect.context import RequestContext
 from visinspect.errors import InvalidRequest, VisinspectError
-from visinspect.services.predictions import Outcome, Upload
+from visinspect.services.predict import Outcome, Upload
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
@@ -44,7 +45,7 @@ TimeoutMs = Annotated[
 )
 async def predict(
     request: Request,
-    service: PredictionServiceDep,
+    service: PredictServiceDep,
     file: Annotated[
         UploadFile,
         File(description="The image: JPEG, PNG, WebP, GIF (one frame), BMP or TIFF"),
@@ -59,14 +60,8 @@ async def predict(
     """
     if len((await request.form()).getlist("file")) > 1:  # parsed already: this reads the cache
         raise InvalidRequest("send exactly one `file` field; POST /predict/batch takes several")
-    async with _watch_client(request) as gone:
-        record = await service.classify_and_record(
-            _upload(file),
-            request_id=request_id_from(request.scope),
-            top_k=top_k,
-            deadline_s=_seconds(timeout_ms),
-            gone=gone,
-        )
+    async with _context(request, top_k, timeout_ms) as context:
+        record = await service.classify_and_record(_upload(file), context)
     return PredictionOut.model_validate(record)
 
 
@@ -78,7 +73,7 @@ async def predict(
 )
 async def predict_batch(
     request: Request,
-    service: PredictionServiceDep,
+    service: PredictServiceDep,
     files: Annotated[
         list[UploadFile], File(description="Up to MAX_BATCH_FILES images, field name `files`")
     ],
@@ -88,14 +83,8 @@ async def predict_batch(
     """Each file gets its own result or its own error: one bad file does not fail the others.
     One row per successful item, committed before this answers."""
     uploads = [_upload(f) for f in files]
-    async with _watch_client(request) as gone:
-        outcomes = await service.classify_many(
-            uploads,
-            request_id=request_id_from(request.scope),
-            top_k=top_k,
-            deadline_s=_seconds(timeout_ms),
-            gone=gone,
-        )
+    async with _context(request, top_k, timeout_ms) as context:
+        outcomes = await service.classify_many(uploads, context)
     items = [_item(request, f.filename, o) for f, o in zip(files, outcomes, strict=True)]
     return BatchOut(
         items=items,
@@ -105,11 +94,13 @@ async def predict_batch(
 
 
 @contextlib.asynccontextmanager
-async def _watch_client(request: Request) -> AsyncIterator[Callable[[], Awaitable[bool]]]:
-    """`gone()` tells whether the client has closed its connection. The upload has been read by
-    now, so the next message the server delivers is the disconnect; a task waits for it, since
-    the server notices a closed connection only while someone waits to receive (a one-off,
-    non-blocking look misses it: measured with a real server)."""
+async def _context(
+    request: Request, top_k: int | None, timeout_ms: int | None
+) -> AsyncIterator[RequestContext]:
+    """The request's terms, with `gone()` telling whether the client has closed its connection.
+    The upload has been read by now, so the next message the server delivers is the disconnect;
+    a task waits for it, since the server notices a closed connection only while someone waits
+    to receive (a one-off, non-blocking look misses it: measured with a real server)."""
 
     async def listen() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -121,16 +112,13 @@ async def _watch_client(request: Request) -> AsyncIterator[Callable[[], Awaitabl
         await asyncio.sleep(0)  # let the listener take what has arrived
         return listener.done()
 
+    timeout_s = None if timeout_ms is None else timeout_ms / 1000
     try:
-        yield gone
+        yield RequestContext(request_id_from(request.scope), top_k, timeout_s, gone)
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
-
-
-def _seconds(milliseconds: int | None) -> float | None:
-    return None if milliseconds is None else milliseconds / 1000
 
 
 def _upload(file: UploadFile) -> Upload:

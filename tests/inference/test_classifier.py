@@ -13,11 +13,11 @@ from pydantic import ValidationError
 
 from tests.support import PHOTOS
 from visinspect.config import Architecture, Settings
-from visinspect.inference.architectures import EfficientNetB0
-from visinspect.inference.model import Classifier, ModelLoadError, load_classifier, load_labels
+from visinspect.inference.classifier import Classifier, ModelLoadError, load_classifier, load_labels
 from visinspect.inference.preprocess import PREPROCESSING, preprocess
-from visinspect.inference.reference import TorchBackend
 from visinspect.inference.weights import LITE0_WEIGHTS_SHA256, weights_path
+from visinspect.offline.architectures import EfficientNetB0
+from visinspect.offline.reference import TorchBackend
 
 # Top-1 of the shipped Lite0 weights under their reference transform (shared/notes/model-weights.md).
 EXPECTED_TOP1 = {

@@ -40,17 +40,17 @@ from visinspect.inference.artifact import (
     write_artifact,
 )
 from visinspect.inference.backends import EQUIVALENCE_TOLERANCE, OnnxRuntimeBackend, softmax
-from visinspect.inference.model import load_labels
-from visinspect.inference.photos import PhotoSets
+from visinspect.inference.classifier import load_labels
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing, preprocess
-from visinspect.inference.reference import (
+from visinspect.inference.weights import verified_weights
+from visinspect.offline.photos import PhotoSets
+from visinspect.offline.reference import (
     ONNX_OPSET,
     TorchBackend,
     export_onnx,
     load_network,
     torch_version,
 )
-from visinspect.inference.weights import verified_weights
 
 log = structlog.get_logger("visinspect.model")
 

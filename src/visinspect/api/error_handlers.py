@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visinspect import errors
+from visinspect.api.headers import SECURITY_HEADERS
 from visinspect.api.middleware import request_id_from
-from visinspect.api.security import SECURITY_HEADERS
 
 log = structlog.get_logger("visinspect.api")
 

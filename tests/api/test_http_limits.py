@@ -1,23 +1,35 @@
-"""HTTP-level limits on a real `visinspect serve`, spoken to over raw sockets: header size and
-count (431), headers and bodies that trickle in (408), keys checked before the body is read,
-forwarded headers ignored unless a proxy is configured. Every refusal is a JSON error body with
-the security headers, and the server keeps serving."""
+"""The HTTP limits, in one place. On a real `visinspect serve`, spoken to over raw sockets (marked
+slow): header size and count (431), headers and bodies that trickle in (408), keys checked before
+the body is read, forwarded headers ignored unless a proxy is configured; every refusal is a JSON
+error body with the security headers, and the server keeps serving. Through the real app: one
+`file` field per /predict, no redirect built from Host, a cap on requests in progress."""
 
 from __future__ import annotations
 
 import json
 import select
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.support import json_lines, serving
-
-pytestmark = pytest.mark.slow
+from tests.support import (
+    gated_model,
+    json_lines,
+    make_settings,
+    rows_with_request_id,
+    running_app,
+    services_of,
+    serving,
+    wait_until,
+)
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0
@@ -79,6 +91,7 @@ def _still_serving(base: str) -> None:
     assert httpx.get(f"{base}/health/live", timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_oversized_headers_are_431(limited: tuple[str, Path]) -> None:
     base, _ = limited
     big = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 50_000 + b"\r\n\r\n"
@@ -89,6 +102,7 @@ def test_oversized_headers_are_431(limited: tuple[str, Path]) -> None:
     _still_serving(base)
 
 
+@pytest.mark.slow
 def test_a_header_that_never_ends_is_cut_off_at_the_limit(limited: tuple[str, Path]) -> None:
     """50 MB of one header value, sent in pieces: refused once the limit is crossed, long before
     the server would have buffered it all."""
@@ -106,6 +120,7 @@ def test_a_header_that_never_ends_is_cut_off_at_the_limit(limited: tuple[str, Pa
     _still_serving(base)
 
 
+@pytest.mark.slow
 def test_too_many_headers_are_431(limited: tuple[str, Path]) -> None:
     base, _ = limited
     fields = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
@@ -114,6 +129,7 @@ def test_too_many_headers_are_431(limited: tuple[str, Path]) -> None:
     _still_serving(base)
 
 
+@pytest.mark.slow
 def test_headers_trickled_in_are_408_after_the_header_timeout(limited: tuple[str, Path]) -> None:
     base, _ = limited
     started = time.monotonic()
@@ -126,6 +142,7 @@ def test_headers_trickled_in_are_408_after_the_header_timeout(limited: tuple[str
     _still_serving(base)
 
 
+@pytest.mark.slow
 def test_a_connection_that_sends_nothing_is_closed(limited: tuple[str, Path]) -> None:
     base, _ = limited
     started = time.monotonic()
@@ -135,6 +152,7 @@ def test_a_connection_that_sends_nothing_is_closed(limited: tuple[str, Path]) ->
     assert time.monotonic() - started < HEADER_TIMEOUT_S + 2
 
 
+@pytest.mark.slow
 def test_a_body_trickled_in_is_408_after_the_body_timeout(limited: tuple[str, Path]) -> None:
     base, _ = limited
     started = time.monotonic()
@@ -153,6 +171,7 @@ def test_a_body_trickled_in_is_408_after_the_body_timeout(limited: tuple[str, Pa
     _still_serving(base)
 
 
+@pytest.mark.slow
 def test_the_key_is_checked_before_the_body_is_read(limited: tuple[str, Path]) -> None:
     """10 MB announced, not one byte of it sent: the 401 comes at once."""
     base, _ = limited
@@ -169,6 +188,7 @@ def test_the_key_is_checked_before_the_body_is_read(limited: tuple[str, Path]) -
     assert _refused(base, wrong)[0] == 403
 
 
+@pytest.mark.slow
 def test_forwarded_for_is_ignored_without_a_configured_proxy(limited: tuple[str, Path]) -> None:
     base, log = limited
     response = httpx.get(
@@ -176,16 +196,16 @@ def test_forwarded_for_is_ignored_without_a_configured_proxy(limited: tuple[str,
         headers={"X-Forwarded-For": "203.0.113.9", "X-Request-ID": "forwarded-test"},
     )
     assert response.status_code == 200
-    deadline = time.monotonic() + 5
-    while True:
-        lines = [e for e in json_lines(log.read_text()) if e.get("request_id") == "forwarded-test"]
-        if lines or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    (line,) = [e for e in lines if e["event"] == "http.request"]
+
+    def logged() -> list[dict[str, Any]]:
+        return [e for e in json_lines(log.read_text()) if e.get("request_id") == "forwarded-test"]
+
+    wait_until(lambda: bool(logged()), 5, "the request's log line")
+    (line,) = [e for e in logged() if e["event"] == "http.request"]
     assert line["client"] == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_the_open_service_warns_when_it_listens_beyond_loopback(tmp_path: Path) -> None:
     """No API_KEYS and 0.0.0.0: one loud `security.open` line at start."""
     log = tmp_path / "open.log"
@@ -196,3 +216,47 @@ def test_the_open_service_warns_when_it_listens_beyond_loopback(tmp_path: Path) 
     assert len(warnings) == 1
     assert warnings[0]["level"] == "warning"
     assert "API_KEYS" in warnings[0]["message"]
+
+
+def test_one_file_field_per_predict(client: TestClient, photos: Path) -> None:
+    coffee = (photos / "coffee.png").read_bytes()
+    request_id = uuid.uuid4().hex
+    response = client.post(
+        "/predict",
+        files=[("file", ("a.png", coffee)), ("file", ("b.png", coffee))],
+        headers={"X-Request-ID": request_id},
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
+    assert "/predict/batch" in response.json()["error"]["message"]
+    assert rows_with_request_id(client, request_id) == []
+
+
+def test_no_redirect_is_built_from_the_host_header(client: TestClient) -> None:
+    response = client.get("/predictions/", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404
+    assert "location" not in response.headers
+
+
+def test_requests_beyond_the_concurrency_limit_are_503_at_once(
+    tmp_path: Path, photos: Path
+) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'c.db'}", max_concurrent_requests=1)
+    coffee = (photos / "coffee.png").read_bytes()
+    with running_app(settings) as client:
+        first: list[int] = []
+        worker = threading.Thread(
+            target=lambda: first.append(
+                client.post("/predict", files={"file": ("c.png", coffee)}).status_code
+            )
+        )
+        with gated_model(services_of(client).classifier) as gate:
+            worker.start()
+            wait_until(gate.entered.is_set, what="the first request to reach the model")
+            refused = client.post("/predict", files={"file": ("c.png", coffee)})
+            health = client.get("/health")  # probes are never refused
+        worker.join(30)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (503, "overloaded")
+    assert "MAX_CONCURRENT_REQUESTS" in refused.json()["error"]["message"]
+    assert refused.headers["retry-after"]
+    assert health.status_code == 200
+    assert first == [200]

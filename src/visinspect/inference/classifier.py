@@ -161,20 +161,17 @@ def _reference_classifier(settings: Settings) -> Classifier:
             f"{settings.model_precision.value}",
             "set MODEL_PRECISION=fp32, or INFERENCE_BACKEND=onnxruntime",
         )
-    try:
-        import torch
-
-        from visinspect.inference.reference import TorchBackend, load_network
+    try:  # the one way from serving into the offline package (the import contracts allow it)
+        from visinspect.offline.reference import reference_backend
     except ImportError as exc:
         raise ModelLoadError(
             f"INFERENCE_BACKEND=pytorch needs PyTorch: {exc}",
             "install the `model` extra (pip install 'visual-inspection-service[model]'), "
             "or set INFERENCE_BACKEND=onnxruntime",
         ) from exc
-    torch.set_num_threads(settings.torch_threads)
     weights = verified_weights(settings)
-    network = load_network(settings.model_arch, weights)
-    return Classifier(TorchBackend(network), settings.model_arch, weights.sha256, load_labels())
+    backend = reference_backend(settings.model_arch, weights, settings.torch_threads)
+    return Classifier(backend, settings.model_arch, weights.sha256, load_labels())
 
 
 def probe_batch(crop: int) -> np.ndarray:

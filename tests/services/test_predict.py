@@ -1,4 +1,4 @@
-"""PredictionService: bytes -> classification -> committed record, on the real model and a real
+"""PredictService: bytes -> classification -> committed record, on the real model and a real
 database (PostgreSQL and SQLite), each test inside a transaction that is rolled back."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import text
 
 from tests.support import count_records, gated_model, make_settings
-from visinspect.db.models import PredictionRecord
+from visinspect.context import RequestContext
 from visinspect.db.session import Database
+from visinspect.db.tables import PredictionRecord
 from visinspect.errors import (
     CorruptImage,
     EmptyImage,
@@ -21,8 +22,8 @@ from visinspect.errors import (
     RequestTimedOut,
     TooManyFiles,
 )
-from visinspect.inference.model import Classifier
-from visinspect.services.predictions import Upload, clean_filename
+from visinspect.inference.classifier import Classifier
+from visinspect.services.predict import Upload, clean_filename
 from visinspect.startup import Prepared, Services, open_services
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +40,7 @@ async def test_a_classified_upload_is_a_committed_record_with_the_models_identit
     services: Services, database: Database, photos: Path, classifier: Classifier
 ) -> None:
     upload = Upload.from_bytes((photos / "coffee.png").read_bytes(), "coffee.png")
-    record = await services.predictions.classify_and_record(upload, request_id="svc-1", top_k=2)
+    record = await services.predict.classify_and_record(upload, RequestContext("svc-1", top_k=2))
     assert record.id is not None
     assert (record.model_name, record.model_version, record.backend) == (
         classifier.identity.name,
@@ -70,7 +71,7 @@ async def test_a_classified_upload_is_a_committed_record_with_the_models_identit
 
 async def test_default_top_k_applies(services: Services, photos: Path) -> None:
     upload = Upload.from_bytes((photos / "camera.png").read_bytes())
-    record = await services.predictions.classify_and_record(upload, request_id="svc-2")
+    record = await services.predict.classify_and_record(upload, RequestContext("svc-2"))
     assert len(record.predictions) == 3
     assert record.filename is None
 
@@ -83,19 +84,19 @@ async def test_a_batch_gives_each_file_its_outcome_in_order(
         Upload.from_bytes(b"", "empty.png"),
         Upload.from_bytes(b"plain text", "notes.txt"),
     ]
-    outcomes = await services.predictions.classify_many(uploads, request_id="svc-3")
+    outcomes = await services.predict.classify_many(uploads, RequestContext("svc-3"))
     assert isinstance(outcomes[0], PredictionRecord)
     assert isinstance(outcomes[1], EmptyImage)
     assert isinstance(outcomes[2], NotAnImage)
     assert await count_records(database) == 1
     with pytest.raises(TooManyFiles, match="MAX_BATCH_FILES"):
-        await services.predictions.classify_many(uploads * 2, request_id="svc-4")
+        await services.predict.classify_many(uploads * 2, RequestContext("svc-4"))
 
 
 async def test_a_bad_upload_stores_nothing(services: Services, database: Database) -> None:
     with pytest.raises(CorruptImage):
-        await services.predictions.classify_and_record(
-            Upload.from_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40), request_id="svc-5"
+        await services.predict.classify_and_record(
+            Upload.from_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40), RequestContext("svc-5")
         )
     assert await count_records(database) == 0
 
@@ -110,8 +111,8 @@ async def test_the_timeout_answers_and_stores_nothing(
         async with open_services(settings, Prepared(database, classifier)) as services:
             upload = Upload.from_bytes((photos / "coffee.png").read_bytes())
             with pytest.raises(RequestTimedOut, match="REQUEST_TIMEOUT_S"):
-                await services.predictions.classify_and_record(
-                    upload, request_id="svc-6", deadline_s=deadline_s
+                await services.predict.classify_and_record(
+                    upload, RequestContext("svc-6", timeout_s=deadline_s)
                 )
             gate.release.set()  # let the held pass end before the services stop
     assert await count_records(database) == 0
@@ -140,7 +141,7 @@ async def test_a_row_the_database_refuses_is_record_not_stored_not_an_outage(
     await database.run(refuse_inserts)
     upload = Upload.from_bytes((photos / "coffee.png").read_bytes())
     with pytest.raises(RecordNotStored) as refused:
-        await services.predictions.classify_and_record(upload, request_id="svc-7")
+        await services.predict.classify_and_record(upload, RequestContext("svc-7"))
     assert refused.value.code == "internal_error"
     assert refused.value.__cause__ is not None
 
@@ -169,7 +170,7 @@ async def test_a_nul_filename_is_stored_cleaned_on_every_database(
     services: Services, photos: Path
 ) -> None:
     upload = Upload.from_bytes((photos / "coffee.png").read_bytes(), "a\x00b.png")
-    record = await services.predictions.classify_and_record(upload, request_id="svc-8")
+    record = await services.predict.classify_and_record(upload, RequestContext("svc-8"))
     assert (await services.history.get(record.id)).filename == "ab.png"
 
 
@@ -184,8 +185,8 @@ async def test_concurrent_uploads_each_get_their_row(
     ):
         for i in range(4):
             group.start_soon(
-                lambda i=i: services.predictions.classify_and_record(
-                    Upload.from_bytes(data), request_id=f"svc-9-{i}"
+                lambda i=i: services.predict.classify_and_record(
+                    Upload.from_bytes(data), RequestContext(f"svc-9-{i}")
                 )
             )
     assert await count_records(database) == 4

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from visinspect.config import Architecture
-from visinspect.inference.architectures import build_network
 from visinspect.inference.weights import ModelLoadError, WeightsInfo
+from visinspect.offline.architectures import build_network
 
 ONNX_OPSET = 17
 
@@ -33,6 +33,12 @@ class TorchBackend:
             inputs = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
             out: np.ndarray = self.network(inputs).numpy()
         return out
+
+
+def reference_backend(arch: Architecture, weights: WeightsInfo, threads: int) -> TorchBackend:
+    """INFERENCE_BACKEND=pytorch: the reference network served as it is."""
+    torch.set_num_threads(threads)
+    return TorchBackend(load_network(arch, weights))
 
 
 def load_network(arch: Architecture, weights: WeightsInfo) -> nn.Module:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,11 +16,13 @@ from datetime import UTC, datetime
 import anyio
 import structlog
 
-from visinspect.db.models import PredictionRecord
+from visinspect.context import RequestContext
+from visinspect.db.tables import PredictionRecord
 from visinspect.db.writer import PredictionWriter
 from visinspect.errors import RequestTimedOut, TooManyFiles, VisinspectError
 from visinspect.inference.runner import Classification, InferenceRunner
 from visinspect.services.images import ImageService
+from visinspect.text import printable
 from visinspect.tracing import Timeline, Tracing
 
 log = structlog.get_logger("visinspect.predict")
@@ -52,7 +53,7 @@ class Upload:
         return cls(read, filename)
 
 
-class PredictionService:
+class PredictService:
     def __init__(
         self,
         runner: InferenceRunner,
@@ -73,32 +74,22 @@ class PredictionService:
         self.max_batch_files = max_batch_files
 
     async def classify_and_record(
-        self,
-        upload: Upload,
-        *,
-        request_id: str,
-        top_k: int | None = None,
-        deadline_s: float | None = None,
-        gone: Callable[[], Awaitable[bool]] | None = None,
+        self, upload: Upload, context: RequestContext
     ) -> PredictionRecord:
-        """The committed record of one classified upload (it has its id).
-
-        `deadline_s`: the client's own time limit (capped by REQUEST_TIMEOUT_S); work that cannot
-        finish within it is refused at once. `gone`: tells whether the client has left, so that
-        its image is dropped before the model spends time on it."""
-        timeline = Timeline(started=time.time_ns()) if self.tracing is not None else None
+        """The committed record of one classified upload (it has its id). Work that cannot
+        finish within the request's time limit is refused at once; an image whose client has
+        left is dropped before the model spends time on it."""
+        timeline = Timeline(started=time.time_ns())
         try:
-            stored = await self._classify_and_record(
-                upload, request_id, top_k, deadline_s, gone, timeline
-            )
+            stored = await self._classify_and_record(upload, context, timeline)
         except VisinspectError as exc:
-            if self.tracing is not None and timeline is not None:
-                self.tracing.record_classification(timeline, request_id, {}, exc.code)
+            if self.tracing is not None:
+                self.tracing.record_classification(timeline, context.request_id, {}, exc.code)
             raise
-        if self.tracing is not None and timeline is not None:
+        if self.tracing is not None:
             self.tracing.record_classification(
                 timeline,
-                request_id,
+                context.request_id,
                 {
                     "visinspect.prediction_id": stored.id,
                     "visinspect.class_name": stored.class_name,
@@ -108,28 +99,33 @@ class PredictionService:
             )
         return stored
 
+    async def classify_many(self, uploads: list[Upload], context: RequestContext) -> list[Outcome]:
+        """One outcome per upload, in order: its committed record, or the error that kept it out.
+        One bad file does not fail the others; too many files fail the whole request."""
+        if len(uploads) > self.max_batch_files:
+            raise TooManyFiles(
+                f"{len(uploads)} files sent; the limit is {self.max_batch_files} (MAX_BATCH_FILES)"
+            )
+        return list(await asyncio.gather(*(self._outcome(u, context) for u in uploads)))
+
+    async def _outcome(self, upload: Upload, context: RequestContext) -> Outcome:
+        try:
+            return await self.classify_and_record(upload, context)
+        except VisinspectError as exc:
+            return exc
+
     async def _classify_and_record(
-        self,
-        upload: Upload,
-        request_id: str,
-        top_k: int | None,
-        deadline_s: float | None,
-        gone: Callable[[], Awaitable[bool]] | None,
-        timeline: Timeline | None,
+        self, upload: Upload, context: RequestContext, timeline: Timeline
     ) -> PredictionRecord:
         started = time.perf_counter()
-        classification = await self._classify(
-            upload.read, top_k or self.default_top_k, deadline_s, gone, timeline
-        )
+        classification = await self._classify(upload.read, context, timeline)
         latency_ms = (time.perf_counter() - started) * 1000
-        record = new_record(classification, upload, request_id, latency_ms)
+        record = new_record(classification, upload, context.request_id, latency_ms)
         if self.images is not None:
-            record.image_kept = await self.images.keep(classification, request_id)
-        if timeline is not None:
-            timeline.write_started = time.time_ns()
+            record.image_kept = await self.images.keep(classification, context.request_id)
+        timeline.write_started = time.time_ns()
         stored = await self.writer.store(record)
-        if timeline is not None:
-            timeline.written = time.time_ns()
+        timeline.written = time.time_ns()
         log.info(
             "prediction.stored",
             record_id=stored.id,
@@ -141,55 +137,16 @@ class PredictionService:
         )
         return stored
 
-    async def classify_many(
-        self,
-        uploads: list[Upload],
-        *,
-        request_id: str,
-        top_k: int | None = None,
-        deadline_s: float | None = None,
-        gone: Callable[[], Awaitable[bool]] | None = None,
-    ) -> list[Outcome]:
-        """One outcome per upload, in order: its committed record, or the error that kept it out.
-        One bad file does not fail the others; too many files fail the whole request."""
-        if len(uploads) > self.max_batch_files:
-            raise TooManyFiles(
-                f"{len(uploads)} files sent; the limit is {self.max_batch_files} (MAX_BATCH_FILES)"
-            )
-        return list(
-            await asyncio.gather(
-                *(self._outcome(u, request_id, top_k, deadline_s, gone) for u in uploads)
-            )
-        )
-
-    async def _outcome(
-        self,
-        upload: Upload,
-        request_id: str,
-        top_k: int | None,
-        deadline_s: float | None,
-        gone: Callable[[], Awaitable[bool]] | None,
-    ) -> Outcome:
-        try:
-            return await self.classify_and_record(
-                upload, request_id=request_id, top_k=top_k, deadline_s=deadline_s, gone=gone
-            )
-        except VisinspectError as exc:
-            return exc
-
     async def _classify(
-        self,
-        read: Callable[[], Awaitable[bytes]],
-        top_k: int,
-        deadline_s: float | None,
-        gone: Callable[[], Awaitable[bool]] | None,
-        timeline: Timeline | None,
+        self, read: Callable[[], Awaitable[bytes]], context: RequestContext, timeline: Timeline
     ) -> Classification:
-        limit_s = self.timeout_s if deadline_s is None else min(deadline_s, self.timeout_s)
+        own = context.timeout_s
+        limit_s = self.timeout_s if own is None else min(own, self.timeout_s)
         deadline = asyncio.get_running_loop().time() + limit_s
+        top_k = context.top_k or self.default_top_k
         try:
             with anyio.fail_after(limit_s):
-                return await self.runner.classify(read, top_k, deadline, gone, timeline)
+                return await self.runner.classify(read, top_k, deadline, context.gone, timeline)
         except TimeoutError:
             which = "REQUEST_TIMEOUT_S" if limit_s == self.timeout_s else "X-Request-Timeout-Ms"
             raise RequestTimedOut(
@@ -234,5 +191,5 @@ def clean_filename(name: str | None) -> str | None:
     if not name:
         return None
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    kept = "".join(c for c in base if unicodedata.category(c) not in {"Cc", "Cf", "Cs"}).strip()
+    kept = printable(base).strip()
     return kept[:MAX_FILENAME_CHARS] or None

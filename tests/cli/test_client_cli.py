@@ -149,7 +149,7 @@ def test_cli_against_a_server(
 
 
 def test_cli_in_process_records_like_the_server(photos: Path, tmp_path: Path) -> None:
-    """No --url: the same start-up and PredictionService in this process; rows in DATABASE_URL."""
+    """No --url: the same start-up and PredictService in this process; rows in DATABASE_URL."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     result = _classify(
         str(photos / "coffee.png"), "--format", "csv", "--top-k", "2", database_url=url

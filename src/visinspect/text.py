@@ -1,0 +1,28 @@
+"""What text from a client may contain: the one place control characters are judged.
+
+PostgreSQL refuses NUL in text, a log line or a page would render the others; no class name, note
+or file name needs any.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Control characters; with FORMATTING, also format characters and lone surrogates (bidi overrides,
+# zero-width joiners: invisible, and able to make a page show other text than is stored).
+CONTROL = frozenset({"Cc"})
+FORMATTING = frozenset({"Cc", "Cf", "Cs"})
+
+
+def unsafe(character: str, categories: frozenset[str] = CONTROL, allow: str = "") -> bool:
+    return character not in allow and unicodedata.category(character) in categories
+
+
+def has_control_characters(text: str, allow: str = "") -> bool:
+    """Whether `text` holds a control character other than those in `allow` (e.g. newlines)."""
+    return any(unsafe(c, CONTROL, allow) for c in text)
+
+
+def printable(text: str) -> str:
+    """`text` without control and format characters (for a name that is kept, not refused)."""
+    return "".join(c for c in text if not unsafe(c, FORMATTING))
