@@ -195,10 +195,13 @@ class GatedBackend:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         self.entered.set()
         self.release.wait(timeout=60)
-        return self.inner.logits(batch)
+        return self.inner.forward(batch)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch)[0]
 
 
 @contextmanager

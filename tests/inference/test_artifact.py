@@ -62,6 +62,9 @@ def test_manifest_pins_weights_graph_labels_preprocessing_and_runtime(
     assert manifest.preprocessing == PreprocessingContract(
         resize=256, crop=224, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3
     )
+    # The graphs' second output: the pooled features, as PyTorch computes them.
+    assert (manifest.embedding.output, manifest.embedding.size) == ("embedding", 1280)
+    assert manifest.embedding.max_abs_difference < 1e-3
     graph = manifest.graphs[Precision.FP32]
     data = (model_artifact / graph.file).read_bytes()
     assert graph.sha256 == hashlib.sha256(data).hexdigest()

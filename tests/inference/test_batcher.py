@@ -30,13 +30,16 @@ class RecordingBackend:
         self.release = threading.Event()
         self.release.set()
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         first = not self.sizes
         self.sizes.append(len(batch))
         self.entered.set()
         if first:
             self.release.wait(timeout=60)
-        return self.inner.logits(batch)
+        return self.inner.forward(batch)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch)[0]
 
 
 @pytest.fixture
@@ -69,7 +72,9 @@ async def test_lone_request_is_a_batch_of_one(
         result = await batcher.classify(pixels(classifier, "coffee.png"), 3)
     finally:
         await batcher.close()
-    assert result[0].class_name == "espresso"
+    assert result.predictions[0].class_name == "espresso"
+    assert result.embedding is not None
+    assert result.embedding.shape == (1280,)
     assert recording.sizes == [1]
 
 
@@ -91,8 +96,8 @@ async def test_requests_that_queue_up_share_one_pass(
         await batcher.close()
     assert recording.sizes == [1, 10]
     assert batcher.stats.largest == 10
-    assert [r[0].class_name for r in results[1:3]] == ["espresso", "tiger cat"]
-    assert all(len(r) == 2 for r in results[1:])
+    assert [r.predictions[0].class_name for r in results[1:3]] == ["espresso", "tiger cat"]
+    assert all(len(r.predictions) == 2 for r in results[1:])
 
 
 async def test_batch_size_is_capped(classifier: Classifier, recording: RecordingBackend) -> None:
@@ -164,10 +169,10 @@ async def test_lanes_run_passes_side_by_side(
         assert not first.done()
         assert batcher.images_ahead == 1  # the held pass
         recording.release.set()
-        assert (await first)[0].class_name == "espresso"
+        assert (await first).predictions[0].class_name == "espresso"
     finally:
         await batcher.close()
-    assert second[0].class_name == "tiger cat"
+    assert second.predictions[0].class_name == "tiger cat"
     assert recording.sizes == [1, 1]
 
 

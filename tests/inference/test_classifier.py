@@ -186,3 +186,19 @@ def test_lite0_weights_do_not_pass_as_b0() -> None:
                 model_weights_sha256=LITE0_WEIGHTS_SHA256,
             )
         )
+
+
+def test_one_pass_gives_the_top_k_and_the_embedding(
+    classifier: Classifier, torch_classifier: Classifier
+) -> None:
+    """The served graph's second output is PyTorch's pooled features (what the classifier layer
+    reads), from the same forward pass as the top-k."""
+    decoded = preprocess((PHOTOS / "coffee.png").read_bytes(), classifier.preprocessing, 10**8)
+    (served,) = classifier.classify(decoded.pixels[None], [3])
+    (reference,) = torch_classifier.classify(decoded.pixels[None], [3])
+    assert served.predictions == classifier.predict(decoded.pixels[None], [3])[0]
+    assert served.embedding is not None
+    assert reference.embedding is not None
+    assert served.embedding.shape == (1280,)
+    assert np.max(np.abs(served.embedding - reference.embedding)) < 1e-3
+    assert served.embedding.min() >= 0  # after ReLU6 and average pooling

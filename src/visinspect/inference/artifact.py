@@ -27,7 +27,8 @@ from visinspect.config import Architecture, Precision, Settings
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+# 2: the graphs have a second output, `embedding` (format 1 had logits only).
+FORMAT_VERSION = 2
 REBUILD = (
     "run `visinspect model build` with the same settings (MODEL_ARCH, MODEL_WEIGHTS, MODEL_DIR)"
 )
@@ -105,6 +106,15 @@ class Graph(_Strict):
     quantization: dict[str, object] | None = None  # how an int8 graph was made (calibration, ...)
 
 
+class Embedding(_Strict):
+    """The graphs' second output: the pooled features the classifier layer reads."""
+
+    output: str  # its name in the graph
+    size: int  # values per image (1,280 for Lite0 and B0)
+    # Largest |difference| from PyTorch's pooled features on the photographs, fp32 graph.
+    max_abs_difference: float
+
+
 class Manifest(_Strict):
     format: int
     model_name: str
@@ -115,6 +125,7 @@ class Manifest(_Strict):
     onnxruntime_version: str
     built_with: dict[str, str]  # torch, onnx, visinspect versions
     built_at: str
+    embedding: Embedding
     graphs: dict[Precision, Graph]
 
 

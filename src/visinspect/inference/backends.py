@@ -1,6 +1,7 @@
 """Runtimes that execute the network: ONNX Runtime (serving) and, in `reference.py`, PyTorch.
 
-A backend only maps a float32 NCHW batch to logits. This module imports no torch: the serving
+A backend maps a float32 NCHW batch to logits and, where its graph has them, the embeddings (the
+pooled features its classifier layer reads), from one forward pass. This module imports no torch: the serving
 process runs the artifact's graph (`artifact.py`) and nothing else.
 """
 
@@ -19,9 +20,12 @@ EQUIVALENCE_TOLERANCE = 1e-3
 class InferenceBackend(Protocol):
     name: str
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        """float32 N x 3 x H x W -> float32 N x 1000; blocking, called from one thread."""
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """float32 N x 3 x H x W -> (logits N x 1000, embeddings N x D or None); blocking,
+        called from one thread."""
         ...
+
+    def logits(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 class OnnxRuntimeBackend:
@@ -49,6 +53,10 @@ class OnnxRuntimeBackend:
         self.precision = precision
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.session.run(None, {self.input_name: batch})
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run(None, {self.input_name: batch})[0]

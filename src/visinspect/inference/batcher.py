@@ -30,7 +30,7 @@ import structlog
 
 from visinspect.capacity import run_in_background
 from visinspect.errors import DeadlineUnreachable, Overloaded
-from visinspect.inference.classifier import Classifier, Prediction
+from visinspect.inference.classifier import Classified, Classifier
 from visinspect.tracing import Timeline
 
 log = structlog.get_logger("visinspect.batcher")
@@ -40,7 +40,7 @@ log = structlog.get_logger("visinspect.batcher")
 class _Job:
     pixels: np.ndarray
     top_k: int
-    future: asyncio.Future[list[Prediction]] = field(repr=False)
+    future: asyncio.Future[Classified] = field(repr=False)
     timeline: Timeline  # the batch's start and end go here (for the trace)
 
 
@@ -125,10 +125,10 @@ class MicroBatcher:
         top_k: int,
         deadline: float | None = None,
         timeline: Timeline | None = None,
-    ) -> list[Prediction]:
-        """`timeline` receives when the image's batch entered and left the model."""
+    ) -> Classified:
+        """The image's top-k and embedding. `timeline` receives when the image's batch entered and left the model."""
         self.check_deadline(deadline)
-        future: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Classified] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Job(pixels, top_k, future, timeline or Timeline()))
         except asyncio.QueueFull:
@@ -175,10 +175,10 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_result(result)
 
-    def _predict(self, jobs: list[_Job]) -> list[list[Prediction]]:
+    def _predict(self, jobs: list[_Job]) -> list[Classified]:
         """In a model thread: the batch is assembled there too, off the event loop."""
         batch = np.stack([job.pixels for job in jobs])
-        return self.classifier.predict(batch, [job.top_k for job in jobs])
+        return self.classifier.classify(batch, [job.top_k for job in jobs])
 
     def _learn(self, seconds_per_image: float) -> None:
         """Exponential moving average over recent batches (weight 0.2 on the newest)."""

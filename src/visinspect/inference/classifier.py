@@ -24,7 +24,14 @@ from visinspect.inference.weights import ModelLoadError, expected_sha256, verifi
 
 log = structlog.get_logger("visinspect.model")
 
-__all__ = ["Classifier", "ModelIdentity", "ModelLoadError", "Prediction", "load_classifier"]
+__all__ = [
+    "Classified",
+    "Classifier",
+    "ModelIdentity",
+    "ModelLoadError",
+    "Prediction",
+    "load_classifier",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +39,14 @@ class Prediction:
     class_id: int
     class_name: str
     confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """One image's top-k, and its embedding (float32; None when the graph has no such output)."""
+
+    predictions: list[Prediction]
+    embedding: np.ndarray | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +110,17 @@ class Classifier:
 
     def predict(self, batch: np.ndarray, top_ks: Sequence[int]) -> list[list[Prediction]]:
         """Softmax over all 1000 classes, then each image's `top_k` best, most confident first."""
-        probabilities = softmax(self.backend.logits(batch))
+        return [image.predictions for image in self.classify(batch, top_ks)]
+
+    def classify(self, batch: np.ndarray, top_ks: Sequence[int]) -> list[Classified]:
+        """`predict`, with each image's embedding from the same forward pass."""
+        logits, embeddings = self.backend.forward(batch)
+        probabilities = softmax(logits)
         results = []
-        for row, top_k in zip(probabilities, top_ks, strict=True):
+        for i, (row, top_k) in enumerate(zip(probabilities, top_ks, strict=True)):
             best = np.argsort(-row, kind="stable")[:top_k]
-            results.append([Prediction(int(i), self.labels[int(i)], float(row[i])) for i in best])
+            top = [Prediction(int(c), self.labels[int(c)], float(row[c])) for c in best]
+            results.append(Classified(top, None if embeddings is None else embeddings[i]))
         return results
 
 

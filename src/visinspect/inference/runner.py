@@ -10,6 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from visinspect.errors import ClientGone
 from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.classifier import Classifier, ModelIdentity, Prediction
@@ -30,6 +32,8 @@ class Classification:
     image_format: str
     decode_ms: float
     inference_ms: float
+    # The pooled features of the same forward pass (float32), for the heads and to be kept.
+    embedding: np.ndarray | None = None
     # The upload and its thumbnail when the decoders make them (images are kept), else None.
     original: bytes | None = None
     thumbnail: bytes | None = None
@@ -63,10 +67,11 @@ class InferenceRunner:
         if await gone():
             raise ClientGone("the client closed the connection before its image reached the model")
         decoded_at = time.perf_counter()
-        predictions = await self.batcher.classify(decoded.image.pixels, top_k, deadline, timeline)
+        classified = await self.batcher.classify(decoded.image.pixels, top_k, deadline, timeline)
         return Classification(
             model=self.classifier.identity,
-            predictions=predictions,
+            predictions=classified.predictions,
+            embedding=classified.embedding,
             image_sha256=decoded.sha256,
             image_bytes=decoded.size,
             image_width=decoded.image.width,

@@ -9,7 +9,7 @@ tree mirrors torchvision's `efficientnet_b0` parameter for parameter (same state
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -125,3 +125,24 @@ def build_network(arch: Architecture) -> nn.Module:
 
     network: nn.Module = EfficientNet.from_name("efficientnet-lite0")
     return network
+
+
+class WithEmbedding(nn.Module):
+    """The network's logits and the pooled features its classifier layer reads (the embedding a
+    head is trained on), from one forward pass: the served graph's two outputs."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        # In the network's mode: a new module starts in training mode, and the ONNX exporter
+        # restores the mode it found on the whole tree after exporting (batch statistics and
+        # dropout on the wrapped network from then on).
+        self.train(network.training)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net: Any = self.network
+        if isinstance(net, EfficientNetB0):
+            pooled = torch.flatten(net.avgpool(net.features(x)), 1)
+            return net.classifier(pooled), pooled
+        pooled = torch.flatten(net._avg_pooling(net.extract_features(x)), 1)
+        return net._fc(net._dropout(pooled)), pooled

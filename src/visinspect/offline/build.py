@@ -31,6 +31,7 @@ from visinspect.inference.artifact import (
     FORMAT_VERSION,
     Agreement,
     Band,
+    Embedding,
     Graph,
     Manifest,
     PreprocessingContract,
@@ -59,6 +60,9 @@ INT8_CONFIDENT = 0.5  # photos fp32 is at least this sure of must all agree
 INT8_MIN_EVALUATION_PHOTOS = 100
 BANDS = (0.0, 0.3, 0.5, 0.8)
 _MAX_PHOTO_PIXELS = 50_000_000
+# The fp32 graph's embeddings may differ from PyTorch's by this share of their largest value
+# (float32 arithmetic in another order; measured about 1e-6).
+EMBEDDING_TOLERANCE = 1e-3
 
 
 class BuildFailed(RuntimeError):
@@ -119,6 +123,7 @@ def build_artifact(
         )
     }
     _check(Precision.FP32, graphs[Precision.FP32].agreement, accept=False)
+    embedding = _embedding(reference, fp32_backend, everything.tensors)
     if Precision.INT8 in precisions:
         graphs[Precision.INT8], files["model.int8.onnx"] = _int8(
             settings, fp32, fp32_backend, calibration, evaluation, photos, accept_low_agreement
@@ -137,6 +142,7 @@ def build_artifact(
             "visual-inspection-service": metadata.version("visual-inspection-service"),
         },
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        embedding=embedding,
         graphs=graphs,
     )
     write_artifact(settings.model_dir, manifest, files)
@@ -323,6 +329,29 @@ def softmax_of(backend: TorchBackend | OnnxRuntimeBackend, tensors: np.ndarray) 
     return np.concatenate(
         [softmax(backend.logits(tensors[i : i + 32])) for i in range(0, len(tensors), 32)]
     )
+
+
+def _embedding(
+    reference: TorchBackend, graph: OnnxRuntimeBackend, tensors: np.ndarray
+) -> Embedding:
+    """The fp32 graph's embeddings against PyTorch's pooled features on the photographs: the same
+    features a head is trained on, whichever runtime computed them."""
+    batch = tensors[:32]
+    expected = reference.forward(batch)[1]
+    actual = graph.forward(batch)[1]
+    if actual is None or actual.shape != expected.shape:
+        raise BuildFailed(
+            "the exported graph has no `embedding` output of PyTorch's shape",
+            "report this: the export of the pooled features failed",
+        )
+    difference = float(np.max(np.abs(actual - expected)))
+    scale = float(np.max(np.abs(expected)))
+    if difference > EMBEDDING_TOLERANCE * max(scale, 1.0):
+        raise BuildFailed(
+            f"the graph's embeddings differ from PyTorch's by up to {difference:.2e}",
+            "report this: the exported graph does not compute the pooled features",
+        )
+    return Embedding(output="embedding", size=int(expected.shape[1]), max_abs_difference=difference)
 
 
 def _fp32_agreement(candidate: np.ndarray, photos: Photos, sets: PhotoSets) -> Agreement:

@@ -15,7 +15,7 @@ from torch import nn
 
 from visinspect.config import Architecture
 from visinspect.inference.weights import ModelLoadError, WeightsInfo
-from visinspect.offline.architectures import build_network
+from visinspect.offline.architectures import WithEmbedding, build_network
 
 ONNX_OPSET = 17
 
@@ -27,12 +27,16 @@ class TorchBackend:
 
     def __init__(self, network: nn.Module) -> None:
         self.network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._with_embedding = WithEmbedding(self.network)
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
             inputs = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-            out: np.ndarray = self.network(inputs).numpy()
-        return out
+            logits, embeddings = self._with_embedding(inputs)
+        return logits.numpy(), embeddings.numpy()
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch)[0]
 
 
 def reference_backend(arch: Architecture, weights: WeightsInfo, threads: int) -> TorchBackend:
@@ -65,19 +69,20 @@ def load_network(arch: Architecture, weights: WeightsInfo) -> nn.Module:
 
 
 def export_onnx(network: nn.Module, crop: int) -> bytes:
-    """The network as an ONNX graph with a dynamic batch axis (input `input`, output `logits`)."""
+    """The network as an ONNX graph with a dynamic batch axis: input `input`, outputs `logits`
+    and `embedding` (the pooled features the classifier layer reads), one pass for both."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is chatty about its own deprecation
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            network,
+            WithEmbedding(network),
             (torch.zeros(1, 3, crop, crop),),
             buffer,  # type: ignore[arg-type]  # file-like objects are accepted
             opset_version=ONNX_OPSET,
             dynamo=False,
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=["logits", "embedding"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}},
         )
     return buffer.getvalue()
 
