@@ -268,6 +268,20 @@ class Settings(BaseSettings):
         "ago, and an upload that would exceed it is not kept (its prediction is still "
         "recorded). 0 = no bound.",
     )
+    keep_embeddings: bool = Field(
+        default=True,
+        description="Keep each prediction's embedding (the pooled features, 1,296 bytes a row on "
+        "PostgreSQL: docs/teaching.md), so that a head can be trained on any image the service "
+        "has seen. false: none kept (teaching then needs images classified while it was on).",
+    )
+    embedding_retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=36500,
+        description="Remove the kept embeddings older than this many days (in batches, by "
+        "`visinspect db maintain` and the service's maintenance). 0 = as long as the "
+        "predictions (RETENTION_DAYS).",
+    )
     image_retention_days: float = Field(
         default=30,
         ge=0,

@@ -23,7 +23,7 @@ import anyio.to_thread
 import structlog
 
 from visinspect.config import Settings
-from visinspect.db import partitions
+from visinspect.db import partitions, retention
 from visinspect.db.schema import prepare_schema
 from visinspect.db.session import Database, create_db_engine, wait_for_database
 from visinspect.db.writer import PredictionWriter
@@ -175,6 +175,7 @@ async def open_services(
         timeout_s=settings.request_timeout_s,
         default_top_k=settings.default_top_k,
         max_batch_files=settings.max_batch_files,
+        keep_embeddings=settings.keep_embeddings,
     )
     history = HistoryService(prepared.database)
     reviews = ReviewService(prepared.database, prepared.classifier.labels)
@@ -266,6 +267,14 @@ def _start_history_maintenance(database: Database, settings: Settings) -> asynci
                 done = await anyio.to_thread.run_sync(
                     partitions.maintain, database.engine, settings.retention_days
                 )
+                days = retention.retention_days(
+                    settings.embedding_retention_days, settings.retention_days
+                )
+                gone = await anyio.to_thread.run_sync(
+                    retention.apply_retention, database.engine, days
+                )
+                if gone:
+                    log.info("db.embeddings_removed", rows=gone, retention_days=days)
                 if done.created or done.dropped or done.deleted_rows:
                     log.info(
                         "db.maintained",

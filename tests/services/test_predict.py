@@ -4,14 +4,17 @@ database (PostgreSQL and SQLite), each test inside a transaction that is rolled 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import numpy as np
 import pytest
 from sqlalchemy import text
 
 from tests.support import count_records, gated_model, make_settings
 from visinspect.context import RequestContext
+from visinspect.db import embeddings, repository, retention
 from visinspect.db.session import Database
 from visinspect.db.tables import PredictionRecord
 from visinspect.errors import (
@@ -23,6 +26,7 @@ from visinspect.errors import (
     TooManyFiles,
 )
 from visinspect.inference.classifier import Classifier
+from visinspect.inference.preprocess import preprocess
 from visinspect.services.predict import Upload, clean_filename
 from visinspect.startup import Prepared, Services, open_services
 
@@ -190,3 +194,75 @@ async def test_concurrent_uploads_each_get_their_row(
                 )
             )
     assert await count_records(database) == 4
+
+
+async def test_each_prediction_keeps_its_embedding_from_the_same_pass(
+    services: Services, database: Database, photos: Path, classifier: Classifier
+) -> None:
+    """KEEP_EMBEDDINGS (the default): the pooled features are stored with the row, as uint8
+    codes that decode to within half a step of what the model computed."""
+    data = (photos / "coffee.png").read_bytes()
+    record = await services.predict.classify_and_record(
+        Upload.from_bytes(data), RequestContext("svc-emb")
+    )
+    kept = await database.run(repository.embeddings_of, [record.id], classifier.identity.version)
+    low, scale, codes = kept[record.id]
+    assert len(codes) == 1280
+    decoded = preprocess(data, classifier.preprocessing, 10**8)
+    (expected,) = classifier.classify(decoded.pixels[None], [1])
+    assert expected.embedding is not None
+    stored = embeddings.decode(low, scale, codes)
+    assert np.max(np.abs(stored - expected.embedding)) <= scale / 2 + 1e-5
+    # Another base model's embeddings are not comparable: never returned for it.
+    assert await database.run(repository.embeddings_of, [record.id], "sha256:other") == {}
+
+
+async def test_no_embedding_is_kept_when_keeping_is_off(
+    database: Database, classifier: Classifier, photos: Path
+) -> None:
+    settings = make_settings("sqlite://", keep_embeddings=False)
+    async with open_services(settings, Prepared(database, classifier)) as started:
+        upload = Upload.from_bytes((photos / "coffee.png").read_bytes())
+        record = await started.predict.classify_and_record(upload, RequestContext("svc-off"))
+    kept = await database.run(repository.embeddings_of, [record.id], classifier.identity.version)
+    assert kept == {}
+
+
+def test_embedding_codes_round_trip_within_half_a_step() -> None:
+    """The codec itself, on the range real embeddings have (ReLU6 features: 0..6) and on one
+    with negative values (SiLU features of B0), and on a constant row."""
+    rng = np.random.default_rng(7)
+    for vector in (
+        rng.uniform(0, 6, 1280).astype(np.float32),
+        rng.normal(0, 1, 1280).astype(np.float32),
+        np.full(1280, 0.25, dtype=np.float32),
+    ):
+        row = embeddings.encode(vector, datetime.now(UTC), "sha256:x")
+        back = embeddings.decode(row.low, row.scale, row.codes)
+        assert len(row.codes) == 1280
+        assert np.max(np.abs(back - vector)) <= row.scale / 2 + 1e-5
+        assert np.array_equal(embeddings.decode_many([(row.low, row.scale, row.codes)])[0], back)
+
+
+async def test_embedding_retention_removes_only_the_old_rows(
+    services: Services, database: Database, photos: Path, classifier: Classifier
+) -> None:
+    records = [
+        await services.predict.classify_and_record(
+            Upload.from_bytes((photos / "coffee.png").read_bytes()), RequestContext(f"ret-{i}")
+        )
+        for i in range(2)
+    ]
+    later = records[-1].created_at + timedelta(days=3)
+
+    def removed() -> int:
+        with database.sessions.begin() as session:
+            return repository.delete_embeddings_before(session, later - timedelta(days=2), batch=10)
+
+    assert await anyio.to_thread.run_sync(removed) == 2
+    ids = [r.id for r in records]
+    assert await database.run(repository.embeddings_of, ids, classifier.identity.version) == {}
+    assert retention.retention_days(0, 0) == 0
+    assert retention.retention_days(30, 0) == 30
+    assert retention.retention_days(0, 90) == 90
+    assert retention.retention_days(30, 7) == 7

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict
 
 from visinspect.config import Settings
-from visinspect.db import partitions
+from visinspect.db import partitions, retention
 from visinspect.db.schema import current_revision, head_revision, prepare_schema, schema_problem
 from visinspect.db.session import create_db_engine, wait_for_database
 
@@ -45,7 +45,9 @@ def maintain(settings: Settings, _args: argparse.Namespace | None = None) -> int
     try:
         wait_for_database(engine, settings.database_wait_s)
         done = partitions.maintain(engine, settings.retention_days)
+        days = retention.retention_days(settings.embedding_retention_days, settings.retention_days)
+        removed = retention.apply_retention(engine, days)
     finally:
         engine.dispose()
-    print(json.dumps(asdict(done)))
+    print(json.dumps({**asdict(done), "embeddings_deleted": removed}))
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -12,6 +12,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    delete,
     exists,
     func,
     insert,
@@ -27,7 +28,7 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine
 
 from visinspect.db import partitions, rollups
-from visinspect.db.tables import PredictionRecord, ReviewRecord, UTCDateTime
+from visinspect.db.tables import EmbeddingRecord, PredictionRecord, ReviewRecord, UTCDateTime
 from visinspect.filters import HistoryFilter
 
 S = TypeVar("S", bound=Select[*tuple[Any, ...]])
@@ -53,19 +54,71 @@ class ReviewGroup:
 _INSERTED = [a for a in inspect(PredictionRecord).column_attrs if a.key != "id"]
 
 
-def add_predictions(session: Session, records: list[PredictionRecord]) -> None:
+def add_predictions(
+    session: Session,
+    records: list[PredictionRecord],
+    embeddings: Sequence[EmbeddingRecord | None] = (),
+) -> None:
     """Insert a group of rows and set their ids on the records (the group commit's rows are
-    only ever inserted, so the unit of work's per-object bookkeeping is skipped)."""
+    only ever inserted, so the unit of work's per-object bookkeeping is skipped); with each
+    record's kept embedding, where it has one (`embeddings`, in the records' order), in the same
+    transaction."""
     partitions.ensure_days(session.connection(), {_utc_day(r.created_at) for r in records})
     if session.get_bind().dialect.name == "postgresql":
         _insert_unnested(session, records)
-        return
-    statement = insert(PredictionRecord).returning(
-        PredictionRecord.id, sort_by_parameter_order=True
+    else:
+        statement = insert(PredictionRecord).returning(
+            PredictionRecord.id, sort_by_parameter_order=True
+        )
+        rows = [{a.key: getattr(record, a.key) for a in _INSERTED} for record in records]
+        for record, row_id in zip(records, session.scalars(statement, rows), strict=True):
+            record.id = row_id
+    kept = [
+        {
+            "prediction_id": record.id,
+            "created_at": record.created_at,
+            "model_version": embedding.model_version,
+            "low": embedding.low,
+            "scale": embedding.scale,
+            "codes": embedding.codes,
+        }
+        for record, embedding in zip(records, embeddings, strict=False)
+        if embedding is not None
+    ]
+    if kept:
+        session.execute(insert(EmbeddingRecord), kept)
+
+
+def embeddings_of(
+    session: Session, prediction_ids: list[int], model_version: str
+) -> dict[int, tuple[float, float, bytes]]:
+    """The kept embeddings of these predictions made by `model_version`: id -> (low, scale,
+    codes). Embeddings of another base model are not comparable, so they are not returned."""
+    found: dict[int, tuple[float, float, bytes]] = {}
+    rows = EmbeddingRecord
+    for start in range(0, len(prediction_ids), 5000):
+        chunk = prediction_ids[start : start + 5000]
+        statement = select(rows.prediction_id, rows.low, rows.scale, rows.codes).where(
+            rows.prediction_id.in_(chunk), rows.model_version == model_version
+        )
+        for prediction_id, low, scale, codes in session.execute(statement):
+            found[int(prediction_id)] = (float(low), float(scale), bytes(codes))
+    return found
+
+
+def delete_embeddings_before(session: Session, moment: datetime, batch: int = 10_000) -> int:
+    """One batch of the kept embeddings older than `moment` (EMBEDDING_RETENTION_DAYS): at most
+    `batch` rows per transaction, so that retention never holds a long lock."""
+    oldest = (
+        select(EmbeddingRecord.prediction_id)
+        .where(EmbeddingRecord.created_at < moment)
+        .limit(batch)
+        .scalar_subquery()
     )
-    rows = [{a.key: getattr(record, a.key) for a in _INSERTED} for record in records]
-    for record, row_id in zip(records, session.scalars(statement, rows), strict=True):
-        record.id = row_id
+    result = session.execute(
+        delete(EmbeddingRecord).where(EmbeddingRecord.prediction_id.in_(oldest))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _insert_unnested(session: Session, records: list[PredictionRecord]) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -204,3 +205,23 @@ class SchemaCompatibility(Base):
     revision: Mapped[str] = mapped_column(String(32), primary_key=True)
     oldest_compatible_revision: Mapped[str] = mapped_column(String(32), nullable=False)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class EmbeddingRecord(Base):
+    """A prediction's embedding (the pooled features a head is trained on), kept so that a head
+    can be trained on any image the service has seen without decoding it again.
+
+    uint8 with an affine scale per row: value = low + code * scale. 1,280 bytes of codes and two
+    floats, about half of float16's 2,560 bytes; the loss is at most scale / 2 per value (0.3% of
+    a row's range), below what changes a linear head's answer (docs/teaching.md measures it).
+    No foreign key, as for reviews: predictions are partitioned by day.
+    """
+
+    __tablename__ = "prediction_embeddings"
+
+    prediction_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+    model_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    low: Mapped[float] = mapped_column(nullable=False)
+    scale: Mapped[float] = mapped_column(nullable=False)
+    codes: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 
 from visinspect.db import repository
 from visinspect.db.session import Database
-from visinspect.db.tables import PredictionRecord
+from visinspect.db.tables import EmbeddingRecord, PredictionRecord
 from visinspect.errors import DatabaseUnavailable, RecordNotStored
 
 
 @dataclass(slots=True)
 class _Pending:
     record: PredictionRecord
+    embedding: EmbeddingRecord | None
     future: asyncio.Future[PredictionRecord] = field(repr=False)
 
 
@@ -36,11 +37,14 @@ class PredictionWriter:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="db-writer")
 
-    async def store(self, record: PredictionRecord) -> PredictionRecord:
-        """Returns once the row is committed (with its id); raises DatabaseUnavailable (an outage)
-        or RecordNotStored (the database refused this row) if not."""
+    async def store(
+        self, record: PredictionRecord, embedding: EmbeddingRecord | None = None
+    ) -> PredictionRecord:
+        """Returns once the row (and its kept embedding, if given) is committed (with its id);
+        raises DatabaseUnavailable (an outage) or RecordNotStored (the database refused this
+        row) if not."""
         future: asyncio.Future[PredictionRecord] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(record, future))
+        self._queue.put_nowait(_Pending(record, embedding, future))
         return await future
 
     async def _serve(self) -> None:
@@ -52,7 +56,11 @@ class PredictionWriter:
 
     async def _write(self, group: list[_Pending]) -> None:
         try:
-            await self.database.run(repository.add_predictions, [p.record for p in group])
+            await self.database.run(
+                repository.add_predictions,
+                [p.record for p in group],
+                [p.embedding for p in group],
+            )
         except DatabaseUnavailable as exc:
             _fail(group, exc)
             return

@@ -17,6 +17,7 @@ import anyio
 import structlog
 
 from visinspect.context import RequestContext
+from visinspect.db import embeddings
 from visinspect.db.tables import PredictionRecord
 from visinspect.db.writer import PredictionWriter
 from visinspect.errors import RequestTimedOut, TooManyFiles, VisinspectError
@@ -64,6 +65,7 @@ class PredictService:
         timeout_s: float,
         default_top_k: int,
         max_batch_files: int,
+        keep_embeddings: bool = True,
     ) -> None:
         self.runner = runner
         self.writer = writer
@@ -72,6 +74,7 @@ class PredictService:
         self.timeout_s = timeout_s
         self.default_top_k = default_top_k
         self.max_batch_files = max_batch_files
+        self.keep_embeddings = keep_embeddings
 
     async def classify_and_record(
         self, upload: Upload, context: RequestContext
@@ -123,8 +126,13 @@ class PredictService:
         record = new_record(classification, upload, context.request_id, latency_ms)
         if self.images is not None:
             record.image_kept = await self.images.keep(classification, context.request_id)
+        embedding = None
+        if self.keep_embeddings and classification.embedding is not None:
+            embedding = embeddings.encode(
+                classification.embedding, record.created_at, record.model_version
+            )
         timeline.write_started = time.time_ns()
-        stored = await self.writer.store(record)
+        stored = await self.writer.store(record, embedding)
         timeline.written = time.time_ns()
         log.info(
             "prediction.stored",
