@@ -20,9 +20,14 @@ import httpx
 from visinspect.api.schemas import (
     BatchOut,
     DriftOut,
+    HeadOut,
+    LabelOut,
+    LabelSetOut,
+    LabelSetQualityOut,
     PredictionOut,
     PredictionPage,
     QualityOut,
+    QueuePage,
     ReadinessOut,
     ReviewOut,
     StatsOut,
@@ -64,11 +69,13 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def predict(self, image: Path | str | bytes, top_k: int | None = None) -> PredictionOut:
+    def predict(
+        self, image: Path | str | bytes, top_k: int | None = None, label_set: str | None = None
+    ) -> PredictionOut:
+        """The top-k, and the active heads' answers (`label_set`: that set's only)."""
         name, data = _read(image)
-        response = self._http.post(
-            "/predict", files={"file": (name, data)}, params=_params(top_k=top_k)
-        )
+        params = _params(top_k=top_k, label_set=label_set)
+        response = self._http.post("/predict", files={"file": (name, data)}, params=params)
         return PredictionOut.model_validate(_ok(response))
 
     def predict_batch(self, images: list[Path | str | bytes], top_k: int | None = None) -> BatchOut:
@@ -145,6 +152,54 @@ class Client:
         """The recent `window` (e.g. "24h") against the `reference` before it (e.g. "7d")."""
         params = _params(window=window, reference=reference)
         return DriftOut.model_validate(_ok(self._http.get("/predictions/drift", params=params)))
+
+    # --- teaching ------------------------------------------------------------------------
+
+    def create_label_set(
+        self, name: str, classes: list[str], description: str | None = None
+    ) -> LabelSetOut:
+        body = _params(name=name, classes=classes, description=description)
+        return LabelSetOut.model_validate(_ok(self._http.post("/label-sets", json=body)))
+
+    def label_sets(self) -> list[LabelSetOut]:
+        return [LabelSetOut.model_validate(s) for s in _ok(self._http.get("/label-sets"))]
+
+    def label_set(self, name: str) -> LabelSetOut:
+        return LabelSetOut.model_validate(_ok(self._http.get(f"/label-sets/{name}")))
+
+    def add_classes(self, name: str, classes: list[str]) -> LabelSetOut:
+        response = self._http.post(f"/label-sets/{name}/classes", json={"classes": classes})
+        return LabelSetOut.model_validate(_ok(response))
+
+    def label(self, prediction_id: int, label_set: str, class_name: str) -> LabelOut:
+        body = {"label_set": label_set, "class": class_name}
+        response = self._http.post(f"/predictions/{prediction_id}/labels", json=body)
+        return LabelOut.model_validate(_ok(response))
+
+    def train_head(self, label_set: str) -> HeadOut:
+        """Train the set's next head version (a candidate); it takes seconds."""
+        return HeadOut.model_validate(_ok(self._http.post(f"/label-sets/{label_set}/heads")))
+
+    def heads(self, label_set: str) -> list[HeadOut]:
+        return [
+            HeadOut.model_validate(h) for h in _ok(self._http.get(f"/label-sets/{label_set}/heads"))
+        ]
+
+    def change_head(
+        self, head_id: int, action: Literal["shadow", "promote", "rollback", "retire"]
+    ) -> HeadOut:
+        return HeadOut.model_validate(_ok(self._http.post(f"/heads/{head_id}/{action}")))
+
+    def head_quality(self, label_set: str) -> LabelSetQualityOut:
+        response = self._http.get(f"/label-sets/{label_set}/quality")
+        return LabelSetQualityOut.model_validate(_ok(response))
+
+    def needs_a_person(
+        self, label_set: str, limit: int = 20, cursor: str | None = None
+    ) -> QueuePage:
+        params = _params(limit=limit, cursor=cursor)
+        response = self._http.get(f"/label-sets/{label_set}/queue", params=params)
+        return QueuePage.model_validate(_ok(response))
 
     def health(self) -> ReadinessOut:
         """Readiness, whether ready (200) or not (503): the body says which check failed."""

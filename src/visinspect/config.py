@@ -282,6 +282,32 @@ class Settings(BaseSettings):
         "`visinspect db maintain` and the service's maintenance). 0 = as long as the "
         "predictions (RETENTION_DAYS).",
     )
+    heads_dir: Path = Field(
+        default=Path("~/.cache/visinspect/heads"),
+        description="Where `visinspect head train` writes each head version's artifact "
+        "(<label set>/v<version>/: head.npz and manifest.json); the database holds the copy that "
+        "every replica serves.",
+    )
+    heads_refresh_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="How often each process asks the database whether a head was promoted, "
+        "rolled back or shadowed: a change serves everywhere within this time, without a restart.",
+    )
+    head_train_timeout_s: float = Field(
+        default=300,
+        gt=0,
+        le=86400,
+        description="POST /label-sets/{name}/heads: how long the training process may take.",
+    )
+    head_compare_min_labels: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="Quality: a shadow head is shown as beating the active one only when both "
+        "answered at least this many of the labels given after they were trained.",
+    )
     image_retention_days: float = Field(
         default=30,
         ge=0,
@@ -392,7 +418,7 @@ class Settings(BaseSettings):
         """`IMAGE_STORE_DIR=` (compose's way of unsetting) means no store, not the directory ""."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("model_weights", "model_dir", "image_store_dir")
+    @field_validator("model_weights", "model_dir", "image_store_dir", "heads_dir")
     @classmethod
     def _expand_home(cls, path: Path | None) -> Path | None:
         """`~/...` as a shell would read it: an .env file is not read by a shell."""

@@ -20,3 +20,4 @@ class RequestContext:
     top_k: int | None = None  # None: DEFAULT_TOP_K
     timeout_s: float | None = None
     gone: Callable[[], Awaitable[bool]] = _stays
+    label_set: str | None = None  # answer with this set's active head only (None: every one)

@@ -122,6 +122,48 @@ class PredictionNotFound(VisinspectError):
     code = "prediction_not_found"
 
 
+# --- teaching: label sets, labels, heads ---------------------------------------------------------
+
+
+class InvalidLabelSet(InvalidRequest):
+    """A label set or a label the service cannot take: a bad name, a class it does not have, a
+    class with labels that would be dropped or renamed (422)."""
+
+    code = "invalid_label_set"
+
+
+class TooFewLabels(InvalidRequest):
+    """Training needs more labels (per class, with kept embeddings) than the set has (422)."""
+
+    code = "too_few_labels"
+
+
+class BaseModelDiffers(InvalidRequest):
+    """The head was trained on another base model's embeddings than the serving one's (422)."""
+
+    code = "base_model_differs"
+
+
+class InvalidHeadChange(InvalidRequest):
+    """A promotion or rollback that the head's status or history does not allow (422)."""
+
+    code = "invalid_head_change"
+
+
+class LabelSetNotFound(VisinspectError):
+    code = "label_set_not_found"
+
+
+class HeadNotFound(VisinspectError):
+    code = "head_not_found"
+
+
+class TrainingUnavailable(VisinspectError):
+    """This install cannot train heads: scikit-learn (the `model` extra) is not installed (501)."""
+
+    code = "training_unavailable"
+
+
 class ImageNotKept(VisinspectError):
     """The prediction exists, its image does not: never kept, or removed by the cleanup (404)."""
 

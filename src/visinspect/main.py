@@ -25,7 +25,7 @@ from visinspect.api.limits import (
     RequestBodyLimitsMiddleware,
 )
 from visinspect.api.middleware import RequestObservationMiddleware
-from visinspect.api.routes import drift, health, history, images, predict, reviews
+from visinspect.api.routes import drift, heads, health, history, images, labels, predict, reviews
 from visinspect.api.routes import metrics as metrics_route
 from visinspect.api.routes.docs import mount_docs
 from visinspect.api.routes.ui import mount_ui
@@ -72,6 +72,8 @@ def create_app(
     app.include_router(drift.router)
     app.include_router(history.router)
     app.include_router(images.router)
+    app.include_router(labels.router)
+    app.include_router(heads.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
     if settings.docs_enabled:

@@ -113,6 +113,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.head_failures = Counter(
+            "visinspect_head_failures",
+            "Heads skipped, by reason (broken_artifact, base_model_differs, apply_failed): the "
+            "predictions were answered and recorded without them.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.images_removed = Counter(
             "visinspect_images_removed",
             "Kept images removed by the cleanup: expired (IMAGE_RETENTION_DAYS) or evicted "
@@ -135,6 +142,9 @@ class Metrics:
 
     def observe_image_not_kept(self, reason: str) -> None:
         self.images_not_kept.labels(reason).inc()
+
+    def observe_head_failure(self, reason: str) -> None:
+        self.head_failures.labels(reason).inc()
 
     def observe_image_cleanup(self, report: CleanupReport) -> None:
         self.images_removed.labels("expired").inc(report.expired)

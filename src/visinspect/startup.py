@@ -34,9 +34,11 @@ from visinspect.inference.decoders import DecoderLimits, DecoderPool, start_fork
 from visinspect.inference.runner import InferenceRunner
 from visinspect.metrics import Metrics
 from visinspect.services.drift import DriftService, DriftThresholds, parse_duration
+from visinspect.services.heads import HeadRegistry, HeadService
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.images import ImageService
+from visinspect.services.labels import LabelService
 from visinspect.services.predict import PredictService
 from visinspect.services.reviews import ReviewService
 from visinspect.storage.image_store import ImageStore, open_image_store
@@ -121,6 +123,8 @@ class Services:
     drift: DriftService
     images: ImageService
     readiness: ReadinessService
+    labels: LabelService
+    heads: HeadService
     classifier: Classifier
     batcher: MicroBatcher
     decoders: DecoderPool
@@ -167,6 +171,24 @@ async def open_services(
         on_not_kept=metrics.observe_image_not_kept if metrics else None,
         on_cleanup=metrics.observe_image_cleanup if metrics else None,
     )
+    head_registry = HeadRegistry(
+        prepared.database,
+        prepared.classifier.identity.version,
+        on_failure=metrics.observe_head_failure if metrics else None,
+    )
+    try:
+        await head_registry.refresh()
+    except DatabaseUnavailable as exc:  # readiness says so; the watch loads them later
+        log.warning("heads.refresh_failed", reason=exc.message)
+    labels = LabelService(prepared.database)
+    heads = HeadService(
+        prepared.database,
+        labels,
+        head_registry,
+        train_timeout_s=settings.head_train_timeout_s,
+        compare_min_labels=settings.head_compare_min_labels,
+        training_settings=_training_settings(settings),
+    )
     predict = PredictService(
         runner,
         writer,
@@ -176,6 +198,7 @@ async def open_services(
         default_top_k=settings.default_top_k,
         max_batch_files=settings.max_batch_files,
         keep_embeddings=settings.keep_embeddings,
+        heads=head_registry,
     )
     history = HistoryService(prepared.database)
     reviews = ReviewService(prepared.database, prepared.classifier.labels)
@@ -198,6 +221,9 @@ async def open_services(
             _start_drift_watch(drift, settings),
             _start_image_cleanup(images, settings),
             _start_history_maintenance(prepared.database, settings),
+            asyncio.get_running_loop().create_task(
+                head_registry.watch(settings.heads_refresh_s), name="heads-watch"
+            ),
         )
         if task is not None
     ]
@@ -209,6 +235,8 @@ async def open_services(
             drift,
             images,
             readiness,
+            labels,
+            heads,
             prepared.classifier,
             batcher,
             decoders,
@@ -225,6 +253,21 @@ async def open_services(
             images=batcher.stats.images,
             largest_batch=batcher.stats.largest,
         )
+
+
+def _training_settings(settings: Settings) -> dict[str, str]:
+    """The settings `visinspect head train` must share with the server that starts it."""
+    shared = {
+        "DATABASE_URL": settings.database_url,
+        "MODEL_ARCH": settings.model_arch.value,
+        "MODEL_DIR": str(settings.model_dir),
+        "HEADS_DIR": str(settings.heads_dir),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "WARNING",
+    }
+    if settings.model_weights is not None:
+        shared["MODEL_WEIGHTS"] = str(settings.model_weights)
+    return shared
 
 
 def _start_drift_watch(drift: DriftService, settings: Settings) -> asyncio.Task[None] | None:

@@ -12,9 +12,11 @@ from fastapi import Depends, Request
 
 from visinspect.config import Settings
 from visinspect.services.drift import DriftService
+from visinspect.services.heads import HeadService
 from visinspect.services.health import ReadinessService
 from visinspect.services.history import HistoryService
 from visinspect.services.images import ImageService
+from visinspect.services.labels import LabelService
 from visinspect.services.predict import PredictService
 from visinspect.services.reviews import ReviewService
 from visinspect.startup import Services
@@ -50,6 +52,14 @@ async def get_image_service(request: Request) -> ImageService:
     return _services(request).images
 
 
+async def get_label_service(request: Request) -> LabelService:
+    return _services(request).labels
+
+
+async def get_head_service(request: Request) -> HeadService:
+    return _services(request).heads
+
+
 async def get_readiness_service(request: Request) -> ReadinessService:
     return _services(request).readiness
 
@@ -60,4 +70,6 @@ HistoryServiceDep = Annotated[HistoryService, Depends(get_history_service)]
 ReviewServiceDep = Annotated[ReviewService, Depends(get_review_service)]
 DriftServiceDep = Annotated[DriftService, Depends(get_drift_service)]
 ImageServiceDep = Annotated[ImageService, Depends(get_image_service)]
+LabelServiceDep = Annotated[LabelService, Depends(get_label_service)]
+HeadServiceDep = Annotated[HeadService, Depends(get_head_service)]
 ReadinessServiceDep = Annotated[ReadinessService, Depends(get_readiness_service)]

@@ -10,6 +10,8 @@ from fastapi import Depends, Path, Query
 from visinspect.filters import HistoryFilter
 
 PredictionId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+HeadId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+LabelSetName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 ClassName = Annotated[
     str | None, Query(max_length=128, description="Exact top-1 class name, e.g. `espresso`")
 ]

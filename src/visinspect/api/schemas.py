@@ -10,7 +10,15 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationInfo,
+    model_validator,
+)
 
 _PREDICTIONS_EXAMPLE: list[JsonValue] = [
     {"class_id": 967, "class_name": "espresso", "confidence": 0.9512},
@@ -158,6 +166,26 @@ class PredictionOut(BaseModel):
         default=None,
         description="Its review that counts (the latest), in the history; null when none",
     )
+    heads: list[HeadAnswerOut] = Field(
+        default_factory=list,
+        description="The active heads' answers (a team's own classes), in POST /predict's "
+        "answer; `?label_set=` asks for one set's only",
+    )
+
+
+class HeadAnswerOut(BaseModel):
+    """A label set's active head on this image: its class, and whether it is sure enough to
+    decide without a person (`decided: false`: needs a person)."""
+
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+    label_set: str
+    version: int
+    class_name: str = Field(
+        validation_alias=AliasChoices("class", "class_name"), serialization_alias="class"
+    )
+    confidence: float = Field(ge=0.0, le=1.0, description="Softmax over the set's classes")
+    decided: bool = Field(description="confidence reached the class's threshold")
 
 
 class ErrorDetail(BaseModel):
@@ -367,16 +395,160 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "The upload is empty",
         401: "API keys are configured and the request has none",
         403: "The API key is not valid",
-        404: "No such prediction (`prediction_not_found`), or its image is not kept "
-        "(`image_not_kept`, image routes only)",
+        404: "No such prediction (`prediction_not_found`), label set (`label_set_not_found`) "
+        "or head (`head_not_found`), or the image is not kept (`image_not_kept`)",
         413: "Body over MAX_UPLOAD_BYTES, or image over MAX_IMAGE_PIXELS",
         500: "A fault of the service (the request id finds it in the logs); nothing was stored",
+        501: "This install cannot train heads (`training_unavailable`): scikit-learn, the "
+        "`model` extra, is not installed; train with `visinspect head train` where it is",
         415: "Not an image, an unsupported format, or an animated image",
         422: "Invalid parameters, missing `file` field, a truncated/corrupt image, or a review "
-        "that contradicts itself or names an unknown class",
+        "that contradicts itself or names an unknown class; for teaching, a class the label "
+        "set does not have, too few labels per class (`too_few_labels`), or embeddings of "
+        "another base model (`base_model_differs`)",
         503: "Database unavailable or inference queue full; nothing was stored. Retry later.",
         504: "Classification exceeded REQUEST_TIMEOUT_S; nothing was stored.",
     }
     return {
         status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses
     }
+
+
+# --- teaching --------------------------------------------------------------------------------
+
+_CLASS = Field(validation_alias=AliasChoices("class", "class_name"), serialization_alias="class")
+
+
+class LabelSetIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "parts",
+                    "classes": ["ok", "scratch", "dent"],
+                    "description": "Stamped brackets, line 2",
+                }
+            ]
+        },
+    )
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    classes: list[str] = Field(min_length=2, max_length=1000)
+    description: str | None = Field(default=None, max_length=2000)
+
+
+class ClassesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[str] = Field(min_length=1, max_length=1000, description="Appended, in order")
+
+
+class LabelSetOut(BaseModel):
+    name: str
+    description: str | None
+    classes: list[str] = Field(description="In the order they were added; never renamed")
+    counts: dict[str, int] = Field(description="Predictions per class, by their latest label")
+    labelled: int
+    created_at: datetime
+    created_by: str | None
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={"examples": [{"label_set": "parts", "class": "scratch"}]},
+    )
+
+    label_set: str = Field(max_length=64)
+    class_name: str = Field(
+        max_length=64,
+        validation_alias=AliasChoices("class", "class_name"),
+        serialization_alias="class",
+    )
+
+
+class LabelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+    id: int
+    prediction_id: int
+    label_set: str
+    class_name: str = _CLASS
+    labeller: str | None = Field(description="The API key's name; null when keys are off")
+    created_at: datetime
+
+
+class HeadOut(BaseModel):
+    """One trained version of a label set's head."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    label_set: str
+    version: int
+    status: Literal["candidate", "shadow", "active", "retired"]
+    classes: list[str]
+    base_model_version: str
+    artifact_sha256: str
+    labels_until: int = Field(description="The newest label it was trained on")
+    trained_at: datetime
+    trained_by: str | None
+    metrics: dict[str, Any] = Field(
+        description="Cross-validated: accuracy, macro_f1, per_class (precision, recall, "
+        "threshold), confusion, decided_share and decided_precision at the target precision"
+    )
+    training: dict[str, Any] = Field(description="Rows, their ids' sha256, seconds")
+    libraries: dict[str, str]
+
+
+class HeadEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    head_id: int
+    action: str
+    from_status: str | None
+    to_status: str
+    replaced_head_id: int | None
+    actor: str | None
+    created_at: datetime
+
+
+class VersionQualityOut(BaseModel):
+    """A version on the labels given after it was trained (that it answered)."""
+
+    head_id: int
+    version: int
+    status: str
+    labels: int
+    correct: int
+    accuracy: float | None
+    macro_f1: float | None
+    decided: int = Field(description="Answers at or above their class's threshold")
+    decided_share: float | None
+    decided_precision: float | None = Field(description="Correct among the decided answers")
+    beats_active: bool | None = Field(
+        description="Shadow versions: more accurate than the active one on the labels both "
+        "answered (at least HEAD_COMPARE_MIN_LABELS of them); null otherwise"
+    )
+
+
+class LabelSetQualityOut(BaseModel):
+    label_set: str
+    compare_min_labels: int
+    versions: list[VersionQualityOut]
+
+
+class QueueItemOut(BaseModel):
+    prediction_id: int
+    head_version: int
+    class_name: str = _CLASS
+    confidence: float
+    created_at: datetime
+
+
+class QueuePage(BaseModel):
+    items: list[QueueItemOut]
+    next_cursor: str | None

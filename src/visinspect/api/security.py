@@ -28,7 +28,7 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Ke
 
 
 # Routes that need a key when API_KEYS is set (the same routes declare it for OpenAPI).
-PROTECTED_PREFIXES = ("/predict", "/predictions")
+PROTECTED_PREFIXES = ("/predict", "/predictions", "/label-sets", "/heads")
 _NAMED = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63}):(?P<key>.+)$")
 
 

@@ -92,6 +92,54 @@ def _parser() -> argparse.ArgumentParser:
     for command in (review, quality, drift):
         command.add_argument("--url", help="server URL (default: http://HOST:PORT)")
         command.add_argument("--api-key", help="API key for the server; its name is the reviewer")
+    labels = commands.add_parser("labels", help="a team's own classes").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    imported = labels.add_parser(
+        "import",
+        help="classify every image of DIR (one sub-folder per class) on a server and label it "
+        "into a label set (made, or given the missing classes, as needed)",
+    )
+    imported.add_argument("directory", metavar="DIR")
+    imported.add_argument("--label-set", required=True, metavar="NAME")
+    imported.add_argument("--description", help="for a label set this makes")
+    imported.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    imported.set_defaults(command="visinspect.cli.teach:labels_import")
+    head = commands.add_parser("head", help="heads trained on a label set").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    train = head.add_parser(
+        "train",
+        help="train the set's next head version on DATABASE_URL, in this process (needs the "
+        "`model` extra); it is registered as a candidate",
+    )
+    train.add_argument("name", metavar="NAME")
+    train.add_argument(
+        "--target-precision",
+        type=float,
+        default=None,
+        help="precision each class's threshold is chosen for (default 0.99)",
+    )
+    train.add_argument("--by", help="who trained it, for the audit trail")
+    train.add_argument("--json", action="store_true", help="one JSON line: the head id or error")
+    train.set_defaults(command="visinspect.cli.teach:head_train")
+    listed = head.add_parser("list", help="every version of the set's head (against a server)")
+    listed.add_argument("name", metavar="NAME")
+    listed.set_defaults(command="visinspect.cli.teach:head_list")
+    server_commands = [imported, listed]
+    for action, text in (
+        ("shadow", "run a version on live traffic, recorded but not returned"),
+        ("promote", "make a version the set's active head"),
+        ("rollback", "give the active version's place back to the one it replaced"),
+        ("retire", "stop serving a version"),
+    ):
+        change = head.add_parser(action, help=text)
+        change.add_argument("head_id", type=int, metavar="HEAD_ID")
+        change.set_defaults(command="visinspect.cli.teach:head_change", action=action)
+        server_commands.append(change)
+    for command in server_commands:
+        command.add_argument("--url", help="server URL (default: http://HOST:PORT)")
+        command.add_argument("--api-key", help="API key for the server; its name is the labeller")
     serve = commands.add_parser(
         "serve", help="check the weights, migrate the database, load the model, serve HTTP"
     )

@@ -28,7 +28,13 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine
 
 from visinspect.db import partitions, rollups
-from visinspect.db.tables import EmbeddingRecord, PredictionRecord, ReviewRecord, UTCDateTime
+from visinspect.db.tables import (
+    EmbeddingRecord,
+    HeadAnswerRecord,
+    PredictionRecord,
+    ReviewRecord,
+    UTCDateTime,
+)
 from visinspect.filters import HistoryFilter
 
 S = TypeVar("S", bound=Select[*tuple[Any, ...]])
@@ -58,11 +64,12 @@ def add_predictions(
     session: Session,
     records: list[PredictionRecord],
     embeddings: Sequence[EmbeddingRecord | None] = (),
+    answers: Sequence[Sequence[HeadAnswerRecord]] = (),
 ) -> None:
     """Insert a group of rows and set their ids on the records (the group commit's rows are
     only ever inserted, so the unit of work's per-object bookkeeping is skipped); with each
-    record's kept embedding, where it has one (`embeddings`, in the records' order), in the same
-    transaction."""
+    record's kept embedding, where it has one (`embeddings`, in the records' order), and its
+    heads' answers (`answers`), in the same transaction."""
     partitions.ensure_days(session.connection(), {_utc_day(r.created_at) for r in records})
     if session.get_bind().dialect.name == "postgresql":
         _insert_unnested(session, records)
@@ -87,6 +94,22 @@ def add_predictions(
     ]
     if kept:
         session.execute(insert(EmbeddingRecord), kept)
+    answered = [
+        {
+            "prediction_id": record.id,
+            "head_id": answer.head_id,
+            "label_set_id": answer.label_set_id,
+            "class_name": answer.class_name,
+            "confidence": answer.confidence,
+            "decided": answer.decided,
+            "shadow": answer.shadow,
+            "created_at": record.created_at,
+        }
+        for record, rows in zip(records, answers, strict=False)
+        for answer in rows
+    ]
+    if answered:
+        session.execute(insert(HeadAnswerRecord), answered)
 
 
 def embeddings_of(

@@ -8,16 +8,19 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
     Dialect,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     SmallInteger,
     String,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,6 +66,7 @@ class PredictionRecord(Base):
     """One classified upload: the top-1 in columns (for filtering), the full top-k as JSON."""
 
     __tablename__ = "predictions"
+    __allow_unmapped__ = True  # `heads`, below, is no column
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
@@ -92,6 +96,9 @@ class PredictionRecord(Base):
     # from before 0.2.0), false when it could not (a full store or disk: the log line and the
     # metric say which). True means kept then: the cleanup may have removed it since.
     image_kept: Mapped[bool | None] = mapped_column(nullable=True)
+    # Not a column: the active heads' answers of a prediction just made, for its response
+    # (`inference.heads.HeadAnswer`); they are stored in head_answers.
+    heads: tuple[Any, ...] = ()
 
     __table_args__ = (
         # GET /predictions: newest first, optionally one class or one image.
@@ -225,3 +232,121 @@ class EmbeddingRecord(Base):
     low: Mapped[float] = mapped_column(nullable=False)
     scale: Mapped[float] = mapped_column(nullable=False)
     codes: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class LabelSetRecord(Base):
+    """A team's own classes ("ok", "scratch", "dent"). Classes are only ever added: a class that
+    has labels is never renamed or dropped, so every label keeps its meaning."""
+
+    __tablename__ = "label_sets"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    description: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    classes: Mapped[list[str]] = mapped_column(JsonDocument, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class LabelRecord(Base):
+    """A person's class for one prediction in one label set. Only added, like reviews: the
+    latest label of a prediction in a set counts."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    label_set_id: Mapped[int] = mapped_column(ForeignKey("label_sets.id"), nullable=False)
+    prediction_id: Mapped[int] = mapped_column(BigInteger, nullable=False)  # no key: partitioned
+    class_name: Mapped[str] = mapped_column(String(64), nullable=False)
+    labeller: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (
+        # The latest label of each prediction in a set; the labels of a set in order.
+        Index("ix_labels_label_set_id_prediction_id_id", "label_set_id", "prediction_id", "id"),
+        Index("ix_labels_label_set_id_id", "label_set_id", "id"),
+    )
+
+
+HEAD_STATUSES = ("candidate", "shadow", "active", "retired")
+
+
+class HeadRecord(Base):
+    """One trained version of a label set's head: a linear layer on the base model's embedding,
+    its artifact (weights and manifest, as written to HEADS_DIR) and its status. At most one
+    version of a set is active."""
+
+    __tablename__ = "heads"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    label_set_id: Mapped[int] = mapped_column(ForeignKey("label_sets.id"), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    classes: Mapped[list[str]] = mapped_column(JsonDocument, nullable=False)
+    base_model_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    artifact: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    artifact_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JsonDocument, nullable=False)
+    # The newest label the training read: labels with a larger id came after it (quality).
+    labels_until: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    trained_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    trained_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (
+        Index("ix_heads_label_set_id_version", "label_set_id", "version", unique=True),
+        Index(
+            "ix_heads_one_active",
+            "label_set_id",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+        CheckConstraint("status IN ('candidate', 'shadow', 'active', 'retired')", name="status"),
+    )
+
+
+class HeadEventRecord(Base):
+    """The audit trail of heads: trained, shadowed, promoted, rolled back, retired: who, when,
+    and which version it replaced. Its newest id is the generation every process watches."""
+
+    __tablename__ = "head_events"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    head_id: Mapped[int] = mapped_column(ForeignKey("heads.id"), nullable=False)
+    label_set_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)
+    from_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_status: Mapped[str] = mapped_column(String(16), nullable=False)
+    replaced_head_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class HeadAnswerRecord(Base):
+    """What an active or shadow head answered for one prediction, with its version: written in
+    the prediction's transaction. `decided` false: below its class's threshold, a person's turn."""
+
+    __tablename__ = "head_answers"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    prediction_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    head_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    label_set_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    class_name: Mapped[str] = mapped_column(String(64), nullable=False)
+    confidence: Mapped[float] = mapped_column(nullable=False)
+    decided: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    shadow: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (
+        Index("ix_head_answers_head_id_prediction_id", "head_id", "prediction_id"),
+        Index("ix_head_answers_prediction_id", "prediction_id"),
+        # The "needs a person" queue: a set's undecided answers, least confident first.
+        Index(
+            "ix_head_answers_label_set_id_decided_confidence_id",
+            "label_set_id",
+            "decided",
+            "confidence",
+            "id",
+        ),
+    )

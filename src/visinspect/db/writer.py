@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from visinspect.db import repository
 from visinspect.db.session import Database
-from visinspect.db.tables import EmbeddingRecord, PredictionRecord
+from visinspect.db.tables import EmbeddingRecord, HeadAnswerRecord, PredictionRecord
 from visinspect.errors import DatabaseUnavailable, RecordNotStored
 
 
@@ -24,6 +24,7 @@ from visinspect.errors import DatabaseUnavailable, RecordNotStored
 class _Pending:
     record: PredictionRecord
     embedding: EmbeddingRecord | None
+    answers: list[HeadAnswerRecord]
     future: asyncio.Future[PredictionRecord] = field(repr=False)
 
 
@@ -38,13 +39,17 @@ class PredictionWriter:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="db-writer")
 
     async def store(
-        self, record: PredictionRecord, embedding: EmbeddingRecord | None = None
+        self,
+        record: PredictionRecord,
+        embedding: EmbeddingRecord | None = None,
+        answers: list[HeadAnswerRecord] | None = None,
     ) -> PredictionRecord:
-        """Returns once the row (and its kept embedding, if given) is committed (with its id);
+        """Returns once the row (with its kept embedding and its heads' answers, if given) is
+        committed (with its id);
         raises DatabaseUnavailable (an outage) or RecordNotStored (the database refused this
         row) if not."""
         future: asyncio.Future[PredictionRecord] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(record, embedding, future))
+        self._queue.put_nowait(_Pending(record, embedding, answers or [], future))
         return await future
 
     async def _serve(self) -> None:
@@ -60,6 +65,7 @@ class PredictionWriter:
                 repository.add_predictions,
                 [p.record for p in group],
                 [p.embedding for p in group],
+                [p.answers for p in group],
             )
         except DatabaseUnavailable as exc:
             _fail(group, exc)

@@ -20,8 +20,9 @@ from visinspect.context import RequestContext
 from visinspect.db import embeddings
 from visinspect.db.tables import PredictionRecord
 from visinspect.db.writer import PredictionWriter
-from visinspect.errors import RequestTimedOut, TooManyFiles, VisinspectError
+from visinspect.errors import InvalidLabelSet, RequestTimedOut, TooManyFiles, VisinspectError
 from visinspect.inference.runner import Classification, InferenceRunner
+from visinspect.services.heads import HeadRegistry, answer_rows
 from visinspect.services.images import ImageService
 from visinspect.text import printable
 from visinspect.tracing import Timeline, Tracing
@@ -66,6 +67,7 @@ class PredictService:
         default_top_k: int,
         max_batch_files: int,
         keep_embeddings: bool = True,
+        heads: HeadRegistry | None = None,
     ) -> None:
         self.runner = runner
         self.writer = writer
@@ -75,6 +77,7 @@ class PredictService:
         self.default_top_k = default_top_k
         self.max_batch_files = max_batch_files
         self.keep_embeddings = keep_embeddings
+        self.heads = heads  # None: no heads are served (the CLI's in-process classify)
 
     async def classify_and_record(
         self, upload: Upload, context: RequestContext
@@ -83,6 +86,7 @@ class PredictService:
         finish within the request's time limit is refused at once; an image whose client has
         left is dropped before the model spends time on it."""
         timeline = Timeline(started=time.time_ns())
+        self._check_label_set(context)
         try:
             stored = await self._classify_and_record(upload, context, timeline)
         except VisinspectError as exc:
@@ -102,9 +106,20 @@ class PredictService:
             )
         return stored
 
+    def _check_label_set(self, context: RequestContext) -> None:
+        """`?label_set=` names a set with an active head, or the request is refused before any
+        work is spent on it."""
+        wanted = context.label_set
+        if wanted is not None and (self.heads is None or wanted not in self.heads.active_sets):
+            raise InvalidLabelSet(
+                f"no active head answers for label set {wanted!r}: promote a version of it "
+                "(POST /heads/{id}/promote), or leave label_set out"
+            )
+
     async def classify_many(self, uploads: list[Upload], context: RequestContext) -> list[Outcome]:
         """One outcome per upload, in order: its committed record, or the error that kept it out.
         One bad file does not fail the others; too many files fail the whole request."""
+        self._check_label_set(context)
         if len(uploads) > self.max_batch_files:
             raise TooManyFiles(
                 f"{len(uploads)} files sent; the limit is {self.max_batch_files} (MAX_BATCH_FILES)"
@@ -131,8 +146,16 @@ class PredictService:
             embedding = embeddings.encode(
                 classification.embedding, record.created_at, record.model_version
             )
+        answered = self.heads.answers(classification.embedding) if self.heads else []
+        record.heads = tuple(
+            answer
+            for _, answer in answered
+            if not answer.shadow and context.label_set in (None, answer.label_set)
+        )
         timeline.write_started = time.time_ns()
-        stored = await self.writer.store(record, embedding)
+        stored = await self.writer.store(
+            record, embedding, answer_rows(answered, record.created_at)
+        )
         timeline.written = time.time_ns()
         log.info(
             "prediction.stored",

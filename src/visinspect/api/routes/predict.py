@@ -24,6 +24,14 @@ TopK = Annotated[
     int | None,
     Query(ge=1, le=1000, description="How many classes to return (default DEFAULT_TOP_K)"),
 ]
+LabelSetQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="Answer with this label set's active head only (422 when it has none); "
+        "without it, every active head answers",
+    ),
+]
 TimeoutMs = Annotated[
     int | None,
     Header(
@@ -52,6 +60,7 @@ async def predict(
     ],
     top_k: TopK = None,
     timeout_ms: TimeoutMs = None,
+    label_set: LabelSetQuery = None,
 ) -> PredictionOut:
     """Returns the top-k ImageNet classes with softmax confidences.
 
@@ -60,7 +69,7 @@ async def predict(
     """
     if len((await request.form()).getlist("file")) > 1:  # parsed already: this reads the cache
         raise InvalidRequest("send exactly one `file` field; POST /predict/batch takes several")
-    async with _context(request, top_k, timeout_ms) as context:
+    async with _context(request, top_k, timeout_ms, label_set) as context:
         record = await service.classify_and_record(_upload(file), context)
     return PredictionOut.model_validate(record)
 
@@ -79,11 +88,12 @@ async def predict_batch(
     ],
     top_k: TopK = None,
     timeout_ms: TimeoutMs = None,
+    label_set: LabelSetQuery = None,
 ) -> BatchOut:
     """Each file gets its own result or its own error: one bad file does not fail the others.
     One row per successful item, committed before this answers."""
     uploads = [_upload(f) for f in files]
-    async with _context(request, top_k, timeout_ms) as context:
+    async with _context(request, top_k, timeout_ms, label_set) as context:
         outcomes = await service.classify_many(uploads, context)
     items = [_item(request, f.filename, o) for f, o in zip(files, outcomes, strict=True)]
     return BatchOut(
@@ -95,7 +105,7 @@ async def predict_batch(
 
 @contextlib.asynccontextmanager
 async def _context(
-    request: Request, top_k: int | None, timeout_ms: int | None
+    request: Request, top_k: int | None, timeout_ms: int | None, label_set: str | None
 ) -> AsyncIterator[RequestContext]:
     """The request's terms, with `gone()` telling whether the client has closed its connection.
     The upload has been read by now, so the next message the server delivers is the disconnect;
@@ -114,7 +124,7 @@ async def _context(
 
     timeout_s = None if timeout_ms is None else timeout_ms / 1000
     try:
-        yield RequestContext(request_id_from(request.scope), top_k, timeout_s, gone)
+        yield RequestContext(request_id_from(request.scope), top_k, timeout_s, gone, label_set)
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,178 @@
+"""Heads: train (POST /label-sets/{name}/heads), list, audit, quality and the "needs a person"
+queue of a label set; shadow, promote, rollback and retire a version (POST /heads/{id}/...);
+backed by `services/heads.py`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from visinspect.api.deps import HeadServiceDep, SettingsDep
+from visinspect.api.params import HeadId, LabelSetName
+from visinspect.api.schemas import (
+    HeadEventOut,
+    HeadOut,
+    LabelSetQualityOut,
+    QueueItemOut,
+    QueuePage,
+    VersionQualityOut,
+    error_responses,
+)
+from visinspect.api.security import key_name, require_api_key
+from visinspect.errors import InvalidCursor
+
+router = APIRouter(tags=["teaching"], dependencies=[Depends(require_api_key)])
+Actor = Annotated[str | None, Depends(key_name)]
+
+
+@router.post(
+    "/label-sets/{name}/heads",
+    response_model=HeadOut,
+    status_code=201,
+    summary="Train the set's next head version on its labels' kept embeddings (a candidate)",
+    responses=error_responses(401, 403, 404, 422, 501, 503, 504),
+)
+async def train_head(heads: HeadServiceDep, name: LabelSetName, by: Actor) -> HeadOut:
+    return head_out(await heads.train(name, by), name)
+
+
+@router.get(
+    "/label-sets/{name}/heads",
+    response_model=list[HeadOut],
+    summary="Every version of the set's head, newest first",
+    responses=error_responses(401, 403, 404, 503),
+)
+async def list_heads(heads: HeadServiceDep, name: LabelSetName) -> list[HeadOut]:
+    return [head_out(h, name) for h in await heads.versions(name)]
+
+
+@router.get(
+    "/label-sets/{name}/events",
+    response_model=list[HeadEventOut],
+    summary="The audit trail of the set's heads: who trained, shadowed, promoted, rolled back",
+    responses=error_responses(401, 403, 404, 503),
+)
+async def head_events(heads: HeadServiceDep, name: LabelSetName) -> list[HeadEventOut]:
+    return [HeadEventOut.model_validate(e) for e in await heads.events(name)]
+
+
+@router.get(
+    "/label-sets/{name}/quality",
+    response_model=LabelSetQualityOut,
+    summary="Every version measured on the labels given after it was trained",
+    responses=error_responses(401, 403, 404, 503),
+)
+async def label_set_quality(
+    heads: HeadServiceDep, settings: SettingsDep, name: LabelSetName
+) -> LabelSetQualityOut:
+    versions = [
+        VersionQualityOut(
+            head_id=q.head.id,
+            version=q.head.version,
+            status=q.head.status,
+            labels=q.labels,
+            correct=q.correct,
+            accuracy=q.accuracy,
+            macro_f1=q.macro_f1,
+            decided=q.decided,
+            decided_share=q.decided_share,
+            decided_precision=q.decided_precision,
+            beats_active=q.beats_active,
+        )
+        for q in await heads.quality(name)
+    ]
+    return LabelSetQualityOut(
+        label_set=name, compare_min_labels=settings.head_compare_min_labels, versions=versions
+    )
+
+
+@router.get(
+    "/label-sets/{name}/queue",
+    response_model=QueuePage,
+    summary="Needs a person: the active head's undecided answers, least confident first",
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def needs_a_person(
+    heads: HeadServiceDep,
+    name: LabelSetName,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+) -> QueuePage:
+    answers = await heads.queue(name, limit + 1, _position(cursor) if cursor else None)
+    more, answers = len(answers) > limit, answers[:limit]
+    active = {h.id: h.version for h in await heads.versions(name)}
+    return QueuePage(
+        items=[
+            QueueItemOut(
+                prediction_id=a.prediction_id,
+                head_version=active.get(a.head_id, 0),
+                class_name=a.class_name,
+                confidence=a.confidence,
+                created_at=a.created_at,
+            )
+            for a in answers
+        ],
+        next_cursor=_cursor(answers[-1].confidence, answers[-1].id) if more else None,
+    )
+
+
+def _change_route(action: str, summary: str) -> None:
+    @router.post(
+        f"/heads/{{head_id}}/{action}",
+        response_model=HeadOut,
+        summary=summary,
+        responses=error_responses(401, 403, 404, 422, 503),
+        name=f"{action}_head",
+    )
+    async def change(heads: HeadServiceDep, head_id: HeadId, by: Actor) -> HeadOut:
+        changed = await getattr(heads, action)(head_id, by)
+        return head_out(changed, await heads.set_name(changed))
+
+
+_change_route("shadow", "Run a version on live traffic, recorded but not returned")
+_change_route("promote", "Make a version the set's active head (the previous one is retired)")
+_change_route("rollback", "Give the active version's place back to the one it replaced")
+_change_route("retire", "Stop serving a version")
+
+
+@router.get(
+    "/heads/{head_id}",
+    response_model=HeadOut,
+    summary="One head version",
+    responses=error_responses(401, 403, 404, 503),
+)
+async def get_head(heads: HeadServiceDep, head_id: HeadId) -> HeadOut:
+    found = await heads.get(head_id)
+    return head_out(found, await heads.set_name(found))
+
+
+def head_out(head: object, label_set: str) -> HeadOut:
+    manifest = getattr(head, "manifest", {})
+    return HeadOut.model_validate(
+        {
+            **{k: getattr(head, k) for k in HeadOut.model_fields if hasattr(head, k)},
+            "label_set": label_set,
+            "metrics": manifest.get("metrics", {}),
+            "training": manifest.get("training", {}),
+            "libraries": manifest.get("libraries", {}),
+        }
+    )
+
+
+def _cursor(confidence: float, answer_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([confidence, answer_id]).encode()).decode()
+
+
+def _position(cursor: str) -> tuple[float, int]:
+    try:
+        confidence, answer_id = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        if not math.isfinite(float(confidence)):
+            raise ValueError("not a finite confidence")
+        return float(confidence), int(answer_id)
+    except (ValueError, TypeError, UnicodeError, binascii.Error):
+        raise InvalidCursor("not a cursor of this queue: pass next_cursor unchanged") from None

@@ -1,0 +1,298 @@
+"""The queries of teaching: label sets, labels, heads, their audit trail and answers. Functions
+take a session and only flush, as in `repository.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Select, exists, func, select
+from sqlalchemy.orm import Session, aliased
+
+from visinspect.db.tables import (
+    EmbeddingRecord,
+    HeadAnswerRecord,
+    HeadEventRecord,
+    HeadRecord,
+    LabelRecord,
+    LabelSetRecord,
+    PredictionRecord,
+)
+
+
+def label_set(session: Session, name: str) -> LabelSetRecord | None:
+    return session.scalars(select(LabelSetRecord).where(LabelSetRecord.name == name)).first()
+
+
+def label_set_name(session: Session, label_set_id: int) -> str:
+    record = session.get(LabelSetRecord, label_set_id)
+    assert record is not None  # sets are never deleted
+    return record.name
+
+
+def label_sets(session: Session) -> list[LabelSetRecord]:
+    return list(session.scalars(select(LabelSetRecord).order_by(LabelSetRecord.name)))
+
+
+def add(session: Session, row: object) -> None:
+    session.add(row)
+    session.flush()
+
+
+def create_label_set(session: Session, record: LabelSetRecord) -> bool:
+    """Insert a new set; False (nothing inserted) when the name is taken."""
+    if label_set(session, record.name) is not None:
+        return False
+    add(session, record)
+    return True
+
+
+def with_counts(
+    session: Session, name: str | None = None
+) -> list[tuple[LabelSetRecord, dict[str, int]]]:
+    """Every set (or the one named), each with its predictions per class by latest label."""
+    records = label_sets(session) if name is None else [r for r in [label_set(session, name)] if r]
+    return [(r, label_counts(session, r.id)) for r in records]
+
+
+def set_classes(session: Session, label_set_id: int, classes: list[str]) -> LabelSetRecord:
+    record = session.get(LabelSetRecord, label_set_id, with_for_update=True)
+    assert record is not None  # sets are never deleted
+    record.classes = classes
+    session.flush()
+    return record
+
+
+def label_counts(session: Session, label_set_id: int) -> dict[str, int]:
+    """Predictions per class by their latest label in the set."""
+    latest = _latest_labels(label_set_id).subquery()
+    rows = session.execute(
+        select(latest.c.class_name, func.count()).group_by(latest.c.class_name)
+    ).all()
+    return {str(name): int(n) for name, n in rows}
+
+
+def labelled_classes(session: Session, label_set_id: int) -> set[str]:
+    """Classes that any label of the set names (the latest or not): these are never dropped."""
+    rows = session.scalars(
+        select(LabelRecord.class_name).where(LabelRecord.label_set_id == label_set_id).distinct()
+    )
+    return set(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A prediction's latest label in a set, with its kept embedding of one base model."""
+
+    label_id: int
+    prediction_id: int
+    class_name: str
+    embedding: tuple[float, float, bytes] | None  # (low, scale, codes); None: not kept
+
+
+def training_rows(session: Session, label_set_id: int, model_version: str) -> list[Labelled]:
+    """Every prediction's latest label in the set, in label order, with its embedding from
+    `model_version` where one is kept."""
+    latest = _latest_labels(label_set_id).subquery()
+    kept = EmbeddingRecord
+    statement = (
+        select(
+            latest.c.id,
+            latest.c.prediction_id,
+            latest.c.class_name,
+            kept.low,
+            kept.scale,
+            kept.codes,
+        )
+        .outerjoin(
+            kept,
+            (kept.prediction_id == latest.c.prediction_id) & (kept.model_version == model_version),
+        )
+        .order_by(latest.c.id)
+    )
+    return [
+        Labelled(
+            int(label_id),
+            int(prediction_id),
+            str(name),
+            None if codes is None else (float(low), float(scale), bytes(codes)),
+        )
+        for label_id, prediction_id, name, low, scale, codes in session.execute(statement)
+    ]
+
+
+def labels_after(session: Session, label_set_id: int, after_id: int) -> list[tuple[int, str]]:
+    """(prediction id, class) of the latest labels given after label `after_id` (quality)."""
+    latest = _latest_labels(label_set_id).where(LabelRecord.id > after_id).subquery()
+    rows = session.execute(select(latest.c.prediction_id, latest.c.class_name))
+    return [(int(p), str(c)) for p, c in rows]
+
+
+def _latest_labels(label_set_id: int) -> Select[LabelRecord]:
+    """The labels of a set that no later label of the same prediction replaces."""
+    later = aliased(LabelRecord)
+    replaced = exists().where(
+        later.label_set_id == LabelRecord.label_set_id,
+        later.prediction_id == LabelRecord.prediction_id,
+        later.id > LabelRecord.id,
+    )
+    return select(LabelRecord).where(LabelRecord.label_set_id == label_set_id, ~replaced)
+
+
+def latest_label_id(session: Session, label_set_id: int) -> int:
+    newest = select(func.max(LabelRecord.id)).where(LabelRecord.label_set_id == label_set_id)
+    return int(session.scalar(newest) or 0)
+
+
+def prediction_exists(session: Session, prediction_id: int) -> bool:
+    return session.get(PredictionRecord, prediction_id) is not None
+
+
+# --- heads ----------------------------------------------------------------------------------
+
+
+def head(session: Session, head_id: int) -> HeadRecord | None:
+    return session.get(HeadRecord, head_id)
+
+
+def heads_of(session: Session, label_set_id: int) -> list[HeadRecord]:
+    statement = (
+        select(HeadRecord)
+        .where(HeadRecord.label_set_id == label_set_id)
+        .order_by(HeadRecord.version.desc())
+    )
+    return list(session.scalars(statement))
+
+
+def next_version(session: Session, label_set_id: int) -> int:
+    newest = select(func.max(HeadRecord.version)).where(HeadRecord.label_set_id == label_set_id)
+    return int(session.scalar(newest) or 0) + 1
+
+
+def serving_heads(session: Session) -> list[tuple[HeadRecord, str]]:
+    """Every active and shadow head, with its label set's name: what each process serves."""
+    statement = (
+        select(HeadRecord, LabelSetRecord.name)
+        .join(LabelSetRecord, LabelSetRecord.id == HeadRecord.label_set_id)
+        .where(HeadRecord.status.in_(("active", "shadow")))
+        .order_by(HeadRecord.id)
+    )
+    return [(row, str(name)) for row, name in session.execute(statement)]
+
+
+def generation(session: Session) -> int:
+    """The newest head event's id: it changes whenever any head's status does."""
+    return int(session.scalar(select(func.max(HeadEventRecord.id))) or 0)
+
+
+def active_head(session: Session, label_set_id: int) -> HeadRecord | None:
+    statement = select(HeadRecord).where(
+        HeadRecord.label_set_id == label_set_id, HeadRecord.status == "active"
+    )
+    return session.scalars(statement).first()
+
+
+def events_of(session: Session, label_set_id: int, limit: int = 200) -> list[HeadEventRecord]:
+    statement = (
+        select(HeadEventRecord)
+        .where(HeadEventRecord.label_set_id == label_set_id)
+        .order_by(HeadEventRecord.id.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
+
+
+def last_promotion(session: Session, label_set_id: int) -> HeadEventRecord | None:
+    """The latest promotion of the set: what a rollback undoes."""
+    statement = (
+        select(HeadEventRecord)
+        .where(
+            HeadEventRecord.label_set_id == label_set_id,
+            HeadEventRecord.action.in_(("promote", "rollback")),
+        )
+        .order_by(HeadEventRecord.id.desc())
+        .limit(1)
+    )
+    return session.scalars(statement).first()
+
+
+def change_status(
+    session: Session,
+    head_id: int,
+    status: str,
+    replaced_id: int | None,
+    events: list[HeadEventRecord],
+) -> HeadRecord:
+    """One status change and its audit events in one transaction, the set's row locked so that
+    two promotions of one set take turns: the replaced version retired first (one active per
+    set, an index says so), then the head's new status."""
+    row = session.get(HeadRecord, head_id)
+    assert row is not None
+    session.get(LabelSetRecord, row.label_set_id, with_for_update=True)
+    if replaced_id is not None and replaced_id != head_id:
+        replaced = session.get(HeadRecord, replaced_id)
+        if replaced is not None:
+            replaced.status = "retired"
+            session.flush()
+    row.status = status
+    session.add_all(events)
+    session.flush()
+    return row
+
+
+def answers_of(
+    session: Session, head_id: int, prediction_ids: list[int]
+) -> dict[int, HeadAnswerRecord]:
+    found: dict[int, HeadAnswerRecord] = {}
+    for start in range(0, len(prediction_ids), 5000):
+        chunk = prediction_ids[start : start + 5000]
+        statement = select(HeadAnswerRecord).where(
+            HeadAnswerRecord.head_id == head_id, HeadAnswerRecord.prediction_id.in_(chunk)
+        )
+        for answer in session.scalars(statement):
+            found.setdefault(answer.prediction_id, answer)
+    return found
+
+
+def answers_for(session: Session, prediction_ids: list[int]) -> list[HeadAnswerRecord]:
+    if not prediction_ids:
+        return []
+    statement = (
+        select(HeadAnswerRecord)
+        .where(HeadAnswerRecord.prediction_id.in_(prediction_ids))
+        .order_by(HeadAnswerRecord.id)
+    )
+    return list(session.scalars(statement))
+
+
+def undecided(
+    session: Session, label_set_id: int, head_id: int, limit: int, after: tuple[float, int] | None
+) -> list[HeadAnswerRecord]:
+    """The "needs a person" queue: the head's undecided answers that no label of the set
+    follows, least confident first (keyset on (confidence, id))."""
+    answers = HeadAnswerRecord
+    labelled = exists().where(
+        LabelRecord.label_set_id == label_set_id,
+        LabelRecord.prediction_id == answers.prediction_id,
+    )
+    filters: list[ColumnElement[bool]] = [
+        answers.label_set_id == label_set_id,
+        answers.decided.is_(False),
+        answers.head_id == head_id,
+        ~labelled,
+    ]
+    if after is not None:
+        filters.append(
+            (answers.confidence > after[0])
+            | ((answers.confidence == after[0]) & (answers.id > after[1]))
+        )
+    statement = (
+        select(answers).where(*filters).order_by(answers.confidence, answers.id).limit(limit)
+    )
+    return list(session.scalars(statement))
+
+
+def answered_since(session: Session, head_id: int) -> datetime | None:
+    return session.scalar(
+        select(func.min(HeadAnswerRecord.created_at)).where(HeadAnswerRecord.head_id == head_id)
+    )

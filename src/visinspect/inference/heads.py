@@ -1,0 +1,92 @@
+"""A trained head at serving time: a linear layer on the base model's embedding (NumPy only).
+
+The artifact (`offline/heads.py` writes it) is an .npz of three arrays, read without pickle:
+`weights` (classes x embedding size), `bias` (classes) and `thresholds` (classes: the confidence
+at or above which the class is decided without a person, chosen for a target precision).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class HeadArtifactError(ValueError):
+    """An artifact that cannot serve: a digest that does not match, a broken file, a shape that
+    does not fit the base model's embedding."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeadAnswer:
+    label_set: str
+    head_id: int
+    version: int
+    class_name: str
+    confidence: float
+    decided: bool
+    shadow: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedHead:
+    head_id: int
+    label_set: str
+    label_set_id: int
+    version: int
+    classes: tuple[str, ...]
+    shadow: bool
+    weights: np.ndarray  # C x D float32
+    bias: np.ndarray  # C
+    thresholds: np.ndarray  # C
+
+    def answer(self, embedding: np.ndarray) -> HeadAnswer:
+        """Softmax over the set's classes; decided when the best reaches its class's threshold."""
+        if embedding.shape != (self.weights.shape[1],):
+            raise HeadArtifactError(
+                f"head {self.label_set} v{self.version} reads {self.weights.shape[1]} values, "
+                f"the embedding has {embedding.shape[0]}"
+            )
+        logits = self.weights @ embedding.astype(np.float32) + self.bias
+        shifted = np.exp(logits - logits.max())
+        probabilities = shifted / shifted.sum()
+        best = int(np.argmax(probabilities))
+        confidence = float(probabilities[best])
+        return HeadAnswer(
+            self.label_set,
+            self.head_id,
+            self.version,
+            self.classes[best],
+            confidence,
+            confidence >= float(self.thresholds[best]),
+            self.shadow,
+        )
+
+
+def pack(weights: np.ndarray, bias: np.ndarray, thresholds: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        weights=weights.astype(np.float32),
+        bias=bias.astype(np.float32),
+        thresholds=thresholds.astype(np.float32),
+    )
+    return buffer.getvalue()
+
+
+def unpack(data: bytes, sha256: str, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays of an artifact whose digest is `sha256`; HeadArtifactError otherwise."""
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise HeadArtifactError("the head artifact does not match its recorded sha256")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            weights, bias, thresholds = arrays["weights"], arrays["bias"], arrays["thresholds"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise HeadArtifactError(f"the head artifact cannot be read: {exc}") from exc
+    if weights.ndim != 2 or weights.shape[0] != classes or bias.shape != (classes,):
+        raise HeadArtifactError(f"the head's weights {weights.shape} do not fit {classes} classes")
+    if thresholds.shape != (classes,):
+        raise HeadArtifactError("the head's thresholds do not fit its classes")
+    return weights.astype(np.float32), bias.astype(np.float32), thresholds.astype(np.float32)

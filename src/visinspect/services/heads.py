@@ -1,0 +1,426 @@
+"""Heads: trained on request, served on live traffic (active or shadow), promoted and rolled
+back with an audit trail, and measured on the labels that came after them.
+
+A head version is `candidate` (trained), `shadow` (answers every prediction, recorded, never
+returned), `active` (recorded and returned with every prediction; one per label set) or
+`retired`. Every process serves what the database says: `HeadRegistry.watch` asks for the
+newest head event every HEADS_REFRESH_S and reloads on a change, so a promotion reaches every
+process of every replica within that time, without a restart. A head that cannot be loaded or
+applied is logged, counted and skipped: it never fails a prediction.
+
+Training runs `visinspect head train` in a child process (`offline/teach.py`): the serving process
+never imports scikit-learn, and an install without it says so (501).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio
+import numpy as np
+import structlog
+
+from visinspect.db import teaching
+from visinspect.db.session import Database
+from visinspect.db.tables import HeadAnswerRecord, HeadEventRecord, HeadRecord
+from visinspect.errors import (
+    BaseModelDiffers,
+    HeadNotFound,
+    InvalidHeadChange,
+    InvalidLabelSet,
+    LabelSetNotFound,
+    RequestTimedOut,
+    TooFewLabels,
+    TrainingUnavailable,
+    VisinspectError,
+)
+from visinspect.inference.heads import HeadAnswer, HeadArtifactError, LoadedHead, unpack
+from visinspect.services.labels import LabelService
+
+log = structlog.get_logger("visinspect.heads")
+
+
+class HeadRegistry:
+    """The active and shadow heads this process serves, as the database last said."""
+
+    def __init__(
+        self,
+        database: Database,
+        model_version: str,
+        on_failure: Callable[[str], object] | None = None,
+    ) -> None:
+        self.database = database
+        self.model_version = model_version
+        self.on_failure = on_failure  # the metric: reason -> count
+        self.heads: tuple[LoadedHead, ...] = ()
+        self.generation = -1
+
+    @property
+    def active_sets(self) -> set[str]:
+        return {h.label_set for h in self.heads if not h.shadow}
+
+    async def refresh(self) -> bool:
+        """Reload when any head's status changed since the last look; whether it did."""
+        generation = await self.database.run(teaching.generation)
+        if generation == self.generation:
+            return False
+        rows = await self.database.run(teaching.serving_heads)
+        self.heads = tuple(h for h in (self._load(row, name) for row, name in rows) if h)
+        self.generation = generation
+        log.info(
+            "heads.loaded",
+            generation=generation,
+            heads=[
+                f"{h.label_set} v{h.version} {'shadow' if h.shadow else 'active'}"
+                for h in self.heads
+            ],
+        )
+        return True
+
+    async def watch(self, interval_s: float) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # an outage: keep serving what was loaded, look again
+                log.warning("heads.refresh_failed", reason=str(exc).splitlines()[0])
+            await asyncio.sleep(interval_s)
+
+    def _load(self, row: HeadRecord, label_set: str) -> LoadedHead | None:
+        if row.base_model_version != self.model_version:
+            self._failed(row, "base_model_differs", f"trained on {row.base_model_version}")
+            return None
+        try:
+            weights, bias, thresholds = unpack(row.artifact, row.artifact_sha256, len(row.classes))
+        except HeadArtifactError as exc:
+            self._failed(row, "broken_artifact", str(exc))
+            return None
+        return LoadedHead(
+            row.id,
+            label_set,
+            row.label_set_id,
+            row.version,
+            tuple(row.classes),
+            row.status == "shadow",
+            weights,
+            bias,
+            thresholds,
+        )
+
+    def answers(self, embedding: np.ndarray | None) -> list[tuple[LoadedHead, HeadAnswer]]:
+        """Every serving head's answer for one embedding; a head that fails is skipped."""
+        if embedding is None:
+            return []
+        found = []
+        for head in self.heads:
+            try:
+                found.append((head, head.answer(embedding)))
+            except Exception as exc:  # a head must never fail a prediction
+                self._failed(head, "apply_failed", str(exc))
+        return found
+
+    def _failed(self, head: HeadRecord | LoadedHead, reason: str, detail: str) -> None:
+        log.error(
+            "head.skipped",
+            head_id=getattr(head, "id", getattr(head, "head_id", None)),
+            reason=reason,
+            detail=detail,
+        )
+        if self.on_failure is not None:
+            self.on_failure(reason)
+
+
+def answer_rows(
+    answers: list[tuple[LoadedHead, HeadAnswer]], created_at: datetime
+) -> list[HeadAnswerRecord]:
+    """The rows that record a prediction's head answers (its id is set when it is inserted)."""
+    return [
+        HeadAnswerRecord(
+            head_id=head.head_id,
+            label_set_id=head.label_set_id,
+            class_name=answer.class_name,
+            confidence=answer.confidence,
+            decided=answer.decided,
+            shadow=answer.shadow,
+            created_at=created_at,
+        )
+        for head, answer in answers
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionQuality:
+    head: HeadRecord
+    labels: int  # labels given after this version was trained that it answered
+    correct: int
+    macro_f1: float | None
+    decided: int
+    decided_correct: int
+    beats_active: bool | None  # shadow only: more accurate than the active one on shared labels
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labels if self.labels else None
+
+    @property
+    def decided_share(self) -> float | None:
+        return self.decided / self.labels if self.labels else None
+
+    @property
+    def decided_precision(self) -> float | None:
+        return self.decided_correct / self.decided if self.decided else None
+
+
+class HeadService:
+    def __init__(
+        self,
+        database: Database,
+        labels: LabelService,
+        registry: HeadRegistry,
+        *,
+        train_timeout_s: float,
+        compare_min_labels: int,
+        training_settings: dict[str, str] | None = None,
+    ) -> None:
+        self.database = database
+        self.labels = labels
+        self.registry = registry
+        self.train_timeout_s = train_timeout_s
+        self.compare_min_labels = compare_min_labels
+        # What the training process must see as this one does (its database, its model, where
+        # heads go), whatever the environment this process was configured from.
+        self.training_settings = training_settings or {}
+
+    async def train(self, set_name: str, by: str | None) -> HeadRecord:
+        """Train the set's next version in a `visinspect head train` child process."""
+        await self.labels.get(set_name)  # 404 before a process is started
+        if importlib.util.find_spec("sklearn") is None:
+            raise TrainingUnavailable(
+                "this install cannot train heads: scikit-learn (the `model` extra) is not "
+                "installed; run `visinspect head train NAME` where it is"
+            )
+        command = [sys.executable, "-m", "visinspect.cli", "head", "train", set_name, "--json"]
+        if by:
+            command += ["--by", by]
+        try:
+            with anyio.fail_after(self.train_timeout_s):
+                done = await anyio.run_process(
+                    command, check=False, env={**os.environ, **self.training_settings}
+                )
+        except TimeoutError:
+            raise RequestTimedOut(
+                f"training took longer than {self.train_timeout_s:g} s (HEAD_TRAIN_TIMEOUT_S)"
+            ) from None
+        return await self._trained(done.stdout, done.stderr)
+
+    async def _trained(self, stdout: bytes, stderr: bytes) -> HeadRecord:
+        try:
+            result = json.loads(stdout.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            log.error("head.train_failed", stderr=stderr.decode(errors="replace")[-2000:])
+            raise VisinspectError("training failed; the server log has its output") from None
+        if "error" in result:
+            raise _TRAINING_ERRORS.get(result["error"]["code"], VisinspectError)(
+                result["error"]["message"]
+            )
+        return await self.get(int(result["head_id"]))
+
+    async def get(self, head_id: int) -> HeadRecord:
+        found = await self.database.run(teaching.head, head_id)
+        if found is None:
+            raise HeadNotFound(f"no head with id {head_id}")
+        return found
+
+    async def set_name(self, head: HeadRecord) -> str:
+        return await self.database.run(teaching.label_set_name, head.label_set_id)
+
+    async def versions(self, set_name: str) -> list[HeadRecord]:
+        current = await self.labels.get(set_name)
+        return await self.database.run(teaching.heads_of, current.record.id)
+
+    async def events(self, set_name: str) -> list[HeadEventRecord]:
+        current = await self.labels.get(set_name)
+        return await self.database.run(teaching.events_of, current.record.id)
+
+    async def shadow(self, head_id: int, by: str | None) -> HeadRecord:
+        """A candidate (or retired) version answers live traffic unseen, beside the active one."""
+        head = await self.get(head_id)
+        if head.status not in ("candidate", "retired"):
+            raise InvalidHeadChange(
+                f"head {head_id} is {head.status}: only a candidate or a retired version can be shadowed"
+            )
+        self._check_base_model(head)
+        return await self._change(head, "shadow", "shadow", by, None)
+
+    async def promote(self, head_id: int, by: str | None) -> HeadRecord:
+        """The version becomes the set's active one; the active one before it is retired."""
+        head = await self.get(head_id)
+        if head.status == "active":
+            raise InvalidHeadChange(f"head {head_id} is already active")
+        self._check_base_model(head)
+        current = await self.database.run(teaching.active_head, head.label_set_id)
+        return await self._change(head, "active", "promote", by, current)
+
+    async def rollback(self, head_id: int, by: str | None) -> HeadRecord:
+        """The active version gives way to the one its promotion replaced (retired itself)."""
+        head = await self.get(head_id)
+        if head.status != "active":
+            raise InvalidHeadChange(
+                f"head {head_id} is {head.status}: only the active version can be rolled back"
+            )
+        promotion = await self.database.run(teaching.last_promotion, head.label_set_id)
+        if (
+            promotion is None
+            or promotion.action != "promote"
+            or promotion.head_id != head.id
+            or promotion.replaced_head_id is None
+        ):
+            raise InvalidHeadChange(
+                f"head {head_id} was not promoted over an earlier version (or was rolled back "
+                "to): promote the version you want, or retire this one"
+            )
+        previous = await self.get(promotion.replaced_head_id)
+        self._check_base_model(previous)
+        return await self._change(previous, "active", "rollback", by, head)
+
+    async def retire(self, head_id: int, by: str | None) -> HeadRecord:
+        head = await self.get(head_id)
+        if head.status == "retired":
+            raise InvalidHeadChange(f"head {head_id} is already retired")
+        return await self._change(head, "retired", "retire", by, None)
+
+    def _check_base_model(self, head: HeadRecord) -> None:
+        if head.base_model_version != self.registry.model_version:
+            raise BaseModelDiffers(
+                f"head {head.id} was trained on base model {head.base_model_version}, the "
+                f"serving model is {self.registry.model_version}: train a new version"
+            )
+
+    async def _change(
+        self,
+        head: HeadRecord,
+        status: str,
+        action: str,
+        by: str | None,
+        replaced: HeadRecord | None,
+    ) -> HeadRecord:
+        now = datetime.now(UTC)
+        events = []
+        if replaced is not None and replaced.id != head.id:
+            events.append(_event(replaced, "retire", "retired", by, now, None))
+        events.append(_event(head, action, status, by, now, replaced.id if replaced else None))
+        changed = await self.database.run(
+            teaching.change_status, head.id, status, replaced.id if replaced else None, events
+        )
+        log.info(
+            "head.changed",
+            head_id=head.id,
+            action=action,
+            status=status,
+            replaced=replaced.id if replaced else None,
+            by=by,
+        )
+        await self.registry.refresh()  # this process at once; the others within HEADS_REFRESH_S
+        return changed
+
+    async def quality(self, set_name: str) -> list[VersionQuality]:
+        """Every version that has answered, on the labels given after it was trained."""
+        current = await self.labels.get(set_name)
+        versions = await self.database.run(teaching.heads_of, current.record.id)
+        measured = {}
+        for head in versions:
+            labels = await self.database.run(
+                teaching.labels_after, current.record.id, head.labels_until
+            )
+            answers = await self.database.run(teaching.answers_of, head.id, [p for p, _ in labels])
+            measured[head.id] = [(truth, answers[p]) for p, truth in labels if p in answers]
+        active = next((h for h in versions if h.status == "active"), None)
+        return [
+            _quality(
+                head,
+                measured[head.id],
+                measured.get(active.id) if active else None,
+                self.compare_min_labels,
+            )
+            for head in versions
+        ]
+
+    async def queue(
+        self, set_name: str, limit: int, after: tuple[float, int] | None
+    ) -> list[HeadAnswerRecord]:
+        """The active head's "needs a person" answers not labelled yet, least confident first."""
+        current = await self.labels.get(set_name)
+        active = await self.database.run(teaching.active_head, current.record.id)
+        if active is None:
+            raise InvalidLabelSet(f"{set_name!r} has no active head: promote a version first")
+        return await self.database.run(
+            teaching.undecided, current.record.id, active.id, limit, after
+        )
+
+
+_TRAINING_ERRORS: dict[str, type[VisinspectError]] = {
+    "too_few_labels": TooFewLabels,
+    "base_model_differs": BaseModelDiffers,
+    "label_set_not_found": LabelSetNotFound,
+}
+
+
+def _event(
+    head: HeadRecord, action: str, status: str, by: str | None, at: datetime, replaced: int | None
+) -> HeadEventRecord:
+    return HeadEventRecord(
+        head_id=head.id,
+        label_set_id=head.label_set_id,
+        action=action,
+        from_status=head.status,
+        to_status=status,
+        replaced_head_id=replaced,
+        actor=by,
+        created_at=at,
+    )
+
+
+def _quality(
+    head: HeadRecord,
+    pairs: list[tuple[str, HeadAnswerRecord]],
+    active_pairs: list[tuple[str, HeadAnswerRecord]] | None,
+    min_labels: int,
+) -> VersionQuality:
+    correct = sum(truth == answer.class_name for truth, answer in pairs)
+    decided = [(t, a) for t, a in pairs if a.decided]
+    beats = None
+    if head.status == "shadow" and active_pairs is not None:
+        mine = {a.prediction_id: t == a.class_name for t, a in pairs}
+        theirs = {a.prediction_id: t == a.class_name for t, a in active_pairs}
+        shared = mine.keys() & theirs.keys()
+        if len(shared) >= min_labels:
+            beats = sum(mine[p] for p in shared) > sum(theirs[p] for p in shared)
+    return VersionQuality(
+        head,
+        len(pairs),
+        correct,
+        _macro_f1([t for t, _ in pairs], [a.class_name for _, a in pairs], list(head.classes)),
+        len(decided),
+        sum(t == a.class_name for t, a in decided),
+        beats,
+    )
+
+
+def _macro_f1(truth: list[str], predicted: list[str], classes: list[str]) -> float | None:
+    """The mean over the classes present (in truth or answers) of F1; None without labels."""
+    if not truth:
+        return None
+    scores = []
+    for c in classes:
+        tp = sum(t == c and p == c for t, p in zip(truth, predicted, strict=True))
+        fp = sum(t != c and p == c for t, p in zip(truth, predicted, strict=True))
+        fn = sum(t == c and p != c for t, p in zip(truth, predicted, strict=True))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores) if scores else None
