@@ -157,6 +157,7 @@ def test_label_train_shadow_promote_rollback(
             ),
             {"p": answered_by_v1["id"]},
         ).all()
+    engine.dispose()
     assert [tuple(r) for r in recorded] == [(1, False), (2, True)]
 
     # Labels given after both were trained measure both.
@@ -203,6 +204,7 @@ def test_a_broken_head_is_skipped_and_counted(
         connection.execute(
             text("UPDATE heads SET artifact = 'broken'::bytea WHERE status = 'active'")
         )
+    engine.dispose()
     registry = services_of(client).heads.registry
     registry.generation = -1  # as after a change: reload what the database holds
     client.portal.call(registry.refresh)  # type: ignore[union-attr]

@@ -1,8 +1,13 @@
 """A trained head at serving time: a linear layer on the base model's embedding (NumPy only).
 
-The artifact (`offline/heads.py` writes it) is an .npz of three arrays, read without pickle:
-`weights` (classes x embedding size), `bias` (classes) and `thresholds` (classes: the confidence
-at or above which the class is decided without a person, chosen for a target precision).
+The artifact (`offline/heads.py` writes it) is an .npz read without pickle: `features` (how the
+embedding is turned into the head's input; one kind so far: "signed_sqrt_l2"), `weights`
+(classes x embedding size), `bias` (classes) and `thresholds` (classes: the confidence at or
+above which the class is decided without a person, chosen for a target precision).
+
+The head's input is the embedding's signed square root, scaled to unit length ("power" and L2
+normalisation of pooled features): measured on the tuxpaint stamps (docs/teaching.md), it lifts
+a 4-class head trained on 5 photos per class from 73% to 82% accuracy.
 """
 
 from __future__ import annotations
@@ -12,6 +17,14 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+
+from visinspect.errors import TooFewLabels
+
+FEATURES = "signed_sqrt_l2"
+
+# Training needs this many labelled predictions (with a kept embedding) of every class: five
+# cross-validation folds of at least one each.
+MIN_LABELS_PER_CLASS = 5
 
 
 class HeadArtifactError(ValueError):
@@ -49,7 +62,7 @@ class LoadedHead:
                 f"head {self.label_set} v{self.version} reads {self.weights.shape[1]} values, "
                 f"the embedding has {embedding.shape[0]}"
             )
-        logits = self.weights @ embedding.astype(np.float32) + self.bias
+        logits = self.weights @ head_features(embedding) + self.bias
         shifted = np.exp(logits - logits.max())
         probabilities = shifted / shifted.sum()
         best = int(np.argmax(probabilities))
@@ -65,10 +78,30 @@ class LoadedHead:
         )
 
 
+def head_features(embeddings: np.ndarray) -> np.ndarray:
+    """The head's input: sign(x) sqrt(|x|), scaled to unit length (one row or a matrix of rows)."""
+    rooted = np.sign(embeddings) * np.sqrt(np.abs(embeddings.astype(np.float32)))
+    norm = np.linalg.norm(rooted, axis=-1, keepdims=True)
+    scaled: np.ndarray = rooted / np.maximum(norm, 1e-12)
+    return scaled.astype(np.float32)
+
+
+def check_counts(counts: dict[str, int], classes: list[str]) -> None:
+    """TooFewLabels, saying what each short class needs, unless every class has enough."""
+    short = {c: counts.get(c, 0) for c in classes if counts.get(c, 0) < MIN_LABELS_PER_CLASS}
+    if short:
+        listed = ", ".join(f"{c}: {n}" for c, n in sorted(short.items()))
+        raise TooFewLabels(
+            f"every class needs at least {MIN_LABELS_PER_CLASS} labelled predictions with a kept "
+            f"embedding of the serving model; short: {listed}"
+        )
+
+
 def pack(weights: np.ndarray, bias: np.ndarray, thresholds: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(
         buffer,
+        features=np.array(FEATURES),
         weights=weights.astype(np.float32),
         bias=bias.astype(np.float32),
         thresholds=thresholds.astype(np.float32),
@@ -82,9 +115,14 @@ def unpack(data: bytes, sha256: str, classes: int) -> tuple[np.ndarray, np.ndarr
         raise HeadArtifactError("the head artifact does not match its recorded sha256")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            features = str(arrays["features"])
             weights, bias, thresholds = arrays["weights"], arrays["bias"], arrays["thresholds"]
     except (OSError, ValueError, KeyError) as exc:
         raise HeadArtifactError(f"the head artifact cannot be read: {exc}") from exc
+    if features != FEATURES:
+        raise HeadArtifactError(
+            f"the head reads {features!r} features; this release knows {FEATURES!r}"
+        )
     if weights.ndim != 2 or weights.shape[0] != classes or bias.shape != (classes,):
         raise HeadArtifactError(f"the head's weights {weights.shape} do not fit {classes} classes")
     if thresholds.shape != (classes,):

@@ -68,6 +68,19 @@ def find_photos(extra: Iterable[Path] = (), installed: bool = True) -> PhotoSets
     return PhotoSets(calibration, evaluation, sources)
 
 
+def stamps_by_category() -> dict[str, list[Path]]:
+    """tuxpaint-stamps-default's photographs by their top-level folder (animals, food, ...): a
+    labelled photo set the project trains nothing on (`bench/teach.py`)."""
+    if not TUXPAINT_STAMPS.is_dir():
+        return {}
+    by_category = {
+        folder.name: _listed(folder, _NOT_PHOTOS, recursive=True)
+        for folder in sorted(TUXPAINT_STAMPS.iterdir())
+        if folder.is_dir() and not _NOT_PHOTOS.search(folder.name)
+    }
+    return {name: paths for name, paths in by_category.items() if paths}
+
+
 def _listed(folder: Path, excluded: re.Pattern[str] | None, recursive: bool) -> list[Path]:
     paths = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(

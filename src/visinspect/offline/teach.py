@@ -23,12 +23,11 @@ from visinspect.db import teaching
 from visinspect.db.embeddings import decode_many
 from visinspect.db.tables import EmbeddingRecord, HeadEventRecord, HeadRecord
 from visinspect.errors import BaseModelDiffers, LabelSetNotFound, TooFewLabels
+from visinspect.inference.heads import MIN_LABELS_PER_CLASS, check_counts
 from visinspect.inference.weights import expected_sha256
 from visinspect.offline.heads import (
     DEFAULT_TARGET_PRECISION,
-    MIN_LABELS_PER_CLASS,
     TrainedHead,
-    check_counts,
     library_versions,
     train,
     training_hash,

@@ -41,7 +41,13 @@ from visinspect.errors import (
     TrainingUnavailable,
     VisinspectError,
 )
-from visinspect.inference.heads import HeadAnswer, HeadArtifactError, LoadedHead, unpack
+from visinspect.inference.heads import (
+    HeadAnswer,
+    HeadArtifactError,
+    LoadedHead,
+    check_counts,
+    unpack,
+)
 from visinspect.services.labels import LabelService
 
 log = structlog.get_logger("visinspect.heads")
@@ -199,7 +205,8 @@ class HeadService:
 
     async def train(self, set_name: str, by: str | None) -> HeadRecord:
         """Train the set's next version in a `visinspect head train` child process."""
-        await self.labels.get(set_name)  # 404 before a process is started
+        current = await self.labels.get(set_name)  # 404 before a process is started
+        check_counts(current.counts, list(current.record.classes))  # 422 before one, too
         if importlib.util.find_spec("sklearn") is None:
             raise TrainingUnavailable(
                 "this install cannot train heads: scikit-learn (the `model` extra) is not "
