@@ -1,0 +1,104 @@
+"""A promotion reaches every process within seconds, under load, with no failed request: a real
+`visinspect serve` with two server processes on PostgreSQL, clients classifying all along, a
+head promoted and then retired through HTTP. Each process learns of a change only from the
+database (HEADS_REFRESH_S), so a process that missed it would answer without (or with) the head
+about half of the time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.test_teaching import OBJECTS, TEXTURES, crops
+from tests.support import fresh_postgres_database, serving
+
+pytestmark = pytest.mark.slow
+
+REFRESH_S = 1.0
+REACH_S = 5.0  # the promise: every process within this
+
+
+class Load:
+    """Clients posting photos until stopped; each answer with when it was asked."""
+
+    def __init__(self, base: str, image: bytes, clients: int = 3) -> None:
+        self.base, self.image = base, image
+        self.answers: list[tuple[float, int, list[dict[str, Any]]]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=30) as client:
+            while not self.stop.is_set():
+                asked = time.monotonic()
+                response = client.post("/predict", files={"file": ("x.png", self.image)})
+                heads = response.json().get("heads", []) if response.status_code == 200 else []
+                self.answers.append((asked, response.status_code, heads))
+
+    def since(self, moment: float) -> list[tuple[float, int, list[dict[str, Any]]]]:
+        return [a for a in self.answers if a[0] >= moment]
+
+
+def test_promotion_and_retirement_reach_both_processes_under_load(
+    tmp_path: Path, photos: Path
+) -> None:
+    with (
+        fresh_postgres_database() as url,
+        serving(
+            url,
+            tmp_path / "server.log",
+            WORKERS="2",
+            HEADS_REFRESH_S=str(REFRESH_S),
+            HEADS_DIR=str(tmp_path / "heads"),
+        ) as (_, base),
+        httpx.Client(base_url=base, timeout=120) as client,
+    ):
+        made = client.post(
+            "/label-sets", json={"name": "surfaces", "classes": ["texture", "object"]}
+        )
+        assert made.status_code == 201, made.text
+        for names, class_name in ((TEXTURES, "texture"), (OBJECTS, "object")):
+            for name in names:
+                for data in crops(photos, name)[:2]:
+                    prediction = client.post("/predict", files={"file": ("x.png", data)}).json()
+                    labelled = client.post(
+                        f"/predictions/{prediction['id']}/labels",
+                        json={"label_set": "surfaces", "class": class_name},
+                    )
+                    assert labelled.status_code == 201, labelled.text
+        head = client.post("/label-sets/surfaces/heads")
+        assert head.status_code == 201, head.text
+        head_id = head.json()["id"]
+
+        with Load(base, crops(photos, "coffee.png")[4]) as load:
+            time.sleep(2)  # load running before the change
+            promoted_at = time.monotonic()
+            assert client.post(f"/heads/{head_id}/promote").status_code == 200
+            time.sleep(REACH_S + 3)
+            retired_at = time.monotonic()
+            assert client.post(f"/heads/{head_id}/retire").status_code == 200
+            time.sleep(REACH_S + 3)
+
+    assert {status for _, status, _ in load.answers} == {200}, "a request failed meanwhile"
+    settled = [a for a in load.since(promoted_at + REACH_S) if a[0] < retired_at]
+    assert len(settled) >= 20, len(settled)
+    assert all([h["version"] for h in heads] == [1] for _, _, heads in settled)
+    assert all(heads == [] for _, _, heads in load.since(retired_at + REACH_S))
+    before = [a for a in load.answers if a[0] < promoted_at]
+    assert before, "the load ran before the promotion"
+    assert all(heads == [] for _, _, heads in before)
