@@ -270,9 +270,10 @@ class Settings(BaseSettings):
     )
     keep_embeddings: bool = Field(
         default=True,
-        description="Keep each prediction's embedding (the pooled features, 1,296 bytes a row on "
-        "PostgreSQL: docs/teaching.md), so that a head can be trained on any image the service "
-        "has seen. false: none kept (teaching then needs images classified while it was on).",
+        description="Keep each prediction's embedding (the pooled features as uint8 codes: about "
+        "1.7 KB a row on PostgreSQL, docs/teaching.md), so that a head can be trained on any image "
+        "the service has seen. false: none kept (teaching then needs images classified while it "
+        "was on).",
     )
     embedding_retention_days: int = Field(
         default=0,
