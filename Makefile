@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run model test imports docs docs-build audit install-check chromium containers bench bench-smoke bench-history bench-history-smoke footprint photos quantization reliability lock axe lint typecheck pytest postgres hey clean
+.PHONY: run model test imports docs docs-build audit install-check chromium containers bench bench-heads bench-teach bench-smoke bench-history bench-history-smoke footprint photos quantization reliability lock axe lint typecheck pytest postgres hey clean
 
 # The first run builds the model artifact (MODEL_DIR, default ~/.cache/visinspect/model); later runs
 # find it up to date and start at once.
@@ -33,6 +33,14 @@ containers: $(VENV)/.installed-dev postgres
 # Performance: ceilings, service under load, naive baseline, targets (docs/benchmarks.md).
 bench: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.load
+
+# What an active and a shadow head cost /predict at c=8 (docs/teaching.md).
+bench-heads: $(VENV)/.installed-dev model postgres hey
+	$(BIN)/python -m bench.heads
+
+# Teaching from few photos on the tuxpaint stamps, and training time (docs/teaching.md).
+bench-teach: $(VENV)/.installed-dev model photos
+	$(BIN)/python -m bench.teach --repeats 20
 
 bench-smoke: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.load --smoke

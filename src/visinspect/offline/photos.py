@@ -52,9 +52,9 @@ def find_photos(extra: Iterable[Path] = (), installed: bool = True) -> PhotoSets
     """Every photograph available here (`installed`: those of the packages above; `extra`: more
     folders), split into disjoint calibration and evaluation sets."""
     found: dict[str, list[Path]] = {}
-    skimage_data = _skimage_data() if installed else None
-    if skimage_data is not None:
-        found["scikit-image"] = _listed(skimage_data, _SKIMAGE_NOT_PHOTOS, recursive=False)
+    found_skimage = skimage_data() if installed else None
+    if found_skimage is not None:
+        found["scikit-image"] = _listed(found_skimage, _SKIMAGE_NOT_PHOTOS, recursive=False)
     if installed and TUXPAINT_STAMPS.is_dir():
         found["tuxpaint-stamps-default"] = _listed(TUXPAINT_STAMPS, _NOT_PHOTOS, recursive=True)
     if installed and OPENCV_SAMPLES.is_dir():
@@ -101,7 +101,7 @@ def _calibrates(path: Path) -> bool:
     return hashlib.sha256(_subject(path).encode()).digest()[0] % 2 == 0
 
 
-def _skimage_data() -> Path | None:
+def skimage_data() -> Path | None:
     try:
         import skimage.data
     except ImportError:

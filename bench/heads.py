@@ -1,0 +1,161 @@
+"""What heads cost /predict: the real service on PostgreSQL under `hey` at concurrency 8, a 640x480
+JPEG, alternating between no heads and an active head plus a shadow head (each answering every
+prediction, both recorded), several rounds each so that drift of the machine falls on both.
+
+    .venv/bin/python -m bench.heads            (make bench-heads; --seconds, --rounds)
+
+The label set is taught through the API as a team would: crops of scikit-image's photos, two
+classes, two trained versions. Prints JSON: the machine, each round, and the medians' ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from bench.load import MULTIPART, Endpoint, cell, free_port, fresh_database, multipart_body, server
+from visinspect.offline.photos import skimage_data
+
+CLASSES = {
+    "texture": ["brick.png", "grass.png", "gravel.png"],
+    "object": ["coffee.png", "chelsea.png", "rocket.jpg"],
+}
+REFRESH_S = 0.5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10, help="per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each condition")
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    photos = skimage_data()
+    assert photos is not None, "scikit-image's photos are needed (the model extra)"
+    with tempfile.TemporaryDirectory() as folder, fresh_database() as url:
+        port = free_port()
+        env = {
+            "DATABASE_URL": url,
+            "HEADS_REFRESH_S": str(REFRESH_S),
+            "HEADS_DIR": f"{folder}/heads",
+            "LOG_LEVEL": "WARNING",
+        }
+        with server([".venv/bin/visinspect", "serve", "--port", str(port)], env, port) as base:
+            v1, v2 = _teach(base, photos)
+            body = multipart_body(_jpeg(photos / "coffee.png", (640, 480)), Path(folder), "coffee")
+            endpoint = Endpoint(base, "/predict", {"640x480": body}, MULTIPART)
+            rounds = []
+            for _ in range(args.rounds):
+                for condition in ("none", "active+shadow"):
+                    _set(base, condition, v1, v2)
+                    result = cell(endpoint, "640x480", args.concurrency, args.seconds, condition)
+                    rounds.append(
+                        {
+                            "condition": condition,
+                            "throughput": round(result.throughput, 2),
+                            "p50_ms": round(result.p50, 2),
+                            "p99_ms": round(result.p99, 2),
+                            "ok": result.ok,
+                            "requests": result.requests,
+                        }
+                    )
+    print(json.dumps(_report(rounds, args), indent=2))
+
+
+def _teach(base: str, photos: Path) -> tuple[int, int]:
+    with httpx.Client(base_url=base, timeout=300) as client:
+        client.post(
+            "/label-sets", json={"name": "surfaces", "classes": list(CLASSES)}
+        ).raise_for_status()
+        versions = []
+        for take in (slice(0, 3), slice(3, 5)):
+            for class_name, names in CLASSES.items():
+                for name in names:
+                    for data in _crops(photos / name)[take]:
+                        prediction = client.post("/predict", files={"file": ("x.png", data)}).json()
+                        client.post(
+                            f"/predictions/{prediction['id']}/labels",
+                            json={"label_set": "surfaces", "class": class_name},
+                        ).raise_for_status()
+            trained = client.post("/label-sets/surfaces/heads")
+            trained.raise_for_status()
+            versions.append(trained.json()["id"])
+    return versions[0], versions[1]
+
+
+def _set(base: str, condition: str, v1: int, v2: int) -> None:
+    with httpx.Client(base_url=base, timeout=60) as client:
+        heads = {h["id"]: h["status"] for h in client.get("/label-sets/surfaces/heads").json()}
+        wanted = (
+            {v1: "retired", v2: "retired"} if condition == "none" else {v1: "active", v2: "shadow"}
+        )
+        for head_id, status in wanted.items():
+            if heads[head_id] != status:
+                action = {"retired": "retire", "active": "promote", "shadow": "shadow"}[status]
+                client.post(f"/heads/{head_id}/{action}").raise_for_status()
+    time.sleep(REFRESH_S * 4)  # every process has reloaded
+
+
+def _crops(path: Path) -> list[bytes]:
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    out = []
+    for box in (
+        (0, 0, w, h),
+        (0, 0, int(w * 0.7), int(h * 0.7)),
+        (int(w * 0.3), 0, w, int(h * 0.7)),
+        (0, int(h * 0.3), int(w * 0.7), h),
+        (int(w * 0.3), int(h * 0.3), w, h),
+    ):
+        buffer = io.BytesIO()
+        image.crop(box).save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def _jpeg(path: Path, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").resize(size).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _report(rounds: list[dict[str, object]], args: argparse.Namespace) -> dict[str, object]:
+    def median(condition: str, key: str) -> float:
+        return statistics.median(float(r[key]) for r in rounds if r["condition"] == condition)  # type: ignore[arg-type]
+
+    flags = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    model = next(
+        (line.split(":", 1)[1].strip() for line in flags.splitlines() if "Model name" in line), "?"
+    )
+    present = [
+        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in flags
+    ]
+    none_tp, heads_tp = median("none", "throughput"), median("active+shadow", "throughput")
+    none_p50, heads_p50 = median("none", "p50_ms"), median("active+shadow", "p50_ms")
+    return {
+        "cpu": {"model": model, "flags": ",".join(present)},
+        "concurrency": args.concurrency,
+        "seconds_per_round": args.seconds,
+        "rounds": rounds,
+        # Each round's heads phase against the phase just before it (the machine drifts between
+        # rounds more than heads cost), then the median of those ratios, and the medians' ratio.
+        "paired_throughput_ratios": [
+            round(float(b["throughput"]) / float(a["throughput"]), 4)  # type: ignore[arg-type]
+            for a, b in zip(rounds[::2], rounds[1::2], strict=True)
+        ],
+        "throughput_ratio_heads_to_none": round(heads_tp / none_tp, 4),
+        "p50_ratio_heads_to_none": round(heads_p50 / none_p50, 4),
+        "target": "throughput ratio >= 0.95 and p50 ratio <= 1.05",
+    }
+
+
+if __name__ == "__main__":
+    main()
