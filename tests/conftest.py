@@ -155,9 +155,11 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     log is tmp_path/server.log."""
     with (
         fresh_postgres_database() as url,
-        serving(url, tmp_path / "server.log", IMAGE_STORE_DIR=str(tmp_path / "images")) as (
-            process,
-            base,
-        ),
+        serving(
+            url,
+            tmp_path / "server.log",
+            IMAGE_STORE_DIR=str(tmp_path / "images"),
+            HEADS_DIR=str(tmp_path / "heads"),
+        ) as (process, base),
     ):
         yield process, base, url

@@ -179,6 +179,54 @@ def test_review_with_the_keyboard_then_see_the_quality(
         assert client.prediction(second.id).review.true_class_name == "cup"  # type: ignore[union-attr]
 
 
+def test_label_the_queue_from_the_keyboard_then_train_and_promote(
+    page: Page, server: tuple[object, str, str], photos: Path
+) -> None:
+    """Review view: with a label set chosen, a digit labels the image under review with that
+    class and moves on. Teach view: the counts per class, Train, then Promote."""
+    from tests.api.test_teaching import OBJECTS, TEXTURES, crops
+    from visinspect.client import Client
+
+    _, base, _ = server
+    labelled: dict[int, str] = {}
+    with Client(base) as client:
+        client.create_label_set("surfaces", ["texture", "object"])
+        for names, class_name in ((TEXTURES, "texture"), (OBJECTS[:3], "object")):
+            for name in names:
+                for data in crops(photos, name)[:2]:
+                    prediction = client.predict(data)
+                    client.label(prediction.id, "surfaces", class_name)
+                    labelled[prediction.id] = class_name
+        client.predict(photos / "coffee.png")  # one more, not labelled
+        queued = client.predictions(reviewed=False, limit=1).items[0]
+    labelled[queued.id] = "object"  # what the keyboard gives it below: its latest label
+    expected = {c: sum(v == c for v in labelled.values()) for c in ("texture", "object")}
+    page.goto(base + "/")
+    page.get_by_role("tab", name="Review").click()
+    expect(page.locator("#review-title")).to_contain_text(f"#{queued.id}")
+    page.get_by_label("Label into").select_option("surfaces")
+    expect(page.locator("#label-keys li")).to_have_count(2)
+    page.keyboard.press("2")
+    expect(page.locator("#review-status")).to_contain_text(
+        f"#{queued.id} labelled object in surfaces"
+    )
+    expect(page.locator("#review-title")).not_to_contain_text(f"#{queued.id}")
+
+    page.get_by_role("tab", name="Teach").click()
+    expect(page.locator("#chart-labels li")).to_have_count(2)
+    page.get_by_role("button", name="Train the next version").click()
+    expect(page.locator("#teach-info")).to_contain_text("surfaces v1 trained", timeout=60_000)
+    row = page.locator("#versions tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("candidate")
+    page.get_by_role("button", name="Promote version 1").click()
+    expect(row).to_contain_text("active")
+    page.screenshot(path=str(ARTIFACTS / "teach.png"), full_page=True)
+    with Client(base) as client:
+        assert [h.status for h in client.heads("surfaces")] == ["active"]
+        assert client.label_set("surfaces").counts == expected
+
+
 AXE = (
     Path(__file__).resolve().parent.parent
     / ".cache"
@@ -217,6 +265,7 @@ def test_every_view_has_no_accessibility_violations(
             "Review": "#review-title",
             "Quality": "#quality-total",
             "Drift": "#drift-verdict",
+            "Teach": "#teach-info",
         }
         for view, filled in loaded.items():
             opened.get_by_role("tab", name=view).click()

@@ -1,5 +1,5 @@
 // The inspection page: classify uploads, browse the history, see statistics, review predictions
-// and see the accuracy the reviews measure. Talks to the same HTTP API as every other client; no
+// (and label them into a label set), see the accuracy the reviews measure, and teach heads. Talks to the same HTTP API as every other client; no
 // framework, no CDN, no inline script (the CSP forbids them).
 "use strict";
 
@@ -7,6 +7,7 @@
 // ("" for the first), so Newer goes back and Older follows the page's next_cursor.
 const state = {
   cursors: [], cursor: "", next: null, limit: 20, classIds: null, current: null, skipped: new Set(),
+  labelSets: [],
 };
 const $ = (selector) => document.querySelector(selector);
 
@@ -240,6 +241,7 @@ async function loadQueue() {
   if (cap) params.set("max_confidence", cap);
   try {
     await loadClasses();
+    if (!state.labelSets.length) await loadLabelSets();
     const page = await api(`/predictions?${params}`);
     const waiting = page.items.filter((item) => !state.skipped.has(item.id));
     const next = waiting[0];
@@ -309,6 +311,12 @@ async function submitReview(verdict) {
 function onReviewKey(event) {
   if ($("#view-review").hidden || event.ctrlKey || event.metaKey || event.altKey) return;
   if (["INPUT", "TEXTAREA", "SELECT"].includes(event.target.tagName)) return;
+  const chosen = chosenLabelSet();
+  if (chosen && /^[1-9]$/.test(event.key) && chosen.classes[Number(event.key) - 1]) {
+    event.preventDefault();
+    labelCurrent(chosen.classes[Number(event.key) - 1]);
+    return;
+  }
   if (event.key === "c") { event.preventDefault(); submitReview("correct"); }
   if (event.key === "w") { event.preventDefault(); $("#true-class").focus(); }
   if (event.key === "s" && state.current) {
@@ -378,6 +386,147 @@ async function loadDrift() {
   }
 }
 
+// --- teaching: label sets, labelling from the review queue, heads ---------------------------
+
+async function loadLabelSets() {
+  state.labelSets = await api("/label-sets");
+  for (const select of [$("#label-set"), $("#teach-set")]) {
+    const kept = select.value;
+    const first = select.id === "label-set" ? [new Option("(no label set)", "")] : [];
+    select.replaceChildren(...first, ...state.labelSets.map((set) => new Option(set.name, set.name)));
+    if ([...select.options].some((option) => option.value === kept)) select.value = kept;
+  }
+  showLabelKeys();
+}
+
+function chosenLabelSet() {
+  return state.labelSets.find((set) => set.name === $("#label-set").value) || null;
+}
+
+function showLabelKeys() {
+  const chosen = chosenLabelSet();
+  $("#label-keys").replaceChildren(...(chosen ? chosen.classes.slice(0, 9) : []).map((name, i) => {
+    const entry = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    const key = document.createElement("kbd");
+    key.textContent = String(i + 1);
+    button.append(key, ` ${name}`);
+    button.addEventListener("click", () => labelCurrent(name));
+    entry.append(button);
+    return entry;
+  }));
+}
+
+async function labelCurrent(className) {
+  const item = state.current;
+  const chosen = chosenLabelSet();
+  if (!item || !chosen) return;
+  try {
+    await api(`/predictions/${item.id}/labels`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ label_set: chosen.name, class: className }),
+    });
+    state.skipped.add(item.id);  // labelled: the next one
+    await loadQueue();
+    $("#review-status").textContent = `#${item.id} labelled ${className} in ${chosen.name}.`;
+    $("#queue-info").focus();
+  } catch (error) {
+    $("#review-status").textContent = `${error.code}: ${error.message}`;
+  }
+}
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  return td;
+}
+
+function changeButton(head, action, label) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = label;
+  button.setAttribute("aria-label", `${label} version ${head.version}`);
+  button.addEventListener("click", async () => {
+    try {
+      await api(`/heads/${head.id}/${action}`, { method: "POST" });
+      $("#teach-info").textContent = `Version ${head.version}: ${label.toLowerCase()} done.`;
+    } catch (error) {
+      $("#teach-info").textContent = `${error.code}: ${error.message}`;
+    }
+    loadTeach();
+  });
+  return button;
+}
+
+async function loadTeach() {
+  try {
+    await loadLabelSets();
+    const chosen = state.labelSets.find((set) => set.name === $("#teach-set").value);
+    if (!chosen) {
+      $("#teach-info").textContent = "No label set yet: create one below, then label predictions into it.";
+      bars($("#chart-labels"), [], 0);
+      $("#versions tbody").replaceChildren();
+      return;
+    }
+    const counts = chosen.classes.map((name) => ({ label: name, value: chosen.counts[name], text: String(chosen.counts[name]) }));
+    bars($("#chart-labels"), counts, Math.max(1, ...counts.map((c) => c.value)));
+    const [heads, quality] = await Promise.all([
+      api(`/label-sets/${chosen.name}/heads`), api(`/label-sets/${chosen.name}/quality`),
+    ]);
+    const measured = new Map(quality.versions.map((v) => [v.head_id, v]));
+    $("#versions tbody").replaceChildren(...heads.map((head) => {
+      const later = measured.get(head.id);
+      const row = document.createElement("tr");
+      const actions = document.createElement("td");
+      if (head.status !== "active") actions.append(changeButton(head, "promote", "Promote"));
+      if (head.status === "candidate" || head.status === "retired") actions.append(changeButton(head, "shadow", "Shadow"));
+      if (head.status === "active") actions.append(changeButton(head, "rollback", "Roll back"));
+      if (head.status !== "retired") actions.append(changeButton(head, "retire", "Retire"));
+      row.append(
+        cell(`v${head.version}`), cell(head.status), cell(percent(head.metrics.accuracy)),
+        cell(head.metrics.macro_f1.toFixed(3)), cell(percent(head.metrics.decided_share)),
+        cell(String(later ? later.labels : 0)),
+        cell(later && later.accuracy !== null ? percent(later.accuracy) + (later.beats_active ? " (beats the active one)" : "") : "-"),
+        actions,
+      );
+      return row;
+    }));
+    $("#teach-info").textContent = `${chosen.name}: ${chosen.labelled} labelled predictions, ${heads.length} versions.`;
+  } catch (error) {
+    $("#teach-info").textContent = `${error.code}: ${error.message}`;
+  }
+}
+
+async function trainHead() {
+  const name = $("#teach-set").value;
+  if (!name) return;
+  $("#teach-info").textContent = `Training ${name}...`;
+  try {
+    const head = await api(`/label-sets/${name}/heads`, { method: "POST" });
+    await loadTeach();
+    $("#teach-info").textContent = `${name} v${head.version} trained: cross-validated accuracy ${percent(head.metrics.accuracy)}.`;
+  } catch (error) {
+    $("#teach-info").textContent = `${error.code}: ${error.message}`;
+  }
+}
+
+async function createLabelSet(form) {
+  const classes = form.elements.classes.value.split(",").map((c) => c.trim()).filter(Boolean);
+  try {
+    const made = await api("/label-sets", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: form.elements.name.value.trim(), classes }),
+    });
+    form.reset();
+    await loadLabelSets();
+    $("#teach-set").value = made.name;
+    await loadTeach();
+  } catch (error) {
+    $("#teach-info").textContent = `${error.code}: ${error.message}`;
+  }
+}
+
 // --- wiring ---------------------------------------------------------------------------------
 
 function show(tab) {
@@ -389,6 +538,7 @@ function show(tab) {
   if (tab.id === "tab-history") loadHistory();
   if (tab.id === "tab-stats") loadStats();
   if (tab.id === "tab-review") loadQueue();
+  if (tab.id === "tab-teach") loadTeach();
   if (tab.id === "tab-quality") loadQuality();
   if (tab.id === "tab-drift") loadDrift();
 }
@@ -448,6 +598,13 @@ document.addEventListener("DOMContentLoaded", () => {
     loadQueue();
   });
   document.addEventListener("keydown", onReviewKey);
+  $("#label-set").addEventListener("change", showLabelKeys);
+  $("#teach-set").addEventListener("change", loadTeach);
+  $("#train-head").addEventListener("click", trainHead);
+  $("#new-label-set").addEventListener("submit", (event) => {
+    event.preventDefault();
+    createLabelSet(event.target);
+  });
   $("#quality-filters").addEventListener("submit", (event) => {
     event.preventDefault();
     loadQuality();
