@@ -124,6 +124,11 @@ def test_label_train_shadow_promote_rollback(
     promoted = client.post(f"/heads/{v1['id']}/promote", headers=KEY)
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["status"] == "active"
+    # The needs-a-person queue: the active head's undecided answers, least confident first.
+    queue = client.get("/label-sets/surfaces/queue", headers=KEY)
+    assert queue.status_code == 200, queue.text
+    confidences = [item["confidence"] for item in queue.json()["items"]]
+    assert confidences == sorted(confidences)
     answered = predict(client, crops(photos, "gravel.png")[4])["heads"]
     assert [(a["label_set"], a["version"], a["class"]) for a in answered] == [
         ("surfaces", 1, "texture")
@@ -250,3 +255,55 @@ def test_label_set_refusals(teaching: tuple[TestClient, str], photos: Path) -> N
     assert client.post("/label-sets/nope/heads", headers=KEY).status_code == 404
     assert client.post("/heads/999999/promote", headers=KEY).status_code == 404
     assert client.get("/label-sets", headers={}).status_code == 401
+
+
+def test_a_head_of_another_base_model_is_refused(
+    teaching: tuple[TestClient, str], photos: Path
+) -> None:
+    """Training on embeddings another base model made, and promoting a head trained on one, are
+    422 `base_model_differs`: a head reads the embedding of the model it was trained on."""
+    client, url = teaching
+    assert (
+        client.post(
+            "/label-sets", json={"name": "other", "classes": ["texture", "object"]}, headers=KEY
+        ).status_code
+        == 201
+    )
+    ids = []
+    for names, class_name in ((TEXTURES, "texture"), (OBJECTS, "object")):
+        for name in names:
+            for data in crops(photos, name)[:2]:
+                prediction = predict(client, data)
+                ids.append(prediction["id"])
+                client.post(
+                    f"/predictions/{prediction['id']}/labels",
+                    json={"label_set": "other", "class": class_name},
+                    headers=KEY,
+                )
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE prediction_embeddings SET model_version = 'sha256:another' "
+                "WHERE prediction_id = ANY(:ids)"
+            ),
+            {"ids": ids},
+        )
+    refused = client.post("/label-sets/other/heads", headers=KEY)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (422, "base_model_differs")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE prediction_embeddings SET model_version = :v WHERE prediction_id = ANY(:ids)"
+            ),
+            {"ids": ids, "v": services_of(client).heads.registry.model_version},
+        )
+    head = client.post("/label-sets/other/heads", headers=KEY).json()
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE heads SET base_model_version = 'sha256:another' WHERE id = :id"),
+            {"id": head["id"]},
+        )
+    engine.dispose()
+    promoted = client.post(f"/heads/{head['id']}/promote", headers=KEY)
+    assert (promoted.status_code, promoted.json()["error"]["code"]) == (422, "base_model_differs")
