@@ -30,9 +30,11 @@ install-check: $(VENV)/.installed-dev
 containers: $(VENV)/.installed-dev postgres
 	bash scripts/container-ci.sh
 
-# Performance: ceilings, service under load, naive baseline, targets (docs/benchmarks.md).
+# Performance: ceilings, service under load, naive baseline, targets (docs/benchmarks.md); then
+# what an active and a shadow head cost /predict (bench/heads.py, docs/teaching.md).
 bench: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.load
+	$(BIN)/python -m bench.heads
 
 # What an active and a shadow head cost /predict at c=8 (docs/teaching.md).
 bench-heads: $(VENV)/.installed-dev model postgres hey
@@ -44,6 +46,7 @@ bench-teach: $(VENV)/.installed-dev model photos
 
 bench-smoke: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.load --smoke
+	$(BIN)/python -m bench.heads --seconds 1 --rounds 1
 
 # The history at scale (bench/history.py): 10 M realistic rows (kept between runs: the fill takes
 # minutes), then every history, statistics, quality and drift call timed through the server.
