@@ -32,7 +32,7 @@ from tests.support import (
     synthetic_record,
 )
 from visinspect.db import partitions
-from visinspect.db.compatibility import phase_of
+from visinspect.db.compatibility import Lineage, newer_but_compatible, phase_of
 from visinspect.db.schema import (
     alembic_config,
     current_revision,
@@ -125,9 +125,14 @@ def problem_of(engine: Engine) -> str | None:
 
 
 def recorded(engine: Engine) -> tuple[str, str]:
+    """The record of the database's current revision (those passed on the way stay too)."""
+    with engine.connect() as connection:
+        current = current_revision(connection)
     with Session(engine) as session:
         row = session.execute(
-            select(SchemaCompatibility.revision, SchemaCompatibility.oldest_compatible_revision)
+            select(
+                SchemaCompatibility.revision, SchemaCompatibility.oldest_compatible_revision
+            ).where(SchemaCompatibility.revision == current)
         ).one()
     return row[0], row[1]
 
@@ -206,6 +211,22 @@ def test_expand_migrations_contain_no_destructive_statement(
 def test_a_migration_run_records_who_may_serve(empty_engine: Engine) -> None:
     upgrade_to_head(empty_engine)
     assert recorded(empty_engine) == (head_revision(), OLDEST_SERVING)
+
+
+def test_an_older_release_finds_the_record_of_a_revision_the_migration_has_passed(
+    empty_engine: Engine,
+) -> None:
+    """A release checks its readiness in two statements: the database's revision, then that
+    revision's record. A migration run may commit between them; the record of the revision it
+    passed must still be there (it once was not, and 0.1.0 turned unready mid-rollout)."""
+    scripts = migration_scripts()
+    upgrade_to_head(empty_engine)
+    chain = [s.revision for s in scripts.walk_revisions()][::-1]  # oldest first
+    first_recorded = chain.index("5b8f0c2e7a14")  # 0.1.0's head: it made the record's table
+    release_0_1_0 = Lineage("5b8f0c2e7a14", frozenset(chain[: first_recorded + 1]))
+    with empty_engine.connect() as connection:
+        for passed in chain[first_recorded + 1 :]:
+            assert newer_but_compatible(connection, release_0_1_0, passed), passed
 
 
 def test_this_release_serves_on_after_a_newer_expand_and_after_the_rollback(

@@ -203,8 +203,8 @@ class HourlyConfidenceCount(_ModelKey, Base):
 
 
 class SchemaCompatibility(Base):
-    """One row, rewritten by every migration (`db/compatibility.py`): the revision reached and
-    the oldest release, by its head revision, that may serve against it. A release that does not
+    """A row per revision a migration reached (`db/compatibility.py`): the revision and the
+    oldest release, by its head revision, that may serve against it. A release that does not
     know the database's revision reads it to tell a newer expand (serve on) from a contract."""
 
     __tablename__ = "schema_compatibility"
