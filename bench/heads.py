@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ import httpx
 from PIL import Image
 
 from bench.load import MULTIPART, Endpoint, cell, free_port, fresh_database, multipart_body, server
-from visinspect.offline.photos import skimage_data
+from visinspect.offline.build import cpu_description
+from visinspect.offline.photos import crops, skimage_data
 
 CLASSES = {
     "texture": ["brick.png", "grass.png", "gravel.png"],
@@ -79,7 +79,7 @@ def _teach(base: str, photos: Path) -> tuple[int, int]:
         for take in (slice(0, 3), slice(3, 5)):
             for class_name, names in CLASSES.items():
                 for name in names:
-                    for data in _crops(photos / name)[take]:
+                    for data in crops(photos / name)[take]:
                         prediction = client.post("/predict", files={"file": ("x.png", data)}).json()
                         client.post(
                             f"/predictions/{prediction['id']}/labels",
@@ -104,23 +104,6 @@ def _set(base: str, condition: str, v1: int, v2: int) -> None:
     time.sleep(REFRESH_S * 4)  # every process has reloaded
 
 
-def _crops(path: Path) -> list[bytes]:
-    image = Image.open(path).convert("RGB")
-    w, h = image.size
-    out = []
-    for box in (
-        (0, 0, w, h),
-        (0, 0, int(w * 0.7), int(h * 0.7)),
-        (int(w * 0.3), 0, w, int(h * 0.7)),
-        (0, int(h * 0.3), int(w * 0.7), h),
-        (int(w * 0.3), int(h * 0.3), w, h),
-    ):
-        buffer = io.BytesIO()
-        image.crop(box).save(buffer, "PNG")
-        out.append(buffer.getvalue())
-    return out
-
-
 def _jpeg(path: Path, size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.open(path).convert("RGB").resize(size).save(buffer, "JPEG", quality=90)
@@ -131,17 +114,10 @@ def _report(rounds: list[dict[str, object]], args: argparse.Namespace) -> dict[s
     def median(condition: str, key: str) -> float:
         return statistics.median(float(r[key]) for r in rounds if r["condition"] == condition)  # type: ignore[arg-type]
 
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model = next(
-        (line.split(":", 1)[1].strip() for line in flags.splitlines() if "Model name" in line), "?"
-    )
-    present = [
-        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in flags
-    ]
     none_tp, heads_tp = median("none", "throughput"), median("active+shadow", "throughput")
     none_p50, heads_p50 = median("none", "p50_ms"), median("active+shadow", "p50_ms")
     return {
-        "cpu": {"model": model, "flags": ",".join(present)},
+        "cpu": cpu_description(),
         "concurrency": args.concurrency,
         "seconds_per_round": args.seconds,
         "rounds": rounds,

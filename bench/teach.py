@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
-import subprocess
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -33,6 +31,7 @@ from visinspect.db.embeddings import decode, encode
 from visinspect.inference.classifier import load_classifier
 from visinspect.inference.preprocess import preprocess
 from visinspect.logging import configure_logging
+from visinspect.offline.build import cpu_description
 from visinspect.offline.heads import train
 from visinspect.offline.photos import stamps_by_category
 
@@ -57,7 +56,7 @@ def main() -> None:
     features, kept, labels, subjects = _embedded(photos)
     rows = kept if not args.float32 else features
     report: dict[str, object] = {
-        "cpu": _cpu(),
+        "cpu": cpu_description(),
         "classes": {c: len(p) for c, p in photos.items()},
         "subjects": {c: sum(s.startswith(c + "/") for s in set(subjects)) for c in photos},
         "embedding": "float32" if args.float32 else "uint8 codes (as kept)",
@@ -144,17 +143,6 @@ def _training_time(features: np.ndarray, labels: list[str]) -> dict[str, object]
         "seconds": round(time.perf_counter() - started, 2),
         "folds": head.metrics["folds"],
     }
-
-
-def _cpu() -> dict[str, str]:
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model = next(
-        (line.split(":", 1)[1].strip() for line in flags.splitlines() if "Model name" in line),
-        platform.processor(),
-    )
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    present = [f for f in wanted if f" {f}" in flags]
-    return {"model": model, "flags": ",".join(present) or "none of avx2/avx512/vnni/amx"}
 
 
 if __name__ == "__main__":

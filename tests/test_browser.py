@@ -184,8 +184,9 @@ def test_label_the_queue_from_the_keyboard_then_train_and_promote(
 ) -> None:
     """Review view: with a label set chosen, a digit labels the image under review with that
     class and moves on. Teach view: the counts per class, Train, then Promote."""
-    from tests.api.test_teaching import OBJECTS, TEXTURES, crops
+    from tests.api.test_teaching import OBJECTS, TEXTURES
     from visinspect.client import Client
+    from visinspect.offline.photos import crops
 
     _, base, _ = server
     labelled: dict[int, str] = {}
@@ -193,7 +194,7 @@ def test_label_the_queue_from_the_keyboard_then_train_and_promote(
         client.create_label_set("surfaces", ["texture", "object"])
         for names, class_name in ((TEXTURES, "texture"), (OBJECTS[:3], "object")):
             for name in names:
-                for data in crops(photos, name)[:2]:
+                for data in crops(photos / name)[:2]:
                     prediction = client.predict(data)
                     client.label(prediction.id, "surfaces", class_name)
                     labelled[prediction.id] = class_name

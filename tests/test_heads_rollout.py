@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.test_teaching import OBJECTS, TEXTURES, crops
+from tests.api.test_teaching import OBJECTS, TEXTURES
 from tests.support import fresh_postgres_database, serving
+from visinspect.offline.photos import crops
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def test_promotion_and_retirement_reach_both_processes_under_load(
         assert made.status_code == 201, made.text
         for names, class_name in ((TEXTURES, "texture"), (OBJECTS, "object")):
             for name in names:
-                for data in crops(photos, name)[:2]:
+                for data in crops(photos / name)[:2]:
                     prediction = client.post("/predict", files={"file": ("x.png", data)}).json()
                     labelled = client.post(
                         f"/predictions/{prediction['id']}/labels",
@@ -86,7 +87,7 @@ def test_promotion_and_retirement_reach_both_processes_under_load(
         assert head.status_code == 201, head.text
         head_id = head.json()["id"]
 
-        with Load(base, crops(photos, "coffee.png")[4]) as load:
+        with Load(base, crops(photos / "coffee.png")[4]) as load:
             time.sleep(2)  # load running before the change
             promoted_at = time.monotonic()
             assert client.post(f"/heads/{head_id}/promote").status_code == 200

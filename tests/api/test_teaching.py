@@ -9,42 +9,23 @@ grass, gravel) against "object" (coffee, the cat, the rocket, the astronaut).
 
 from __future__ import annotations
 
-import io
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 from sqlalchemy import create_engine, text
 
 from tests.support import fresh_postgres_database, make_settings, running_app, services_of
+from visinspect.offline.photos import crops
 
 pytestmark = pytest.mark.postgres
 
 KEY = {"X-API-Key": "alices-key"}
 TEXTURES = ["brick.png", "grass.png", "gravel.png"]
 OBJECTS = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
-
-
-def crops(photos: Path, name: str) -> list[bytes]:
-    """The photo and four crops of it (each corner's 70%), as PNG."""
-    image = Image.open(photos / name).convert("RGB")
-    w, h = image.size
-    boxes = [
-        (0, 0, w, h),
-        (0, 0, int(w * 0.7), int(h * 0.7)),
-        (int(w * 0.3), 0, w, int(h * 0.7)),
-        (0, int(h * 0.3), int(w * 0.7), h),
-        (int(w * 0.3), int(h * 0.3), w, h),
-    ]
-    out = []
-    for box in boxes:
-        buffer = io.BytesIO()
-        image.crop(box).save(buffer, "PNG")
-        out.append(buffer.getvalue())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +60,7 @@ def label(client: TestClient, prediction_id: int, class_name: str) -> dict[str, 
 
 def teach(client: TestClient, photos: Path, names: list[str], class_name: str, take: slice) -> None:
     for name in names:
-        for data in crops(photos, name)[take]:
+        for data in crops(photos / name)[take]:
             label(client, predict(client, data)["id"], class_name)
 
 
@@ -119,7 +100,7 @@ def test_label_train_shadow_promote_rollback(
     written = heads_dir / "surfaces" / "v1"
     assert sorted(p.name for p in written.iterdir()) == ["head.npz", "manifest.json"]
     # A candidate answers nothing.
-    assert predict(client, crops(photos, "brick.png")[4])["heads"] == []
+    assert predict(client, crops(photos / "brick.png")[4])["heads"] == []
 
     promoted = client.post(f"/heads/{v1['id']}/promote", headers=KEY)
     assert promoted.status_code == 200, promoted.text
@@ -129,17 +110,23 @@ def test_label_train_shadow_promote_rollback(
     assert queue.status_code == 200, queue.text
     confidences = [item["confidence"] for item in queue.json()["items"]]
     assert confidences == sorted(confidences)
-    answered = predict(client, crops(photos, "gravel.png")[4])["heads"]
+    # Its cursors are the history's (least confident first), naming the queue: a forged
+    # non-finite one, or one of another page, is a 422.
+    for forged in ('{"o":"needs_a_person","i":1,"c":NaN}', '{"o":"least_confident","i":1,"c":0.5}'):
+        cursor = base64.urlsafe_b64encode(forged.encode()).decode()
+        refused = client.get("/label-sets/surfaces/queue", params={"cursor": cursor}, headers=KEY)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (422, "invalid_cursor")
+    answered = predict(client, crops(photos / "gravel.png")[4])["heads"]
     assert [(a["label_set"], a["version"], a["class"]) for a in answered] == [
         ("surfaces", 1, "texture")
     ]
     assert (
-        predict(client, crops(photos, "coffee.png")[4], label_set="surfaces")["heads"][0]["class"]
+        predict(client, crops(photos / "coffee.png")[4], label_set="surfaces")["heads"][0]["class"]
         == "object"
     )
     unknown = client.post(
         "/predict",
-        files={"file": ("x.png", crops(photos, "coffee.png")[4])},
+        files={"file": ("x.png", crops(photos / "coffee.png")[4])},
         params={"label_set": "nope"},
         headers=KEY,
     )
@@ -151,7 +138,7 @@ def test_label_train_shadow_promote_rollback(
     v2 = client.post("/label-sets/surfaces/heads", headers=KEY).json()
     assert v2["version"] == 2
     assert client.post(f"/heads/{v2['id']}/shadow", headers=KEY).json()["status"] == "shadow"
-    answered_by_v1 = predict(client, crops(photos, "rocket.jpg")[4])
+    answered_by_v1 = predict(client, crops(photos / "rocket.jpg")[4])
     assert [a["version"] for a in answered_by_v1["heads"]] == [1]
     engine = create_engine(url)
     with engine.connect() as connection:
@@ -167,7 +154,7 @@ def test_label_train_shadow_promote_rollback(
 
     # Labels given after both were trained measure both.
     for name, class_name in [("chelsea.png", "object"), ("grass.png", "texture")]:
-        label(client, predict(client, crops(photos, name)[4])["id"], class_name)
+        label(client, predict(client, crops(photos / name)[4])["id"], class_name)
     quality = client.get("/label-sets/surfaces/quality", headers=KEY).json()
     by_version = {v["version"]: v for v in quality["versions"]}
     assert by_version[2]["labels"] == 2
@@ -179,7 +166,7 @@ def test_label_train_shadow_promote_rollback(
     bob = {"X-API-Key": "bobs-key"}
     assert client.post(f"/heads/{v2['id']}/promote", headers=bob).json()["status"] == "active"
     assert client.get(f"/heads/{v1['id']}", headers=KEY).json()["status"] == "retired"
-    assert [a["version"] for a in predict(client, crops(photos, "brick.png")[4])["heads"]] == [2]
+    assert [a["version"] for a in predict(client, crops(photos / "brick.png")[4])["heads"]] == [2]
     rolled = client.post(f"/heads/{v2['id']}/rollback", headers=bob)
     assert rolled.status_code == 200, rolled.text
     assert (rolled.json()["id"], rolled.json()["status"]) == (v1["id"], "active")
@@ -213,7 +200,7 @@ def test_a_broken_head_is_skipped_and_counted(
     registry = services_of(client).heads.registry
     registry.generation = -1  # as after a change: reload what the database holds
     client.portal.call(registry.refresh)  # type: ignore[union-attr]
-    body = predict(client, crops(photos, "coffee.png")[4])
+    body = predict(client, crops(photos / "coffee.png")[4])
     assert body["heads"] == []
     metrics = client.get("/metrics").text
     assert 'visinspect_head_failures_total{reason="broken_artifact"}' in metrics
@@ -231,7 +218,7 @@ def test_label_set_refusals(teaching: tuple[TestClient, str], photos: Path) -> N
     assert (twice.status_code, twice.json()["error"]["code"]) == (422, "invalid_label_set")
     grown = client.post("/label-sets/grow/classes", json={"classes": ["c", "a"]}, headers=KEY)
     assert grown.json()["classes"] == ["a", "b", "c"]  # appended; none renamed or dropped
-    record = predict(client, crops(photos, "coffee.png")[0])
+    record = predict(client, crops(photos / "coffee.png")[0])
     wrong_class = client.post(
         f"/predictions/{record['id']}/labels", json={"label_set": "grow", "class": "z"}, headers=KEY
     )
@@ -272,7 +259,7 @@ def test_a_head_of_another_base_model_is_refused(
     ids = []
     for names, class_name in ((TEXTURES, "texture"), (OBJECTS, "object")):
         for name in names:
-            for data in crops(photos, name)[:2]:
+            for data in crops(photos / name)[:2]:
                 prediction = predict(client, data)
                 ids.append(prediction["id"])
                 client.post(

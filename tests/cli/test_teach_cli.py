@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.test_teaching import OBJECTS, TEXTURES, crops
+from tests.api.test_teaching import OBJECTS, TEXTURES
 from tests.support import VISINSPECT, environment, fresh_postgres_database, serving
+from visinspect.offline.photos import crops
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def test_import_a_folder_then_train_promote_and_list(tmp_path: Path, photos: Pat
     for names, class_name in ((TEXTURES, "texture"), (OBJECTS[:2], "object")):
         (folder / class_name).mkdir(parents=True)
         for name in names:
-            for i, data in enumerate(crops(photos, name)[:3]):
+            for i, data in enumerate(crops(photos / name)[:3]):
                 (folder / class_name / f"{Path(name).stem}-{i}.png").write_bytes(data)
     (folder / "notes.txt").write_text("not a class")  # files beside the class folders: ignored
     with (

@@ -16,6 +16,7 @@ numbered variant of an evaluation photo never calibrates.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,6 +67,28 @@ def find_photos(extra: Iterable[Path] = (), installed: bool = True) -> PhotoSets
     evaluation = [p for p in photos if not _calibrates(p)]
     sources = [f"{name} ({len(paths)})" for name, paths in found.items() if paths]
     return PhotoSets(calibration, evaluation, sources)
+
+
+def crops(path: Path) -> list[bytes]:
+    """The photograph and four crops of it (each corner's 70%), as PNG: more real images from
+    one, for teaching a head in the tests and `bench/heads.py` (never random pixels)."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    boxes = [
+        (0, 0, w, h),
+        (0, 0, int(w * 0.7), int(h * 0.7)),
+        (int(w * 0.3), 0, w, int(h * 0.7)),
+        (0, int(h * 0.3), int(w * 0.7), h),
+        (int(w * 0.3), int(h * 0.3), w, h),
+    ]
+    out = []
+    for box in boxes:
+        buffer = io.BytesIO()
+        image.crop(box).save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
 
 
 def stamps_by_category() -> dict[str, list[Path]]:
