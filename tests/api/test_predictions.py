@@ -81,6 +81,11 @@ def test_cursor_and_offset_refusals(history: tuple[TestClient, list[dict]]) -> N
         ({"cursor": "not-a-cursor"}, "invalid_cursor"),
         ({"cursor": "eyJvIjoibmV3ZXN0In0="}, "invalid_cursor"),  # {"o":"newest"}: no position
         ({"cursor": queue["next_cursor"]}, "invalid_cursor"),  # another order's cursor
+        # {"o":"least_confident","i":1,"c":NaN}: a forged, non-finite position
+        (
+            {"cursor": "eyJvIjoibGVhc3RfY29uZmlkZW50IiwiaSI6MSwiYyI6TmFOfQ==", "reviewed": "false"},
+            "invalid_cursor",
+        ),
     ]
     for params, code in cases:
         response = client.get("/predictions", params=params)

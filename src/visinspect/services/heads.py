@@ -48,6 +48,7 @@ from visinspect.inference.heads import (
     check_counts,
     unpack,
 )
+from visinspect.services.history import decode_cursor, encode_cursor
 from visinspect.services.labels import LabelService
 
 log = structlog.get_logger("visinspect.heads")
@@ -100,12 +101,12 @@ class HeadRegistry:
 
     def _load(self, row: HeadRecord, label_set: str) -> LoadedHead | None:
         if row.base_model_version != self.model_version:
-            self._failed(row, "base_model_differs", f"trained on {row.base_model_version}")
+            self._failed(row.id, "base_model_differs", f"trained on {row.base_model_version}")
             return None
         try:
             weights, bias, thresholds = unpack(row.artifact, row.artifact_sha256, len(row.classes))
         except HeadArtifactError as exc:
-            self._failed(row, "broken_artifact", str(exc))
+            self._failed(row.id, "broken_artifact", str(exc))
             return None
         return LoadedHead(
             row.id,
@@ -128,13 +129,13 @@ class HeadRegistry:
             try:
                 found.append((head, head.answer(embedding)))
             except Exception as exc:  # a head must never fail a prediction
-                self._failed(head, "apply_failed", str(exc))
+                self._failed(head.head_id, "apply_failed", str(exc))
         return found
 
-    def _failed(self, head: HeadRecord | LoadedHead, reason: str, detail: str) -> None:
+    def _failed(self, head_id: int, reason: str, detail: str) -> None:
         log.error(
             "head.skipped",
-            head_id=getattr(head, "id", getattr(head, "head_id", None)),
+            head_id=head_id,
             reason=reason,
             detail=detail,
         )
@@ -358,17 +359,31 @@ class HeadService:
             for head in versions
         ]
 
-    async def queue(
-        self, set_name: str, limit: int, after: tuple[float, int] | None
-    ) -> list[HeadAnswerRecord]:
-        """The active head's "needs a person" answers not labelled yet, least confident first."""
+    async def queue(self, set_name: str, limit: int, cursor: str | None) -> NeedsAPerson:
+        """The active head's "needs a person" answers not labelled yet, least confident first,
+        from the start or a previous page's `next_cursor` (InvalidCursor for another)."""
+        after = decode_cursor(cursor, QUEUE_ORDER) if cursor is not None else None
         current = await self.labels.get(set_name)
         active = await self.database.run(teaching.active_head, current.record.id)
         if active is None:
             raise InvalidLabelSet(f"{set_name!r} has no active head: promote a version first")
-        return await self.database.run(
-            teaching.undecided, current.record.id, active.id, limit, after
+        position = None if after is None else (after.confidence or 0.0, after.id)
+        answers = await self.database.run(
+            teaching.undecided, current.record.id, active.id, limit + 1, position
         )
+        page = answers[:limit]
+        more = len(answers) > limit
+        return NeedsAPerson(active, page, encode_cursor(page[-1], QUEUE_ORDER) if more else None)
+
+
+QUEUE_ORDER = "needs_a_person"  # what the queue's cursors name: no other page's cursor fits
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsAPerson:
+    head: HeadRecord  # the active version whose answers these are
+    answers: list[HeadAnswerRecord]
+    next_cursor: str | None
 
 
 _TRAINING_ERRORS: dict[str, type[VisinspectError]] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from visinspect.db import repository
 from visinspect.db.repository import After
 from visinspect.db.session import Database
-from visinspect.db.tables import PredictionRecord, ReviewRecord
+from visinspect.db.tables import HeadAnswerRecord, PredictionRecord, ReviewRecord
 from visinspect.errors import InvalidCursor, InvalidRequest, OffsetTooDeep, PredictionNotFound
 from visinspect.filters import HistoryFilter
 
@@ -99,8 +100,9 @@ class HistoryService:
         return Stats(total, by_class, [(date.fromisoformat(d), n) for d, n in by_day])
 
 
-def encode_cursor(last: PredictionRecord, order: str) -> str:
-    """Opaque to clients: the order, and the sort key and id of the page's last row."""
+def encode_cursor(last: PredictionRecord | HeadAnswerRecord, order: str) -> str:
+    """Opaque to clients: the order, and the sort key and id of the page's last row (a
+    prediction, or for the needs-a-person queue a head's answer: least confident first)."""
     key: dict[str, Any] = {"o": order, "i": last.id}
     if order == "newest":
         key["t"] = last.created_at.isoformat()
@@ -124,7 +126,10 @@ def decode_cursor(cursor: str, order: str) -> After:
             if moment.tzinfo is None:
                 raise ValueError("naive time")
             return After(created_at=moment, id=row_id)
-        return After(confidence=float(key["c"]), id=row_id)
+        confidence = float(key["c"])
+        if not math.isfinite(confidence):
+            raise ValueError("not a finite confidence")
+        return After(confidence=confidence, id=row_id)
     except InvalidCursor:
         raise
     except (ValueError, KeyError, TypeError, UnicodeError, binascii.Error):

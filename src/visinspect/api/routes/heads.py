@@ -4,10 +4,6 @@ backed by `services/heads.py`."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -24,7 +20,6 @@ from visinspect.api.schemas import (
     error_responses,
 )
 from visinspect.api.security import key_name, require_api_key
-from visinspect.errors import InvalidCursor
 
 router = APIRouter(tags=["teaching"], dependencies=[Depends(require_api_key)])
 Actor = Annotated[str | None, Depends(key_name)]
@@ -103,21 +98,19 @@ async def needs_a_person(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> QueuePage:
-    answers = await heads.queue(name, limit + 1, _position(cursor) if cursor else None)
-    more, answers = len(answers) > limit, answers[:limit]
-    active = {h.id: h.version for h in await heads.versions(name)}
+    page = await heads.queue(name, limit, cursor)
     return QueuePage(
         items=[
             QueueItemOut(
                 prediction_id=a.prediction_id,
-                head_version=active.get(a.head_id, 0),
+                head_version=page.head.version,
                 class_name=a.class_name,
                 confidence=a.confidence,
                 created_at=a.created_at,
             )
-            for a in answers
+            for a in page.answers
         ],
-        next_cursor=_cursor(answers[-1].confidence, answers[-1].id) if more else None,
+        next_cursor=page.next_cursor,
     )
 
 
@@ -162,17 +155,3 @@ def head_out(head: object, label_set: str) -> HeadOut:
             "libraries": manifest.get("libraries", {}),
         }
     )
-
-
-def _cursor(confidence: float, answer_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps([confidence, answer_id]).encode()).decode()
-
-
-def _position(cursor: str) -> tuple[float, int]:
-    try:
-        confidence, answer_id = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-        if not math.isfinite(float(confidence)):
-            raise ValueError("not a finite confidence")
-        return float(confidence), int(answer_id)
-    except (ValueError, TypeError, UnicodeError, binascii.Error):
-        raise InvalidCursor("not a cursor of this queue: pass next_cursor unchanged") from None
