@@ -42,7 +42,7 @@ bench-heads: $(VENV)/.installed-dev model postgres hey
 
 # Teaching from few photos on the tuxpaint stamps, and training time (docs/teaching.md).
 bench-teach: $(VENV)/.installed-dev model photos
-	$(BIN)/python -m bench.teach --repeats 20
+	$(BIN)/python -m bench.teach
 
 bench-smoke: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.load --smoke
