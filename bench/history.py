@@ -15,13 +15,15 @@ rollups' trigger counts every row as it would count the service's own; it append
 fill adds to the first. The distributions: top-1 classes Zipf-like over the 1,000 ImageNet
 classes, confidences Beta(4, 1.5), times over the last `--days` days with a daily cycle, in time
 order (as the service writes them), two model versions (the older one only in the first third),
-a review for one prediction in 1,000.
+a review for one prediction in 1,000, and for every prediction a kept embedding as the service
+keeps one by default (1,280 uint8 codes; `--no-embeddings`: none, as with KEEP_EMBEDDINGS=false).
 
 `measure` starts the real server on the database and reports, for each call, p50 and p95 over
 `--requests` sequential requests (after one warm-up); then /predict's p50 alone, with reads
-running, and with reads and the group-commit writer running (its sustained rows/s); the time to
-drop each of the two oldest days while rows are inserted; and the bytes per row of the table,
-its indexes and the rollups. `--pin` gives the server a CPU of its own (the database, the
+running, and with reads and the group-commit writer running (its sustained rows/s, each row with
+its embedding); the time to drop each of the two oldest days while rows are inserted, then to
+delete those days' embeddings; and the bytes per row of the table, its indexes, the rollups and
+the kept embeddings. `--pin` gives the server a CPU of its own (the database, the
 clients and the writer share the others), so that what the writer does to /predict is not just
 CPU time taken from it. Its targets (issue: the history at production scale): p95 <= 50 ms per
 call at 10 M rows, >= 5,000 rows/s written with reads running, a day dropped in <= 1 s.
@@ -54,10 +56,10 @@ from sqlalchemy.orm import Session
 
 from bench.footprint import photo_jpeg
 from bench.load import free_port
-from visinspect.db import partitions, repository
+from visinspect.db import embeddings, partitions, repository, retention
 from visinspect.db.schema import alembic_config, upgrade_to_head
 from visinspect.db.session import Database
-from visinspect.db.tables import PredictionRecord
+from visinspect.db.tables import EmbeddingRecord, PredictionRecord
 from visinspect.db.writer import PredictionWriter
 from visinspect.inference.classifier import load_labels
 from visinspect.services.history import encode_cursor
@@ -66,6 +68,7 @@ VISINSPECT = str(Path(sys.executable).parent / "visinspect")
 SERVER_CPU = 0  # --pin
 P95_TARGET_MS = 50.0
 WRITER_TARGET_ROWS_S = 5000
+EMBEDDING_SIZE = 1280  # Lite0's pooled features
 CURRENT, OLDER = "sha256:579344248a93e230", "sha256:1d2f3a4b5c6d7e8f"
 COLUMNS = (
     "created_at, request_id, model_name, model_version, inference_backend, precision, class_id, "
@@ -91,7 +94,15 @@ _WRITER_CONFIDENCES = _WRITER_DRAWS.beta(4.0, 1.5, size=100_000)
 _DRAWN = itertools.count()
 
 
-def fill(url: str, rows: int, days: float, chunk: int = 100_000, seed: int = 1) -> None:
+def fill(
+    url: str,
+    rows: int,
+    days: float,
+    chunk: int = 100_000,
+    seed: int = 1,
+    embeddings: bool = True,
+) -> None:
+    """Append `rows` predictions (and, as the service keeps by default, their embeddings)."""
     engine = create_engine(url)
     upgrade_to_head(engine)
     labels = _LABELS
@@ -110,6 +121,8 @@ def fill(url: str, rows: int, days: float, chunk: int = 100_000, seed: int = 1) 
     ages = _ages(generator, rows, span_s)
     raw = engine.raw_connection()
     try:
+        if embeddings:
+            _embedding_pool(raw, generator)
         while done < rows:
             n = min(chunk, rows - done)
             buffer = _chunk(
@@ -120,6 +133,8 @@ def fill(url: str, rows: int, days: float, chunk: int = 100_000, seed: int = 1) 
                 cursor.copy(f"COPY predictions ({COLUMNS}) FROM STDIN") as copy,
             ):
                 copy.write(buffer)
+            if embeddings:
+                _add_embeddings(raw)
             raw.commit()
             done += n
             rate = done / (time.perf_counter() - started)
@@ -180,6 +195,35 @@ def _chunk(
             f"IMG_{i % 10000:04d}.jpg\t21.4\t6.2\t13.9"
         )
     return "\n".join(lines) + "\n"
+
+
+EMBEDDING_POOL = 4096
+
+
+def _embedding_pool(raw: Any, generator: np.random.Generator) -> None:
+    """A temporary table of distinct embedding rows in the kept form (uint8 codes, low, scale),
+    which `_add_embeddings` gives to the new predictions in turn: the bytes a row costs are
+    those of the service's rows; what the codes say does not matter to the history."""
+    codes = generator.integers(0, 256, size=(EMBEDDING_POOL, EMBEDDING_SIZE), dtype=np.uint8)
+    with raw.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMPORARY TABLE embedding_pool (n int, low real, scale real, codes bytea)"
+        )
+        with cursor.copy("COPY embedding_pool FROM STDIN") as copy:
+            for n in range(EMBEDDING_POOL):
+                copy.write_row((n, -0.3, 0.02, codes[n].tobytes()))
+
+
+def _add_embeddings(raw: Any) -> None:
+    """Every prediction without an embedding gets one (the chunk just copied: ids only grow)."""
+    with raw.cursor() as cursor:
+        cursor.execute(
+            f"""INSERT INTO prediction_embeddings
+                    (prediction_id, created_at, model_version, low, scale, codes)
+                SELECT p.id, p.created_at, p.model_version, e.low, e.scale, e.codes
+                FROM predictions p JOIN embedding_pool e ON e.n = p.id % {EMBEDDING_POOL}
+                WHERE p.id > (SELECT coalesce(max(prediction_id), 0) FROM prediction_embeddings)"""
+        )
 
 
 def _add_reviews(raw: Any, count: int, generator: np.random.Generator) -> None:
@@ -376,9 +420,14 @@ def _writer_under_reads(url: str, base: str, seconds: float = 10.0) -> dict[str,
         alone = phase(seconds / 2)
         reader.start()
         with_reads = phase(seconds / 2)
+        ready = _rows_for(seconds)
         reads[0] = 0
         predict_ms.clear()
-        written = asyncio.run(_write_for(url, seconds))
+        written = asyncio.run(_write_for(url, seconds, ready))
+        if written == len(ready):
+            raise SystemExit(
+                f"the writer wrote all {written:,} rows built: raise WRITER_ROWS_READY"
+            )
         with_writer = list(predict_ms)
     finally:
         stop.set()
@@ -398,26 +447,60 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 1) if values else 0.0
 
 
-async def _write_for(url: str, seconds: float) -> int:
+WRITER_ROWS_READY = 9000  # rows built ahead per second of writing: more than it has written here
+
+
+def _rows_for(seconds: float) -> list[tuple[PredictionRecord, EmbeddingRecord]]:
+    """The writer's rows, built before it is timed: in the service, /predict builds a row and
+    its kept embedding and the writer only writes them; built in the timed loop, in this one
+    process with the bench's readers, the ORM objects' construction took a third of its CPU."""
+    count = int(WRITER_ROWS_READY * seconds)
+    return [(_record(f"bench-writer-{n}"), _embedding()) for n in range(count)]
+
+
+async def _write_for(
+    url: str, seconds: float, rows: list[tuple[PredictionRecord, EmbeddingRecord]]
+) -> int:
+    """How many of `rows` 256 lanes write in `seconds` (all of them: more were needed)."""
     engine = create_engine(url, pool_size=4)
     database = Database(engine, max_concurrency=4)
     writer = PredictionWriter(database)
     writer.start()
     written = 0
     deadline = time.perf_counter() + seconds
+    ready = iter(rows)
 
-    async def one_lane(lane: int) -> None:
+    async def one_lane() -> None:
         nonlocal written
-        while time.perf_counter() < deadline:
-            await writer.store(_record(f"bench-writer-{lane}-{written}"))
+        while time.perf_counter() < deadline and (row := next(ready, None)):
+            await writer.store(*row)
             written += 1
 
     try:
-        await asyncio.gather(*(one_lane(lane) for lane in range(256)))
+        await asyncio.gather(*(one_lane() for _ in range(256)))
     finally:
         await writer.close()
         engine.dispose()
     return written
+
+
+_KEPT = [
+    embeddings.encode(vector, datetime.now(UTC), CURRENT)
+    for vector in np.random.default_rng(8).standard_normal((64, EMBEDDING_SIZE)).astype(np.float32)
+]
+
+
+def _embedding() -> EmbeddingRecord:
+    """A kept embedding as the service hands it to the writer (encoded ahead, like `_record`'s
+    draws: the encoding is /predict's work, not the writer's)."""
+    kept = _KEPT[next(_DRAWN) % len(_KEPT)]
+    return EmbeddingRecord(
+        created_at=datetime.now(UTC),
+        model_version=CURRENT,
+        low=kept.low,
+        scale=kept.scale,
+        codes=kept.codes,
+    )
 
 
 def _record(request_id: str) -> PredictionRecord:
@@ -463,12 +546,23 @@ def _drop_oldest_days(url: str, days: int = 2) -> dict[str, Any] | None:
                 int(connection.scalar(text(f"SELECT count(*) FROM {partitioned[d]}")) or 0)
                 for d in oldest
             ]
+        today = datetime.now(UTC).date()
+        kept_days = (today - oldest[-1]).days - 1
         with _inserting(engine, "bench-retention") as insert_ms:
-            today = datetime.now(UTC).date()
-            done = partitions.maintain(engine, retention_days=(today - oldest[-1]).days - 1)
+            done = partitions.maintain(engine, retention_days=kept_days)
+        with _inserting(engine, "bench-embedding-retention") as embedding_insert_ms:
+            started = time.perf_counter()
+            deleted = retention.apply_retention(engine, kept_days)
+            embedding_seconds = time.perf_counter() - started
     finally:
         engine.dispose()
     return {
+        "embeddings": {
+            "rows": deleted,
+            "seconds": round(embedding_seconds, 2),
+            "inserts_during": len(embedding_insert_ms),
+            "slowest_insert_ms": round(max(embedding_insert_ms, default=0.0), 1),
+        },
         "days": [
             {"rows": n, "seconds": round(s, 3)}
             for n, s in zip(rows, done.drop_seconds, strict=True)
@@ -547,12 +641,14 @@ def _sizes(connection: Any, rows: int) -> dict[str, float]:
         size(f"pg_total_relation_size('{name}')")
         for name in ("rollup_hourly_classes", "rollup_daily_classes", "rollup_hourly_confidences")
     )
+    kept = size("pg_total_relation_size('prediction_embeddings')")
     per_row = max(rows, 1)
     return {
+        "embedding_bytes_per_row": round(kept / per_row, 1),
         "table_bytes_per_row": round(table / per_row, 1),
         "index_bytes_per_row": round(indexes / per_row, 1),
         "rollup_bytes_per_row": round(rollups / per_row, 1),
-        "total_gb": round((table + indexes + rollups) / 1e9, 2),
+        "total_gb": round((table + indexes + rollups + kept) / 1e9, 2),
     }
 
 
@@ -573,8 +669,8 @@ def _print(report: dict[str, Any]) -> None:
     sizes = report["sizes"]
     print(
         f"bytes per row: table {sizes['table_bytes_per_row']}, indexes "
-        f"{sizes['index_bytes_per_row']}, rollups {sizes['rollup_bytes_per_row']} "
-        f"({sizes['total_gb']} GB in all)"
+        f"{sizes['index_bytes_per_row']}, rollups {sizes['rollup_bytes_per_row']}, kept "
+        f"embeddings {sizes['embedding_bytes_per_row']} ({sizes['total_gb']} GB in all)"
     )
     drop = report.get("drop")
     for day in drop["days"] if drop else []:
@@ -586,6 +682,12 @@ def _print(report: dict[str, Any]) -> None:
         print(
             f"inserts into today's partition meanwhile: {drop['inserts_during']}, the slowest "
             f"{drop['slowest_insert_ms']} ms"
+        )
+        kept = drop["embeddings"]
+        print(
+            f"the same days' kept embeddings (EMBEDDING_RETENTION_DAYS, batches of 10,000): "
+            f"{kept['rows']:,} rows in {kept['seconds']} s; {kept['inserts_during']} inserts "
+            f"meanwhile, the slowest {kept['slowest_insert_ms']} ms"
         )
     print(json.dumps(report))
 
@@ -657,6 +759,9 @@ PIN_HELP = (
 )
 
 
+NO_EMBEDDINGS_HELP = "fill predictions only (as with KEEP_EMBEDDINGS=false)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -664,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     filling.add_argument("--rows", type=int, required=True)
     filling.add_argument("--days", type=float, default=30)
     filling.add_argument("--database-url", required=True)
+    filling.add_argument("--no-embeddings", action="store_true", help=NO_EMBEDDINGS_HELP)
     measuring = commands.add_parser("measure", help="time the calls through the server")
     measuring.add_argument("--database-url", required=True)
     measuring.add_argument("--requests", type=int, default=60)
@@ -680,11 +786,12 @@ def main(argv: list[str] | None = None) -> int:
     running.add_argument("--database-url", required=True)
     running.add_argument("--requests", type=int, default=60)
     running.add_argument("--fresh", action="store_true", help="drop the database first")
+    running.add_argument("--no-embeddings", action="store_true", help=NO_EMBEDDINGS_HELP)
     running.add_argument("--pin", action="store_true", help=PIN_HELP)
     args = parser.parse_args(argv)
     url = args.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
     if args.command == "fill":
-        fill(url, args.rows, args.days)
+        fill(url, args.rows, args.days, embeddings=not args.no_embeddings)
     elif args.command == "measure":
         measure(url, args.requests, args.pin)
     elif args.command == "explain":
@@ -694,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         missing = prepare_database(url, args.rows, args.fresh)
         if missing:
-            fill(url, missing, args.days)
+            fill(url, missing, args.days, embeddings=not args.no_embeddings)
         measure(url, args.requests, args.pin)
     return 0
 

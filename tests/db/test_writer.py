@@ -15,7 +15,7 @@ from tests.support import fresh_postgres_database, synthetic_record
 from visinspect.db import repository
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
-from visinspect.db.tables import PredictionRecord
+from visinspect.db.tables import EmbeddingRecord, PredictionRecord
 from visinspect.db.writer import PredictionWriter
 from visinspect.errors import RecordNotStored
 
@@ -80,8 +80,11 @@ def test_a_group_is_stored_as_given_on_both_backends(empty_engine: Engine) -> No
     full.filename, full.decode_ms, full.inference_ms, full.image_kept = "ünï.jpg", 1.5, 2.5, False
     bare = synthetic_record("bare")  # filename, decode_ms, inference_ms, image_kept: None
     records = [full, bare, synthetic_record("third")]
+    # Kept embeddings go in as one joined value on PostgreSQL: lengths that differ, a zero byte,
+    # a row without one.
+    kept = [_kept(b"\x00\xff\x10", full), None, _kept(bytes(range(256)) * 5, records[2])]
     with Session(empty_engine) as session:
-        repository.add_predictions(session, records)
+        repository.add_predictions(session, records, kept)
         session.commit()
     assert [r.id for r in records] == sorted(r.id for r in records)
     columns = [a.key for a in inspect(PredictionRecord).column_attrs]
@@ -93,6 +96,16 @@ def test_a_group_is_stored_as_given_on_both_backends(empty_engine: Engine) -> No
                 c: getattr(given, c) for c in columns
             }
     assert full.created_at.astimezone(UTC).hour == 22
+    with Session(empty_engine) as session:
+        rows = session.execute(select(EmbeddingRecord.prediction_id, EmbeddingRecord.codes))
+        stored_codes = {row.prediction_id: row.codes for row in rows}
+    assert stored_codes == {full.id: b"\x00\xff\x10", records[2].id: bytes(range(256)) * 5}
+
+
+def _kept(codes: bytes, record: PredictionRecord) -> EmbeddingRecord:
+    return EmbeddingRecord(
+        created_at=record.created_at, model_version="sha256:0", low=-1.0, scale=0.5, codes=codes
+    )
 
 
 def test_a_value_too_long_is_refused_not_cut(committed_database: Database) -> None:
