@@ -222,6 +222,13 @@ class Settings(BaseSettings):
     http_body_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="The whole body must arrive within this; then 408."
     )
+    http_write_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="A response the client reads nothing of for this long is cut: the "
+        "connection is closed and the request's slot (MAX_CONCURRENT_REQUESTS) freed.",
+    )
     keep_alive_s: int = Field(
         default=5, ge=1, le=3600, description="Idle keep-alive connections are closed after this."
     )

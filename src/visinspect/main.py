@@ -80,7 +80,8 @@ def create_app(
         mount_docs(app)
     mount_ui(app)
     app.router.redirect_slashes = False  # a redirect would be built from the client's Host header
-    LimitedHttpToolsProtocol.configure(settings)  # header limits, for the server in this process
+    # Header limits and the write timeout, for the server in this process.
+    LimitedHttpToolsProtocol.configure(settings, app.state.metrics.slow_readers_cut)
     # Innermost first: body limits, then keys (checked before the body is read), concurrency.
     app.add_middleware(
         RequestBodyLimitsMiddleware,

@@ -113,6 +113,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.slow_readers_cut = Counter(
+            "visinspect_http_slow_readers_cut",
+            "Connections aborted because the client read nothing of a response for "
+            "HTTP_WRITE_TIMEOUT_S; their requests' slots were freed.",
+            registry=self.registry,
+        )
         self.head_failures = Counter(
             "visinspect_head_failures",
             "Heads skipped, by reason (broken_artifact, base_model_differs, apply_failed): the "

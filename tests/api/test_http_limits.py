@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
 from tests.support import (
     gated_model,
@@ -28,8 +30,11 @@ from tests.support import (
     running_app,
     services_of,
     serving,
+    synthetic_record,
     wait_until,
 )
+from visinspect.db import repository
+from visinspect.db.schema import upgrade_to_head
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0
@@ -203,6 +208,76 @@ def test_forwarded_for_is_ignored_without_a_configured_proxy(limited: tuple[str,
     wait_until(lambda: bool(logged()), 5, "the request's log line")
     (line,) = [e for e in logged() if e["event"] == "http.request"]
     assert line["client"] == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_a_client_that_never_reads_its_response_is_cut(tmp_path: Path) -> None:
+    """Two clients ask for a 200-row page of 1,000-class rows (about 14 MB: more than the
+    sockets' buffers) and read nothing, with MAX_CONCURRENT_REQUESTS=2. A page is handed to the
+    connection whole, so their slots come back once it is built (a streamed response, such as a
+    kept image, waits for the client between chunks and holds its slot: the same timeout cuts
+    it); but each connection held its 14 MB for as long as the client kept it open. Now both
+    are cut after the write timeout, counted, and got only what the buffers took."""
+    url = f"sqlite:///{tmp_path / 'slow.db'}"
+    engine = create_engine(url)
+    upgrade_to_head(engine)
+    every_class = [
+        {"class_id": i, "class_name": f"class {i}", "confidence": 0.001} for i in range(1000)
+    ]
+    with Session(engine) as session:
+        records = [synthetic_record(f"slow-{n}") for n in range(200)]
+        for record in records:
+            record.predictions = every_class
+        repository.add_predictions(session, records)
+        session.commit()
+    engine.dispose()
+    with serving(
+        url, tmp_path / "server.log", MAX_CONCURRENT_REQUESTS="2", HTTP_WRITE_TIMEOUT_S="2"
+    ) as (_process, base):
+        readers = [_never_reading(base, "/predictions?limit=200") for _ in range(2)]
+        try:
+            wait_until(
+                lambda: httpx.get(f"{base}/predictions?limit=1", timeout=10).status_code == 200,
+                20,
+                "a request served while the slow readers' pages wait in their connections",
+            )
+            wait_until(
+                lambda: (
+                    "visinspect_http_slow_readers_cut_total 2.0"
+                    in httpx.get(f"{base}/metrics", timeout=10).text
+                ),
+                20,
+                "both slow readers cut",
+            )
+            for sock in readers:  # each was cut short: far less than the page arrives
+                assert _drain(sock) < 8_000_000
+        finally:
+            for sock in readers:
+                sock.close()
+        log = (tmp_path / "server.log").read_text()
+        assert len([e for e in json_lines(log) if e["event"] == "http.slow_reader_cut"]) == 2
+
+
+def _never_reading(base: str, path: str) -> socket.socket:
+    """A request whose answer is not read: a 4 KiB receive buffer, set before connecting."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock
+
+
+def _drain(sock: socket.socket) -> int:
+    """Read what is left until the server's close (or reset); how many bytes came."""
+    sock.settimeout(10)
+    received = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    return received
 
 
 @pytest.mark.slow

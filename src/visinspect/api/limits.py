@@ -5,6 +5,12 @@
   within HTTP_HEADER_TIMEOUT_S of the connection opening or the request starting (408): a
   slowloris client trickling its headers is cut off, and nothing waits for a request that never
   comes.
+- **Slow readers** (`LimitedHttpToolsProtocol` too): a response the client stops reading (the
+  socket's buffers full, nothing drained) for HTTP_WRITE_TIMEOUT_S is cut: the connection is
+  aborted, the rest of the response is dropped, and the request's concurrency slot is freed
+  (counted in `visinspect_http_slow_readers_cut_total`). Without it, a client that asks for a
+  large response (a kept image, a page of 1,000-class rows) and never reads would hold a slot
+  for as long as it keeps the connection open.
 - **Body** (`RequestBodyLimitsMiddleware`): a declared Content-Length over MAX_UPLOAD_BYTES is
   refused before a byte is read, a chunked body is counted as it arrives (413), and the whole body
   must arrive within HTTP_BODY_TIMEOUT_S (408), so no request holds more than MAX_UPLOAD_BYTES in
@@ -24,6 +30,8 @@ from typing import Any, ClassVar
 
 import anyio
 import httptools
+import structlog
+from prometheus_client import Counter
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -38,6 +46,8 @@ from visinspect.api.error_handlers import (
 )
 from visinspect.api.headers import SECURITY_HEADERS
 from visinspect.config import Settings
+
+log = structlog.get_logger("visinspect.http")
 
 
 class _BodyRefused(HTTPException):
@@ -157,12 +167,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes: ClassVar[int] = 16 * 1024
     max_headers: ClassVar[int] = 100
     header_timeout_s: ClassVar[float] = 10.0
+    write_timeout_s: ClassVar[float] = 15.0
+    slow_readers_cut: ClassVar[Counter | None] = None
 
     @classmethod
-    def configure(cls, settings: Settings) -> None:
+    def configure(cls, settings: Settings, slow_readers_cut: Counter) -> None:
         cls.max_header_bytes = settings.http_max_header_bytes
         cls.max_headers = settings.http_max_headers
         cls.header_timeout_s = settings.http_header_timeout_s
+        cls.write_timeout_s = settings.http_write_timeout_s
+        cls.slow_readers_cut = slow_readers_cut
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -172,6 +186,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = True
         self._refusal: tuple[int, str, str] | None = None
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -179,7 +194,34 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_clock()
+        self._stop_write_clock()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client has not read what was sent. Unless it
+        reads within the write timeout, the connection goes (`_reader_too_slow`)."""
+        super().pause_writing()
+        self._stop_write_clock()
+        self._write_deadline = self.loop.call_later(self.write_timeout_s, self._reader_too_slow)
+
+    def resume_writing(self) -> None:
+        self._stop_write_clock()
+        super().resume_writing()
+
+    def _stop_write_clock(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _reader_too_slow(self) -> None:
+        """Abort: uvicorn's `connection_lost` marks the response's cycle disconnected and wakes
+        its pending write, so the app's remaining sends return at once and the request ends."""
+        self._write_deadline = None
+        if not self.transport.is_closing():
+            if self.slow_readers_cut is not None:
+                self.slow_readers_cut.inc()
+            log.warning("http.slow_reader_cut", client=self.client, timeout_s=self.write_timeout_s)
+            self.transport.abort()
 
     def _start_headers(self) -> None:
         self._header_bytes = self._unparsed_bytes = self._header_count = 0
