@@ -86,6 +86,33 @@ def canvas_gif(width: int, height: int, transparent: bool = True) -> bytes:
     return header + palette + control + frame + b"\x3b"
 
 
+def warning_tiff(entries: int = 60_000) -> bytes:
+    """A 16 x 16 greyscale TIFF whose directory also holds `entries` entries whose data would
+    lie far beyond the file (0.7 MB): Pillow skips each with a warning, and reads the directory
+    three times (180,000 warnings for one upload)."""
+    side = 16
+    pixels = bytes(range(side * side))
+    short, long = 3, 4
+    baseline = [
+        (256, short, 1, side),  # width
+        (257, short, 1, side),  # height
+        (258, short, 1, 8),  # bits per sample
+        (259, short, 1, 1),  # no compression
+        (262, short, 1, 1),  # black is zero
+        (273, long, 1, 8),  # the strip's offset: right after the header
+        (277, short, 1, 1),  # samples per pixel
+        (278, short, 1, side),  # rows per strip
+        (279, long, 1, len(pixels)),  # the strip's bytes
+    ]
+    beyond = [(tag, long, 1_000_000, 8) for tag in range(1000, 1000 + entries)]
+    directory = struct.pack("<H", len(baseline) + len(beyond))
+    for tag, kind, count, value in baseline + beyond:
+        packed = struct.pack("<Hxx", value) if kind == short else struct.pack("<L", value)
+        directory += struct.pack("<HHL", tag, kind, count) + packed
+    directory += struct.pack("<L", 0)  # no next directory
+    return b"II*\x00" + struct.pack("<L", 8 + len(pixels)) + pixels + directory
+
+
 def postscript_lines(megabytes: int) -> bytes:
     line = b"%% a PostScript comment line that no supported image format claims\n"
     return b"%!PS-Adobe-3.0\n" + line * (megabytes * 1024 * 1024 // len(line))

@@ -39,6 +39,11 @@ from visinspect.tracing import TELEMETRY_OFF, Tracing
 
 log = structlog.get_logger("visinspect")
 
+# Form fields that are not files, per request to the predict routes, and the bytes of each
+# (held in memory while parsed): the routes read none, so a few small ones are plenty.
+FORM_MAX_FIELDS = 8
+FORM_MAX_FIELD_BYTES = 16 * 1024
+
 
 def create_app(
     settings: Settings | None = None,
@@ -66,7 +71,16 @@ def create_app(
     app.state.api_keys = ApiKeys(settings.api_keys)
     app.state.tracing = tracing
     install_error_handlers(app)
-    app.include_router(predict.router)
+    # Checked by the multipart parser as it goes (a 17th file is refused before it is read);
+    # the predict routes take files only, so other fields are few and small.
+    app.include_router(
+        predict.router,
+        form_limits={
+            "max_files": settings.max_batch_files,
+            "max_fields": FORM_MAX_FIELDS,
+            "max_part_size": FORM_MAX_FIELD_BYTES,
+        },
+    )
     # /predictions/quality and /predictions/drift before history's /predictions/{prediction_id}.
     app.include_router(reviews.router)
     app.include_router(drift.router)

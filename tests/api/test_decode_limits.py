@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.decode_bombs import canvas_gif, scan_bomb
+from tests.decode_bombs import canvas_gif, scan_bomb, warning_tiff
 from tests.support import (
     make_settings,
     rows_with_request_id,
     running_app,
 )
+from visinspect.inference.decoders import WARNINGS_KEPT
 
 
 @pytest.mark.parametrize(
@@ -63,3 +64,19 @@ def test_decoder_warnings_reach_the_json_log(
         e["event"] == "decode.warning" and "DecompressionBombWarning" in e["message"]
         for e in events
     ), events
+
+
+def test_a_file_that_warns_per_entry_logs_ten_lines_and_a_count(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """180,000 Pillow warnings from one 0.7 MB TIFF: the first ten are logged, the rest counted
+    in one line (before: one log line each, written by the server)."""
+    with caplog.at_level(logging.WARNING, logger="visinspect.decoders"):
+        response = client.post("/predict", files={"file": ("t.tif", warning_tiff())})
+    assert response.status_code == 200  # the image itself is fine
+    events = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    logged = [e for e in events if e["event"] == "decode.warning"]
+    assert len(logged) == WARNINGS_KEPT
+    assert "Tag data larger than file" in logged[0]["message"]
+    (dropped,) = [e for e in events if e["event"] == "decode.warnings_dropped"]
+    assert dropped["count"] == 180_000 - WARNINGS_KEPT

@@ -35,6 +35,7 @@ from tests.support import (
 )
 from visinspect.db import repository
 from visinspect.db.schema import upgrade_to_head
+from visinspect.main import FORM_MAX_FIELD_BYTES, FORM_MAX_FIELDS
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0
@@ -191,6 +192,39 @@ def test_the_key_is_checked_before_the_body_is_read(limited: tuple[str, Path]) -
     assert time.monotonic() - started < 1.5
     wrong = head.replace(b"Host: x\r\n", b"Host: x\r\nX-API-Key: nope\r\n")
     assert _refused(base, wrong)[0] == 403
+
+
+@pytest.mark.slow
+def test_a_batch_with_too_many_files_is_refused_while_it_is_parsed(
+    limited: tuple[str, Path],
+) -> None:
+    """17 parts of a body announced as 20 MB, then nothing: the 422 comes from the parser at
+    the 17th part, before the rest arrives (it came after the whole body, or the body timeout)."""
+    base, _ = limited
+    part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n'
+    parts = (part + b"x" * 1000 + b"\r\n") * 17
+    head = (
+        b"POST /predict/batch HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() + b"\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 20000000\r\n\r\n"
+    )
+    started = time.monotonic()
+    status, _, body = _refused(base, head + parts)
+    assert (status, body["error"]["code"]) == (422, "too_many_files")
+    assert "MAX_BATCH_FILES" in body["error"]["message"]
+    assert time.monotonic() - started < BODY_TIMEOUT_S
+    _still_serving(base)
+
+
+def test_form_fields_are_few_and_small(client: TestClient, photos: Path) -> None:
+    coffee = {"files": ("c.png", (photos / "coffee.png").read_bytes())}
+    many = {f"f{n}": "x" for n in range(FORM_MAX_FIELDS + 1)}
+    response = client.post("/predict/batch", files=coffee, data=many)
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "too_many_fields")
+    large = {"note": "x" * (FORM_MAX_FIELD_BYTES + 1)}
+    response = client.post("/predict/batch", files=coffee, data=large)
+    assert (response.status_code, response.json()["error"]["code"]) == (413, "form_field_too_large")
+    fine = client.post("/predict/batch", files=coffee, data={"note": "x"})
+    assert fine.status_code == 200
 
 
 @pytest.mark.slow

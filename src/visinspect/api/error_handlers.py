@@ -121,8 +121,28 @@ def domain_error_response(
     return error_response(request, status, exc.code, message, headers=headers or None)
 
 
+# What Starlette's multipart parser refuses while it parses (FastAPI applies the form limits
+# that `main.py` sets on the predict routes), by the start of its message: a 400 to Starlette.
+_MULTIPART_REFUSALS = {
+    "Too many files": (422, "too_many_files", "MAX_BATCH_FILES"),
+    "Too many fields": (422, "too_many_fields", "form fields other than files"),
+    "Field exceeded maximum size": (413, "form_field_too_large", "a form field that is not a file"),
+    "Part exceeded maximum size": (413, "form_field_too_large", "a form field that is not a file"),
+}
+
+
+def _multipart_refusal(exc: StarletteHTTPException) -> tuple[int, str, str] | None:
+    detail = str(exc.detail)
+    for start, (status, code, what) in _MULTIPART_REFUSALS.items():
+        if exc.status_code == 400 and detail.startswith(start):
+            return status, code, f"{detail.rstrip('.')} ({what}); nothing was classified"
+    return None
+
+
 def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """The answer to an HTTP-level refusal (404, 405, 408, 413, ...), with a stable code."""
+    if refusal := _multipart_refusal(exc):  # the rest of the body is not worth reading
+        return error_response(request, *refusal, headers={"Connection": "close"})
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = str(exc.detail)
     if exc.status_code == 413:

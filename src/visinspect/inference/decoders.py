@@ -60,6 +60,8 @@ RESIDENT_GROWTH_LIMIT = 64 << 20
 # Uploads up to this size are written to a decoder's pipe from the event loop: the kernel's
 # pipe buffer (64 KiB) takes them without blocking.
 _INLINE_SEND_BYTES = 60 << 10
+# Warnings of one decode logged one by one; the rest are counted (`_Warnings`).
+WARNINGS_KEPT = 10
 # Freed image blocks that Pillow keeps for the next decode instead of returning them to the
 # system. Memory given back is faulted in again on the next image; on a microVM that reports
 # free pages to its host (Firecracker here) that made a 640x480 JPEG's decode 11 ms instead of
@@ -214,7 +216,7 @@ class _Worker:
             else:
                 await anyio.to_thread.run_sync(self.connection.send_bytes, data)
             await asyncio.wait_for(self._readable(), timeout_s)
-            outcome, warnings_seen, rss = self.connection.recv()
+            outcome, warnings_seen, warnings_more, rss = self.connection.recv()
         except TimeoutError:
             raise ImageTooSlowToDecode(
                 f"decoding did not finish within {timeout_s} s (DECODE_TIMEOUT_S); "
@@ -227,6 +229,8 @@ class _Worker:
             ) from None
         for message in warnings_seen:  # through the JSON logs, never as stray stderr text
             log.warning("decode.warning", message=message)
+        if warnings_more:
+            log.warning("decode.warnings_dropped", count=warnings_more, kept=WARNINGS_KEPT)
         reusable = rss - self.idle_rss <= RESIDENT_GROWTH_LIMIT
         if isinstance(outcome, VisinspectError):
             return outcome, reusable  # refused, not failed: the worker carries on
@@ -276,12 +280,31 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
             data = connection.recv_bytes()
         except EOFError:  # the server closed the pipe: stop
             return
-        with warnings.catch_warnings(record=True) as caught:
+        seen = _Warnings()
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = seen.add
             outcome = _decode(data, limits)
         del data
-        seen = [f"{w.category.__name__}: {w.message}" for w in caught]
-        connection.send((outcome, seen, _resident_bytes()))
+        connection.send((outcome, seen.first, seen.more, _resident_bytes()))
+
+
+class _Warnings:
+    """The first WARNINGS_KEPT warnings of one decode, and how many more there were: a TIFF
+    whose directory holds 60,000 malformed entries makes Pillow warn once per entry, and each
+    would have been a log line written by the server (and a warning object held meanwhile)."""
+
+    def __init__(self) -> None:
+        self.first: list[str] = []
+        self.more = 0
+
+    def add(
+        self, message: Warning | str, category: type[Warning], *_: object, **__: object
+    ) -> None:
+        if len(self.first) < WARNINGS_KEPT:
+            self.first.append(f"{category.__name__}: {message}")
+        else:
+            self.more += 1
 
 
 def _decode(data: bytes, limits: DecoderLimits) -> object:
