@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
@@ -37,6 +38,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import numpy as np
 import structlog
 from PIL import Image
 
@@ -46,6 +48,7 @@ from visinspect.errors import (
     DecoderCrashed,
     ImageNeedsTooMuchMemory,
     ImageTooSlowToDecode,
+    InvalidImage,
     VisinspectError,
 )
 from visinspect.inference.preprocess import DecodedImage, Preprocessing, preprocess
@@ -202,7 +205,9 @@ class _Worker:
         child_end.close()
         self.connection: multiprocessing.connection.Connection = parent_end
         self.keeps_originals = limits.thumbnail_px > 0
-        self.idle_rss: int = self.connection.recv()  # the worker's hello: it is ready
+        self.limits = limits
+        hello = _read_header(self.connection)  # the worker's hello: it is ready
+        self.idle_rss: int = _whole(hello, "rss")
 
     async def decode(self, data: bytes, timeout_s: float) -> tuple[Decoded | VisinspectError, bool]:
         """The decoded upload or why it was refused, and whether this worker may be used again.
@@ -216,28 +221,56 @@ class _Worker:
             else:
                 await anyio.to_thread.run_sync(self.connection.send_bytes, data)
             await asyncio.wait_for(self._readable(), timeout_s)
-            outcome, warnings_seen, warnings_more, rss = self.connection.recv()
+            reply = self._reply()
         except TimeoutError:
             raise ImageTooSlowToDecode(
                 f"decoding did not finish within {timeout_s} s (DECODE_TIMEOUT_S); "
                 "the file was abandoned"
             ) from None
-        except (EOFError, OSError):
+        except (EOFError, OSError, _Garbled):
             raise DecoderCrashed(
                 f"the decoder stopped on this file (exit code {self._exit_code()}); "
                 "it cannot be decoded within the service's limits"
             ) from None
-        for message in warnings_seen:  # through the JSON logs, never as stray stderr text
+        for message in reply.warnings:  # through the JSON logs, never as stray stderr text
             log.warning("decode.warning", message=message)
-        if warnings_more:
-            log.warning("decode.warnings_dropped", count=warnings_more, kept=WARNINGS_KEPT)
-        reusable = rss - self.idle_rss <= RESIDENT_GROWTH_LIMIT
-        if isinstance(outcome, VisinspectError):
-            return outcome, reusable  # refused, not failed: the worker carries on
-        image, sha256 = outcome
+        if reply.more_warnings:
+            log.warning("decode.warnings_dropped", count=reply.more_warnings, kept=WARNINGS_KEPT)
+        reusable = reply.rss - self.idle_rss <= RESIDENT_GROWTH_LIMIT
+        if isinstance(reply.outcome, VisinspectError):
+            return reply.outcome, reusable  # refused, not failed: the worker carries on
+        image, sha256 = reply.outcome
         decode_ms = (time.perf_counter() - started) * 1000
         original = data if self.keeps_originals else None
         return Decoded(image, sha256, len(data), decode_ms, original), reusable
+
+    def _reply(self) -> _Reply:
+        """The worker's answer, read as data: a JSON header, then the pixels' raw bytes and the
+        thumbnail's, each of the one size the header and the limits allow. Nothing from a
+        decoder is unpickled: a decoder taken over by a hostile file (a memory bug in a codec)
+        could otherwise run code in the server."""
+        header = _read_header(self.connection)
+        warnings_seen = header.get("warnings", [])
+        if not isinstance(warnings_seen, list) or len(warnings_seen) > WARNINGS_KEPT:
+            raise _Garbled("warnings")
+        kept = [str(w)[:_WARNING_CHARS] for w in warnings_seen]
+        more, rss = _whole(header, "more_warnings"), _whole(header, "rss")
+        if "refused" in header:
+            return _Reply(_refusal(header["refused"], header.get("message")), kept, more, rss)
+        width, height = _whole(header, "width"), _whole(header, "height")
+        image_format, sha256 = _text(header, "format", 16), _text(header, "sha256", 64)
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise _Garbled("sha256")
+        crop = self.limits.preprocessing.crop_size
+        pixels = self.connection.recv_bytes(maxlength=3 * crop * crop * 4)
+        if len(pixels) != 3 * crop * crop * 4:
+            raise _Garbled("pixels")
+        thumbnail = None
+        if header.get("thumbnail") is True:
+            thumbnail = self.connection.recv_bytes(maxlength=_THUMBNAIL_BYTES)
+        array = np.frombuffer(pixels, dtype="<f4").reshape(3, crop, crop)
+        image = DecodedImage(array, width, height, image_format, thumbnail)
+        return _Reply((image, sha256), kept, more, rss)
 
     async def _readable(self) -> None:
         """Until the worker's reply (or its death: end of file) can be read."""
@@ -274,7 +307,7 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
     Image.core.set_blocks_max(CACHED_IMAGE_BLOCKS)  # type: ignore[attr-defined]
     run_in_background()  # the server's event loop goes first (capacity.BACKGROUND_NICENESS)
     _cap_address_space(limits.max_decode_bytes + ADDRESS_SPACE_MARGIN)
-    connection.send(_resident_bytes())
+    _write_header(connection, {"rss": _resident_bytes()})
     while True:
         try:
             data = connection.recv_bytes()
@@ -286,7 +319,7 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
             warnings.showwarning = seen.add
             outcome = _decode(data, limits)
         del data
-        connection.send((outcome, seen.first, seen.more, _resident_bytes()))
+        _send_outcome(connection, outcome, seen)
 
 
 class _Warnings:
@@ -307,7 +340,37 @@ class _Warnings:
             self.more += 1
 
 
-def _decode(data: bytes, limits: DecoderLimits) -> object:
+def _send_outcome(
+    connection: multiprocessing.connection.Connection,
+    outcome: tuple[DecodedImage, str] | VisinspectError,
+    seen: _Warnings,
+) -> None:
+    """The reply as `_Worker._reply` reads it: a JSON header, then raw bytes."""
+    header: dict[str, object] = {
+        "warnings": seen.first,
+        "more_warnings": seen.more,
+        "rss": _resident_bytes(),
+    }
+    if isinstance(outcome, VisinspectError):
+        _write_header(
+            connection, header | {"refused": type(outcome).__name__, "message": outcome.message}
+        )
+        return
+    image, sha256 = outcome
+    header |= {
+        "width": image.width,
+        "height": image.height,
+        "format": image.format,
+        "sha256": sha256,
+        "thumbnail": image.thumbnail is not None,
+    }
+    _write_header(connection, header)
+    connection.send_bytes(np.ascontiguousarray(image.pixels, dtype="<f4").tobytes())
+    if image.thumbnail is not None:
+        connection.send_bytes(image.thumbnail)
+
+
+def _decode(data: bytes, limits: DecoderLimits) -> tuple[DecodedImage, str] | VisinspectError:
     try:
         image = preprocess(
             data,
@@ -346,3 +409,65 @@ def _status_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+# --- the reply's wire format: data only ------------------------------------------------------------
+
+_HEADER_BYTES = 64 << 10
+_WARNING_CHARS = 2000
+_THUMBNAIL_BYTES = 16 << 20
+
+
+class _Garbled(Exception):
+    """A reply that is not what a decoder sends: the worker is treated as crashed."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    outcome: tuple[DecodedImage, str] | VisinspectError
+    warnings: list[str]
+    more_warnings: int
+    rss: int
+
+
+def _write_header(connection: multiprocessing.connection.Connection, header: object) -> None:
+    connection.send_bytes(json.dumps(header).encode())
+
+
+def _read_header(connection: multiprocessing.connection.Connection) -> dict[str, Any]:
+    try:
+        header = json.loads(connection.recv_bytes(maxlength=_HEADER_BYTES))
+    except ValueError:
+        raise _Garbled("header") from None
+    if not isinstance(header, dict):
+        raise _Garbled("header")
+    return header
+
+
+def _whole(header: dict[str, Any], key: str) -> int:
+    value = header.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _Garbled(key)
+    return value
+
+
+def _text(header: dict[str, Any], key: str, longest: int) -> str:
+    value = header.get(key)
+    if not isinstance(value, str) or len(value) > longest:
+        raise _Garbled(key)
+    return value
+
+
+def _refusals(base: type[InvalidImage] = InvalidImage) -> dict[str, type[InvalidImage]]:
+    found = {base.__name__: base}
+    for subclass in base.__subclasses__():
+        found |= _refusals(subclass)
+    return found
+
+
+def _refusal(name: object, message: object) -> InvalidImage:
+    """The decoder's refusal, rebuilt from its class name among the upload errors only."""
+    known = _refusals()
+    if not isinstance(name, str) or name not in known or not isinstance(message, str):
+        raise _Garbled("refused")
+    return known[name](message[:_WARNING_CHARS])
