@@ -22,12 +22,14 @@ torch; a worker holds NumPy, Pillow and the preprocessing code only.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
 import os
+import re
 import resource
 import threading
 import time
@@ -93,16 +95,29 @@ class Decoded:
 _PRELOAD = ["visinspect.inference.decoders"]
 
 
-def start_forkserver() -> threading.Thread:
-    """Start the forkserver (and its import of the decoding code, about a second) in the
-    background, so that it overlaps the rest of start-up; DecoderPool.start waits for it."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)
-    thread = threading.Thread(
-        target=multiprocessing.forkserver.ensure_running, name="forkserver-start", daemon=True
-    )
-    thread.start()
-    return thread
+# What the decoders see of the service's environment: locale, paths, Python's and the math
+# libraries' switches. Not DATABASE_URL, API_KEYS or anything else a decoder has no use for.
+_DECODER_ENVIRONMENT = re.compile(
+    r"PATH|HOME|LANG|LANGUAGE|LC_\w+|TZ|TMPDIR|PYTHON\w*|\w+_NUM_THREADS|MALLOC_\w+"
+)
+_forkserver_lock = threading.Lock()
+
+
+def start_forkserver() -> None:
+    """Start the decoders' forkserver, from a scrubbed environment (`_DECODER_ENVIRONMENT`):
+    every decoder is forked from it, so none holds the service's secrets, not even in the
+    environment block the kernel shows as /proc/PID/environ. Takes milliseconds; the forkserver
+    imports the decoding code (about a second) on its own, while the model loads."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
+    with _forkserver_lock:
+        kept = os.environ.copy()
+        try:
+            for name in [n for n in os.environ if not _DECODER_ENVIRONMENT.fullmatch(n)]:
+                del os.environ[name]
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(kept)
 
 
 class DecoderPool:
@@ -126,15 +141,24 @@ class DecoderPool:
 
     async def start(self) -> None:
         started = time.perf_counter()
+        start_forkserver()  # already running after start-up; here for pools made elsewhere
         for _ in range(self.size):
             self._idle.put_nowait(await anyio.to_thread.run_sync(self._spawn))
         log.info(
             "decoders.started",
             workers=self.size,
+            sandbox=(sandbox := self._sandbox_applied()),
             timeout_s=self.limits.timeout_s,
             max_memory_mb=self.limits.max_decode_bytes >> 20,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+        if not sandbox.startswith("seccomp"):
+            log.warning("decoders.unsandboxed", reason=sandbox)
+
+    def _sandbox_applied(self) -> str:
+        worker = self._idle.get_nowait()
+        self._idle.put_nowait(worker)
+        return worker.sandbox
 
     async def decode(self, read: Callable[[], Awaitable[bytes]]) -> Decoded:
         """Decode and preprocess one upload in a worker; raises InvalidImage subclasses. The
@@ -208,6 +232,7 @@ class _Worker:
         self.limits = limits
         hello = _read_header(self.connection)  # the worker's hello: it is ready
         self.idle_rss: int = _whole(hello, "rss")
+        self.sandbox = _text(hello, "sandbox", 400)
 
     async def decode(self, data: bytes, timeout_s: float) -> tuple[Decoded | VisinspectError, bool]:
         """The decoded upload or why it was refused, and whether this worker may be used again.
@@ -307,7 +332,8 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
     Image.core.set_blocks_max(CACHED_IMAGE_BLOCKS)  # type: ignore[attr-defined]
     run_in_background()  # the server's event loop goes first (capacity.BACKGROUND_NICENESS)
     _cap_address_space(limits.max_decode_bytes + ADDRESS_SPACE_MARGIN)
-    _write_header(connection, {"rss": _resident_bytes()})
+    sandbox = _sandbox()
+    _write_header(connection, {"rss": _resident_bytes(), "sandbox": sandbox})
     while True:
         try:
             data = connection.recv_bytes()
@@ -338,6 +364,35 @@ class _Warnings:
             self.first.append(f"{category.__name__}: {message}")
         else:
             self.more += 1
+
+
+# System calls a decoder has no use for once it has started: it reads bytes from its pipe and
+# writes arrays back. Refused (EPERM), so that a codec taken over by a hostile file cannot reach
+# the network, start a program, fork, read or signal another process of the service's user.
+_REFUSED_CALLS = (
+    "socket", "socketpair", "execve", "execveat", "fork", "vfork", "ptrace",
+    "process_vm_readv", "process_vm_writev", "kill",
+)  # fmt: skip
+_CLONE_THREAD = 0x00010000
+
+
+def _sandbox() -> str:
+    """Load the decoder's seccomp filter (`_REFUSED_CALLS`; `clone` only for threads, as glibc's
+    fork is a clone without CLONE_THREAD; `clone3` answered ENOSYS, so that threads fall back
+    to `clone`). With it comes no-new-privileges. Returns what was applied, or why not."""
+    try:
+        import pyseccomp as seccomp  # type: ignore[import-untyped]
+
+        refused = seccomp.SyscallFilter(seccomp.ALLOW)
+        for name in _REFUSED_CALLS:
+            refused.add_rule(seccomp.ERRNO(errno.EPERM), name)
+        not_a_thread = seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0)
+        refused.add_rule(seccomp.ERRNO(errno.EPERM), "clone", not_a_thread)
+        refused.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+        refused.load()
+    except (ImportError, OSError, RuntimeError) as exc:  # no libseccomp, or no seccomp here
+        return f"none: {type(exc).__name__}: {exc}"
+    return "seccomp: " + ", ".join([*_REFUSED_CALLS, "clone (but threads)", "clone3"])
 
 
 def _send_outcome(
