@@ -124,8 +124,10 @@ def test_postgres_stopped_and_started_under_a_running_service(
         acknowledged = [_post(base, photo).json()["id"]]
 
         cluster.stop()
+        wait_until(  # readiness is asked at most once a second (READINESS_CACHE_S)
+            lambda: httpx.get(f"{base}/health", timeout=30).status_code == 503, 10, "not ready"
+        )
         health = httpx.get(f"{base}/health", timeout=30)
-        assert health.status_code == 503
         assert "database" in health.json()["failing"]
         refused = [_post(base, photo) for _ in range(3)]
         assert [r.status_code for r in refused] == [503, 503, 503]

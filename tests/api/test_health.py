@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from tests.support import (
@@ -20,8 +22,10 @@ from tests.support import (
     running_app,
     services_of,
     set_connections_allowed,
+    wait_until,
 )
 from visinspect.db.schema import alembic_config
+from visinspect.services.health import READINESS_CACHE_S
 
 
 def test_ready_names_every_check(client: TestClient) -> None:
@@ -75,10 +79,12 @@ def test_database_outage_gives_503_and_recovers_without_restart(
 
     set_connections_allowed(database, False)
     try:
+        wait_until(lambda: client.get("/health").status_code == 503, 5, "not ready")
         health = client.get("/health")
-        assert health.status_code == 503
         assert health.json()["failing"] == ["database", "schema"]
-        assert "unavailable" in health.json()["checks"]["database"]["detail"]
+        detail = health.json()["checks"]["database"]["detail"]
+        assert "unavailable" in detail
+        assert database not in health.text  # the driver's text (host, user, database): log only
 
         lost_id = uuid.uuid4().hex
         refused = client.post(
@@ -91,11 +97,39 @@ def test_database_outage_gives_503_and_recovers_without_restart(
     finally:
         set_connections_allowed(database, True)
 
-    assert client.get("/health").status_code == 200
+    wait_until(lambda: client.get("/health").status_code == 200, 5, "ready again")
     recovered = client.post("/predict", files={"file": ("c.png", coffee)})
     assert recovered.status_code == 200
     assert rows_with_request_id(client, lost_id) == []  # the 503 stored nothing
     assert len(rows_with_request_id(client, recovered.json()["request_id"])) == 1
+
+
+def test_a_flood_of_probes_costs_the_database_one_check_a_second(
+    outage_client: tuple[TestClient, str],
+) -> None:
+    """/health needs no key and is never refused: 40 probes at once share one check, and a
+    probe within READINESS_CACHE_S of the last check asks nothing."""
+    client, _ = outage_client
+    engine = services_of(client).history.database.engine
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    time.sleep(READINESS_CACHE_S)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert client.get("/health").status_code == 200
+        per_check = len(statements)
+        assert per_check > 0
+        probes = [threading.Thread(target=lambda: client.get("/health")) for _ in range(40)]
+        for probe in probes:
+            probe.start()
+        for probe in probes:
+            probe.join()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) <= 2 * per_check  # the first check's, and at most one more
 
 
 def test_schema_behind_head_is_not_ready(tmp_path: Path) -> None:
