@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.support import fresh_postgres_database, json_lines, make_settings, serving
 from visinspect.main import create_app
-from visinspect.tracing import Tracing, traces_endpoint
+from visinspect.tracing import SPAN_ATTRIBUTE_CHARS, Tracing, traces_endpoint
 
 PHASES = ["decode", "queue wait", "inference", "db write"]
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -147,6 +147,31 @@ def test_a_server_error_status_marks_the_request_span(
     (server,) = [s for s in spans_of(exporter, "traced-3") if s.kind is SpanKind.SERVER]
     assert server.name == "GET /predictions/{prediction_id}"  # the template, not the raw path
     assert server.status.status_code is StatusCode.UNSET  # a 4xx is the client's, not an error
+
+
+def test_a_caller_cannot_make_the_service_trace(tmp_path: Path, photos: Path) -> None:
+    """OTEL_TRACES_SAMPLER_ARG=0: a caller's sampled traceparent, with a trace id that
+    TraceIdRatioBased would sample at any ratio (the lowest), records nothing."""
+    exporter = InMemorySpanExporter()
+    settings = make_settings(f"sqlite:///{tmp_path / 't.db'}", otel_traces_sampler_arg=0.0)
+    with TestClient(create_app(settings, tracing=Tracing.from_settings(settings, exporter))) as c:
+        response = c.post(
+            "/predict",
+            files={"file": ("coffee.png", (photos / "coffee.png").read_bytes())},
+            headers={"traceparent": f"00-{'0' * 31}1-{CALLER_SPAN}-01"},
+        )
+    assert response.status_code == 200
+    assert exporter.get_finished_spans() == ()
+
+
+def test_attributes_are_cut_short(traced: tuple[TestClient, Any]) -> None:
+    client, exporter = traced
+    query = "a" * 10_000  # within the header limits; not exported whole
+    assert client.get(f"/health/live?{query}").status_code == 200
+    spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    attributes = spans[-1].attributes or {}
+    assert str(attributes["url.query"]).startswith("aaaa")
+    assert max(len(str(v)) for v in attributes.values()) <= SPAN_ATTRIBUTE_CHARS
 
 
 def test_the_otlp_endpoint_is_the_collectors_base_url() -> None:

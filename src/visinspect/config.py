@@ -396,8 +396,8 @@ class Settings(BaseSettings):
         default=1.0,
         ge=0,
         le=1,
-        description="Share of requests traced (parent-based: a caller's sampled `traceparent` "
-        "is always followed).",
+        description="Share of requests traced, by the service's own random draw: a caller's "
+        "`traceparent` gives the trace its id, never the decision to record it.",
     )
 
     prometheus_multiproc_dir: Path | None = Field(

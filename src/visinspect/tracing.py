@@ -3,6 +3,12 @@ and, under it, one `classify` span per image with its phases as children: `decod
 wait`, `inference` and `db write`. Every span of ours carries the request id; a caller's
 `traceparent` header makes the request part of its trace.
 
+Clients cannot make the service trace more: whether a request is recorded is the service's own
+random draw at OTEL_TRACES_SAMPLER_ARG (`OwnDraw`), not a caller's sampled flag, nor its trace id
+(which `TraceIdRatioBased` would compare with a bound: a caller could pick ids under it). Every
+attribute is cut at SPAN_ATTRIBUTE_CHARS and a span holds at most SPAN_ATTRIBUTES of them, so a
+user agent or URL of 16 KiB is not exported whole.
+
 Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set, and then free: the SDK and the exporter are not
 imported, FastAPI's telemetry is switched off, and a request pays one `is None` test. When on,
 spans are exported over OTLP/HTTP in batches from a background thread. The phases of a classification are recorded after the fact from the times
@@ -17,6 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from visinspect import __version__
+
+SPAN_ATTRIBUTE_CHARS = 256
+SPAN_ATTRIBUTES = 64
 
 if TYPE_CHECKING:
     from fastapi.telemetry import TelemetryConfig
@@ -57,15 +66,20 @@ class Tracing:
         if exporter is None and not settings.otel_exporter_otlp_endpoint:
             return None
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import SpanLimits, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ParentBased
 
+        own = _own_draw(settings.otel_traces_sampler_arg)
         provider = TracerProvider(
             resource=Resource.create(
                 {"service.name": settings.otel_service_name, "service.version": __version__}
             ),
-            sampler=ParentBased(TraceIdRatioBased(settings.otel_traces_sampler_arg)),
+            # A remote parent's flag is not followed; a local one (our own spans) is.
+            sampler=ParentBased(own, remote_parent_sampled=own, remote_parent_not_sampled=own),
+            span_limits=SpanLimits(
+                max_attributes=SPAN_ATTRIBUTES, max_attribute_length=SPAN_ATTRIBUTE_CHARS
+            ),
         )
         if exporter is not None:
             provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -158,3 +172,33 @@ def traces_endpoint(base: str) -> str:
 # FastAPI's tracing, metrics and logs, all off: with traces off a request pays nothing for them,
 # even where another library has configured a global OpenTelemetry provider.
 TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
+def _own_draw(ratio: float) -> Any:
+    """A sampler that records `ratio` of the spans it is asked about, by a random draw of its
+    own (defined here so that the SDK is imported only when tracing is on)."""
+    import random
+
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+    from opentelemetry.trace import get_current_span
+
+    class OwnDraw(Sampler):
+        def should_sample(
+            self,
+            parent_context: Any,
+            trace_id: int,
+            name: str,
+            kind: Any = None,
+            attributes: Any = None,
+            links: Any = None,
+            trace_state: Any = None,
+        ) -> SamplingResult:
+            sampled = ratio >= 1.0 or random.random() < ratio  # noqa: S311 (not a secret)
+            state = get_current_span(parent_context).get_span_context().trace_state
+            decision = Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP
+            return SamplingResult(decision, attributes if sampled else None, state)
+
+        def get_description(self) -> str:
+            return f"OwnDraw{{{ratio}}}"
+
+    return OwnDraw()
