@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         description="At start, retry reaching the database for this long (containers); 0 = once.",
     )
     database_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    database_statement_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="PostgreSQL: a statement the serving process runs is cancelled after this "
+        "(503 database_timeout); 0 = never. Migrations, `visinspect db` and training are exempt.",
+    )
     database_pool_size: int = Field(default=5, ge=1, le=100)
 
     model_arch: Architecture = Field(

@@ -197,6 +197,12 @@ class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
 
 
+class DatabaseTooSlow(ServiceUnavailable):
+    """A query ran past DATABASE_STATEMENT_TIMEOUT_S and was cancelled; nothing was stored."""
+
+    code = "database_timeout"
+
+
 class Overloaded(ServiceUnavailable):
     """The inference queue is full, or the service is stopping: retry later."""
 

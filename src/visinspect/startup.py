@@ -82,15 +82,23 @@ def prepare_shared(settings: Settings) -> None:
 
 
 def prepare_database(settings: Settings) -> Database:
-    """A reachable database at the expected schema (migrated first when MIGRATE_ON_START)."""
-    database = Database(create_db_engine(settings), settings.database_pool_size)
+    """A reachable database at the expected schema (migrated first when MIGRATE_ON_START), and
+    the serving process's own engine on it (with DATABASE_STATEMENT_TIMEOUT_S: migrations, on
+    an engine of their own, are exempt)."""
+    database = Database(create_db_engine(settings, serving=True), settings.database_pool_size)
+    # SQLite has no statement timeout (and an in-memory database lives in its one engine).
+    sqlite = database.engine.dialect.name == "sqlite"
+    migrating = database.engine if sqlite else create_db_engine(settings)
     try:
         log.info("startup.database", database=database.describe())
-        wait_for_database(database.engine, settings.database_wait_s)
-        prepare_schema(database.engine, settings)
+        wait_for_database(migrating, settings.database_wait_s)
+        prepare_schema(migrating, settings)
     except BaseException:
         database.dispose()
         raise
+    finally:
+        if not sqlite:
+            migrating.dispose()
     return database
 
 

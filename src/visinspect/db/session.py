@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 import structlog
+from psycopg.errors import QueryCanceled
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError, TimeoutError
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from visinspect.config import Settings
-from visinspect.errors import DatabaseUnavailable, StartupFailed
+from visinspect.errors import DatabaseTooSlow, DatabaseUnavailable, StartupFailed
 
 T = TypeVar("T")
 log = structlog.get_logger("visinspect")
@@ -24,8 +25,10 @@ log = structlog.get_logger("visinspect")
 _DATABASE_RETRY_INTERVAL_S = 1.0
 
 
-def create_db_engine(settings: Settings) -> Engine:
-    """An engine that fails fast: bounded connect and pool waits, dead connections pinged out."""
+def create_db_engine(settings: Settings, serving: bool = False) -> Engine:
+    """An engine that fails fast: bounded connect and pool waits, dead connections pinged out;
+    `serving`: on PostgreSQL, with DATABASE_STATEMENT_TIMEOUT_S on every statement (one slow
+    query must not hold a connection of the pool, and a request's slot, for minutes)."""
     url = make_url(settings.database_url)
     timeout = settings.database_connect_timeout_s
     if url.get_backend_name() == "sqlite":
@@ -48,7 +51,8 @@ def create_db_engine(settings: Settings) -> Engine:
         connect_args={
             "connect_timeout": max(1, round(timeout)),
             "application_name": "visinspect",
-            "options": "-c timezone=UTC",  # date() and friends count UTC days
+            # date() and friends count UTC days
+            "options": "-c timezone=UTC" + _statement_timeout(settings, serving),
         },
     )
 
@@ -96,7 +100,14 @@ class Database:
         try:
             with self.sessions.begin() as session:
                 return work(session, *args)
-        except (OperationalError, TimeoutError) as exc:
+        except OperationalError as exc:
+            if isinstance(exc.orig, QueryCanceled):
+                raise DatabaseTooSlow(
+                    "a query took longer than DATABASE_STATEMENT_TIMEOUT_S and was cancelled; "
+                    "nothing was stored"
+                ) from exc
+            raise DatabaseUnavailable(_unavailable(exc)) from exc
+        except TimeoutError as exc:
             raise DatabaseUnavailable(_unavailable(exc)) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
@@ -105,6 +116,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _statement_timeout(settings: Settings, serving: bool) -> str:
+    milliseconds = round(settings.database_statement_timeout_s * 1000)
+    return f" -c statement_timeout={milliseconds}" if serving and milliseconds else ""
 
 
 def _unavailable(exc: Exception) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from visinspect.db import repository
 from visinspect.db.session import Database
 from visinspect.db.tables import EmbeddingRecord, HeadAnswerRecord, PredictionRecord
-from visinspect.errors import DatabaseUnavailable, RecordNotStored
+from visinspect.errors import DatabaseTooSlow, DatabaseUnavailable, RecordNotStored
 
 
 @dataclass(slots=True)
@@ -67,7 +67,7 @@ class PredictionWriter:
                 [p.embedding for p in group],
                 [p.answers for p in group],
             )
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, DatabaseTooSlow) as exc:  # 503: the same for every row
             _fail(group, exc)
             return
         except Exception as exc:
