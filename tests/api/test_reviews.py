@@ -121,6 +121,22 @@ def test_an_unknown_prediction_is_a_404(made: tuple[TestClient, list[dict[str, A
         assert response.json()["error"]["code"] == "prediction_not_found"
 
 
+def test_reviews_come_a_page_at_a_time(made: tuple[TestClient, list[dict[str, Any]]]) -> None:
+    client, predictions = made
+    target = predictions[-1]["id"]
+    for n in range(3):
+        client.post(f"/predictions/{target}/review", json={"verdict": "correct", "note": f"{n}"})
+    everything = client.get(f"/predictions/{target}/reviews").json()
+    first = client.get(f"/predictions/{target}/reviews", params={"limit": 2}).json()
+    rest = client.get(
+        f"/predictions/{target}/reviews", params={"limit": 200, "before": first[-1]["id"]}
+    ).json()
+    assert len(first) == 2
+    assert first + rest == everything
+    for refused in ({"limit": 201}, {"limit": 0}, {"before": 0}):
+        assert client.get(f"/predictions/{target}/reviews", params=refused).status_code == 422
+
+
 def test_the_reviewer_is_the_api_keys_name(tmp_path: Path, photos: Path) -> None:
     digest = hashlib.sha256(b"bobs-key").hexdigest()
     unnamed = hashlib.sha256(b"plain-key").hexdigest()[:8]

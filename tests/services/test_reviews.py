@@ -97,14 +97,14 @@ async def test_a_verdict_that_contradicts_itself_is_refused_and_stores_nothing(
 ) -> None:
     with pytest.raises(error, match=message):
         await reviews.review(ids["e1"], verdict, true_class_id, note, None)  # type: ignore[arg-type]
-    assert await reviews.history(ids["e1"]) == []
+    assert await reviews.history(ids["e1"], 50) == []
 
 
 async def test_an_unknown_prediction_is_not_found(reviews: ReviewService) -> None:
     with pytest.raises(PredictionNotFound):
         await reviews.review(10**12, "correct", None, None, None)
     with pytest.raises(PredictionNotFound):
-        await reviews.history(10**12)
+        await reviews.history(10**12, 50)
 
 
 async def test_the_latest_review_counts_and_the_earlier_ones_are_kept(
@@ -112,7 +112,7 @@ async def test_the_latest_review_counts_and_the_earlier_ones_are_kept(
 ) -> None:
     first = await reviews.review(ids["e2"], "correct", None, None, "alice")
     second = await reviews.review(ids["e2"], "wrong", CUP, "an empty cup", "bob")
-    assert [r.id for r in await reviews.history(ids["e2"])] == [second.id, first.id]
+    assert [r.id for r in await reviews.history(ids["e2"], 50)] == [second.id, first.id]
     history = HistoryService(database)
     record, latest = await history.get_with_review(ids["e2"])
     assert (record.id, latest is not None and latest.id) == (ids["e2"], second.id)
@@ -179,3 +179,16 @@ async def test_the_day_of_a_review_is_the_predictions_day(
     await reviews.review(ids["e1"], "correct", None, None, None)
     quality = await reviews.quality(HistoryFilter(), 20, 20)
     assert [d for d, _ in quality.by_day] == [date(2026, 2, 28)]
+
+
+async def test_reviews_are_read_a_page_at_a_time(
+    reviews: ReviewService, ids: dict[str, int]
+) -> None:
+    """Anyone may post any number of reviews: they are never all read at once."""
+    posted = [await reviews.review(ids["e1"], "correct", None, f"n{i}", None) for i in range(7)]
+    newest_first = [r.id for r in reversed(posted)]
+    first = await reviews.history(ids["e1"], 3)
+    second = await reviews.history(ids["e1"], 3, before=first[-1].id)
+    last = await reviews.history(ids["e1"], 3, before=second[-1].id)
+    assert [r.id for r in first + second + last] == newest_first
+    assert await reviews.history(ids["e1"], 3, before=last[-1].id) == []

@@ -375,16 +375,17 @@ def add_review(session: Session, review: ReviewRecord) -> ReviewRecord:
     return review
 
 
-def reviews_of(session: Session, prediction_id: int) -> list[ReviewRecord] | None:
-    """Every review of one prediction, newest first; None when there is no such prediction."""
+def reviews_of(
+    session: Session, prediction_id: int, limit: int, before: int | None = None
+) -> list[ReviewRecord] | None:
+    """At most `limit` reviews of one prediction, newest first, older than review `before` when
+    given; None when there is no such prediction."""
     if get_prediction(session, prediction_id) is None:
         return None
-    statement = (
-        select(ReviewRecord)
-        .where(ReviewRecord.prediction_id == prediction_id)
-        .order_by(ReviewRecord.id.desc())
-    )
-    return list(session.scalars(statement))
+    statement = select(ReviewRecord).where(ReviewRecord.prediction_id == prediction_id)
+    if before is not None:
+        statement = statement.where(ReviewRecord.id < before)
+    return list(session.scalars(statement.order_by(ReviewRecord.id.desc()).limit(limit)))
 
 
 def latest_reviews(session: Session, prediction_ids: list[int]) -> dict[int, ReviewRecord]:

@@ -81,9 +81,12 @@ class ReviewService:
         review = _review_of(prediction, verdict, true_class_id, note or None, reviewer)
         return await self.database.run(repository.add_review, review)
 
-    async def history(self, prediction_id: int) -> list[ReviewRecord]:
-        """Every review of a prediction, newest first (404 for an unknown prediction)."""
-        reviews = await self.database.run(repository.reviews_of, prediction_id)
+    async def history(
+        self, prediction_id: int, limit: int, before: int | None = None
+    ) -> list[ReviewRecord]:
+        """A page of a prediction's reviews, newest first (404 for an unknown prediction): any
+        number of reviews may be posted, so they are never all read at once."""
+        reviews = await self.database.run(repository.reviews_of, prediction_id, limit, before)
         if reviews is None:
             raise PredictionNotFound(f"no prediction with id {prediction_id}")
         return reviews

@@ -80,19 +80,31 @@ async def review_prediction(
     return ReviewOut.model_validate(review, context={"labels": reviews.labels})
 
 
+REVIEWS_PAGE_MAX = 200
+
+
 @router.get(
     "/predictions/{prediction_id}/reviews",
     response_model=list[ReviewOut],
-    summary="Every review of a prediction, newest first",
+    summary="A prediction's reviews, newest first, a page at a time",
     responses=error_responses(401, 403, 404, 422, 503),
 )
 async def prediction_reviews(
-    reviews: ReviewServiceDep, prediction_id: PredictionId
+    reviews: ReviewServiceDep,
+    prediction_id: PredictionId,
+    limit: Annotated[int, Query(ge=1, le=REVIEWS_PAGE_MAX, description="Reviews per page")] = 50,
+    before: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=2**63 - 1,
+            description="Only reviews older than this review id: the last id of the previous page",
+        ),
+    ] = None,
 ) -> list[ReviewOut]:
     context = {"labels": reviews.labels}
-    return [
-        ReviewOut.model_validate(r, context=context) for r in await reviews.history(prediction_id)
-    ]
+    page = await reviews.history(prediction_id, limit, before)
+    return [ReviewOut.model_validate(r, context=context) for r in page]
 
 
 def _accuracy(figures: Accuracy) -> dict[str, int | float | None]:
