@@ -21,6 +21,7 @@ from tests.support import (
     services_of,
     wait_until,
 )
+from visinspect.services.predict import STORED_TOP_K
 
 
 def post_photo(
@@ -86,6 +87,9 @@ def test_top_k(client: TestClient, photos: Path, top_k: int) -> None:
     assert len(confidences) == top_k
     assert confidences == sorted(confidences, reverse=True)
     assert body["predictions"][0]["class_name"] in {"tiger cat", "Egyptian cat", "tabby"}
+    # The row keeps the first STORED_TOP_K: what the history sends with every row.
+    stored = client.get(f"/predictions/{body['id']}").json()["predictions"]
+    assert stored == body["predictions"][:STORED_TOP_K]
 
 
 @pytest.mark.parametrize("top_k", [0, -1, 1001, "three", 2.5])

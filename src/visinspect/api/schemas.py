@@ -172,6 +172,17 @@ class PredictionOut(BaseModel):
         "answer; `?label_set=` asks for one set's only",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _all_it_answered(cls, data: Any) -> Any:
+        """A prediction just made answers with every class asked for; its row keeps the first
+        STORED_TOP_K (`PredictionRecord.answered`)."""
+        answered = getattr(data, "answered", None)
+        if not answered:
+            return data
+        fields = {name: getattr(data, name) for name in cls.model_fields if hasattr(data, name)}
+        return fields | {"predictions": answered}
+
 
 class HeadAnswerOut(BaseModel):
     """A label set's active head on this image: its class, and whether it is sure enough to

@@ -99,6 +99,9 @@ class PredictionRecord(Base):
     # Not a column: the active heads' answers of a prediction just made, for its response
     # (`inference.heads.HeadAnswer`); they are stored in head_answers.
     heads: tuple[Any, ...] = ()
+    # Not a column: all the top-k a prediction just made answers with, when more were asked for
+    # than a row keeps (`top_k` holds the first STORED_TOP_K).
+    answered: list[dict[str, Any]] | None = None
 
     __table_args__ = (
         # GET /predictions: newest first, optionally one class or one image.

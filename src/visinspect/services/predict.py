@@ -30,6 +30,10 @@ from visinspect.tracing import Timeline, Tracing
 log = structlog.get_logger("visinspect.predict")
 
 MAX_FILENAME_CHARS = 255  # the column's width
+# Classes a row keeps of its top-k (POST /predict answers with all it was asked for, up to 1,000):
+# the history sends them with every row, and 1,000 a row made a 200-row page 14 MB and a row
+# 70 KB. Twenty is more than any view shows; the kept embedding holds the rest.
+STORED_TOP_K = 20
 
 # What became of one file of a batch: its committed record, or why nothing was stored.
 Outcome = PredictionRecord | VisinspectError
@@ -189,7 +193,11 @@ def new_record(
     classification: Classification, upload: Upload, request_id: str, latency_ms: float
 ) -> PredictionRecord:
     top = classification.predictions[0]
-    return PredictionRecord(
+    answered = [
+        {"class_id": p.class_id, "class_name": p.class_name, "confidence": p.confidence}
+        for p in classification.predictions
+    ]
+    record = PredictionRecord(
         created_at=datetime.now(UTC),
         request_id=request_id,
         model_name=classification.model.name,
@@ -199,10 +207,7 @@ def new_record(
         class_id=top.class_id,
         class_name=top.class_name,
         confidence=top.confidence,
-        predictions=[
-            {"class_id": p.class_id, "class_name": p.class_name, "confidence": p.confidence}
-            for p in classification.predictions
-        ],
+        predictions=answered[:STORED_TOP_K],
         image_sha256=classification.image_sha256,
         image_width=classification.image_width,
         image_height=classification.image_height,
@@ -213,6 +218,9 @@ def new_record(
         decode_ms=classification.decode_ms,
         inference_ms=classification.inference_ms,
     )
+    if len(answered) > STORED_TOP_K:
+        record.answered = answered
+    return record
 
 
 def clean_filename(name: str | None) -> str | None:
