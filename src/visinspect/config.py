@@ -63,6 +63,11 @@ def window_length(text: str) -> timedelta:
     return length
 
 
+# What an API key may be limited to (`api/security.py` says which routes need which).
+API_KEY_SCOPES = frozenset({"predict", "read", "review", "admin"})
+_SCOPED_KEY = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63})@(?P<scopes>[^:]*):")
+
+
 class Settings(BaseSettings):
     """Typed view of the environment. Nothing else in the package reads `os.environ`."""
 
@@ -426,6 +431,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _known_scopes(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        """`name@scope+scope:key`: every scope must be one the service knows."""
+        for key in keys:
+            scoped = _SCOPED_KEY.match(key.get_secret_value())
+            if scoped and (unknown := set(scoped["scopes"].split("+")) - API_KEY_SCOPES):
+                raise ValueError(
+                    f"key {scoped['name']!r} has unknown scopes {sorted(unknown)}; "
+                    f"the scopes are {', '.join(sorted(API_KEY_SCOPES))}"
+                )
+        return keys
 
     @field_validator("image_store_dir", mode="before")
     @classmethod

@@ -178,6 +178,12 @@ class InvalidApiKey(VisinspectError):
     code = "invalid_api_key"
 
 
+class InsufficientScope(InvalidApiKey):
+    """A valid key without the scope the route needs (a device key that may only predict)."""
+
+    code = "insufficient_scope"
+
+
 # --- the service cannot do it now; the same request may succeed later -------------------------------
 
 

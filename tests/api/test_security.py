@@ -70,6 +70,65 @@ def test_health_metrics_and_docs_stay_open(secured: TestClient) -> None:
     assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
 
 
+def test_a_key_may_only_do_what_its_scopes_allow(tmp_path: Path, photos: Path) -> None:
+    keys = {name: f"{name}-key-0123456789" for name in ("camera", "viewer", "reviewer", "boss")}
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'scopes.db'}",
+        api_keys=f"camera@predict:{keys['camera']}, viewer@read:{keys['viewer']}, "
+        f"reviewer@read+review:{keys['reviewer']}, boss@admin:{keys['boss']}",
+    )
+
+    def as_(name: str) -> dict[str, str]:
+        return {"X-API-Key": keys[name]}
+
+    with running_app(settings) as client:
+        status, made = upload(client, photos, as_("camera"))
+        assert status == 200
+        review = f"/predictions/{made['id']}/review"
+        allowed = {
+            ("camera", "POST", "/predict"): True,
+            ("camera", "GET", "/predictions"): False,
+            ("camera", "GET", f"/predictions/{made['id']}/image"): False,
+            ("camera", "POST", review): False,
+            ("viewer", "GET", "/predictions"): True,
+            ("viewer", "GET", f"/predictions/{made['id']}"): True,
+            ("viewer", "POST", "/predict"): False,
+            ("viewer", "POST", review): False,
+            ("reviewer", "POST", review): True,
+            ("reviewer", "POST", "/label-sets"): False,
+            ("boss", "POST", "/label-sets"): True,
+        }
+        for (who, method, path), expected in allowed.items():
+            if path == "/predict":
+                answer = client.post(
+                    path,
+                    files={"file": ("c.png", (photos / "coffee.png").read_bytes())},
+                    headers=as_(who),
+                )
+            elif path == review:
+                answer = client.post(path, json={"verdict": "correct"}, headers=as_(who))
+            elif path == "/label-sets":
+                answer = client.post(
+                    path, json={"name": f"set-{who}", "classes": ["ok", "dent"]}, headers=as_(who)
+                )
+            else:
+                answer = client.request(method, path, headers=as_(who))
+            refused = answer.status_code == 403
+            assert refused is not expected, (who, method, path, answer.status_code)
+            if refused:
+                error = answer.json()["error"]
+                assert error["code"] == "insufficient_scope"
+                assert who in error["message"]
+                assert "scope" in error["message"]
+        reviewed = client.get(f"/predictions/{made['id']}/reviews", headers=as_("viewer")).json()
+        assert [r["reviewer"] for r in reviewed] == ["reviewer"]
+
+
+def test_unknown_scopes_are_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="unknown scopes"):
+        make_settings("sqlite://", api_keys="camera@predict+everything:k")
+
+
 def test_keys_never_reach_the_logs(
     secured: TestClient, photos: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

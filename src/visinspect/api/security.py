@@ -4,8 +4,14 @@ before any body is read (`ApiKeyGateMiddleware`).
 Keys are kept as SHA-256 digests and compared in constant time; API_KEYS may hold the digests
 themselves (`sha256:<hex>`), so the plaintext need not live in the environment. An entry may carry
 a name (`alice:<key>` or `alice:sha256:<hex>`): a review records who made it by that name; an
-unnamed key is `key-` and the first 8 hex digits of its digest. A key is read from
-`Authorization: Bearer <key>` or `X-API-Key: <key>` and never logged.
+unnamed key is `key-` and its position in API_KEYS (nothing derived from the key). A key is read
+from `Authorization: Bearer <key>` or `X-API-Key: <key>` and never logged.
+
+A named key may be limited to scopes (`camera-1@predict:<key>`, `alice@read+review:<key>`):
+`predict` (POST /predict, /predict/batch), `read` (every GET of the history, images, label sets
+and heads), `review` (reviews and labels), `admin` (everything, including label sets and heads).
+A key without scopes may do everything, as before scopes existed. A key without the scope a route
+needs gets 403 `insufficient_scope`, which names both.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -21,7 +28,13 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visinspect.api.error_handlers import domain_error_response
-from visinspect.errors import InvalidApiKey, MissingApiKey, VisinspectError
+from visinspect.config import API_KEY_SCOPES
+from visinspect.errors import (
+    InsufficientScope,
+    InvalidApiKey,
+    MissingApiKey,
+    VisinspectError,
+)
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
@@ -29,40 +42,68 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Ke
 
 # Routes that need a key when API_KEYS is set (the same routes declare it for OpenAPI).
 PROTECTED_PREFIXES = ("/predict", "/predictions", "/label-sets", "/heads")
-_NAMED = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63}):(?P<key>.+)$")
+_NAMED = re.compile(
+    r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63})(?:@(?P<scopes>[a-z]+(?:\+[a-z]+)*))?:(?P<key>.+)$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    digest: bytes
+    scopes: frozenset[str]  # "admin" may do everything
+
+    def may(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
 
 
 class ApiKeys:
     def __init__(self, keys: list[SecretStr]) -> None:
-        self._keys = [_parse(key.get_secret_value()) for key in keys]  # (name, digest)
+        self._keys = [_parse(key.get_secret_value(), n) for n, key in enumerate(keys, start=1)]
 
     @property
     def enabled(self) -> bool:
         return bool(self._keys)
 
-    def name_of(self, presented: str) -> str | None:
-        """The matching key's name, or None. Every key is compared: the time does not tell
-        which one matched."""
+    def matching(self, presented: str) -> ApiKey | None:
+        """The matching key, or None. Every key is compared: the time does not tell which one
+        matched."""
         digest = hashlib.sha256(presented.encode()).digest()
         matched = None
-        for name, known in self._keys:
-            if hmac.compare_digest(known, digest):
-                matched = name
+        for key in self._keys:
+            if hmac.compare_digest(key.digest, digest):
+                matched = key
         return matched
 
 
-def _parse(entry: str) -> tuple[str, bytes]:
-    """`[name:]key` or `[name:]sha256:<hex>` -> (name, digest)."""
+def _parse(entry: str, position: int) -> ApiKey:
+    """`[name[@scopes]:]key` or `[name[@scopes]:]sha256:<hex>` -> ApiKey."""
     named = _NAMED.match(entry)
+    name, scopes = None, API_KEY_SCOPES
     if named is not None and named["name"] != "sha256":
         name, entry = named["name"], named["key"]
-    else:
-        name = None
+        if named["scopes"]:  # known ones: the settings checked them
+            scopes = frozenset(named["scopes"].split("+"))
     if entry.startswith("sha256:"):
         digest = bytes.fromhex(entry.removeprefix("sha256:"))
     else:
         digest = hashlib.sha256(entry.encode()).digest()
-    return name or f"key-{digest.hex()[:8]}", digest
+    return ApiKey(name or f"key-{position}", digest, scopes)
+
+
+def required_scope(method: str, path: str) -> str:
+    """The scope a protected route needs: what a device, a viewer, a reviewer may do."""
+    if method in ("GET", "HEAD"):
+        return "read"
+    if method == "POST" and path in ("/predict", "/predict/batch"):
+        return "predict"
+    if (
+        method == "POST"
+        and path.startswith("/predictions/")
+        and path.endswith(("/review", "/labels"))
+    ):
+        return "review"
+    return "admin"
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -71,18 +112,25 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" else headers.get("x-api-key")
 
 
-def check_api_key(keys: ApiKeys, headers: Mapping[str, str]) -> str | None:
-    """The key's name: 401 without a key, 403 with a wrong one; None when API_KEYS is empty.
-    Reads headers only, so `api/limits.ApiKeyGateMiddleware` can run it before a body is read."""
+def check_api_key(keys: ApiKeys, headers: Mapping[str, str], method: str, path: str) -> str | None:
+    """The key's name: 401 without a key, 403 with a wrong one or one without the route's
+    scope; None when API_KEYS is empty. Reads headers only, so `ApiKeyGateMiddleware` can run it
+    before a body is read."""
     if not keys.enabled:
         return None
     presented = presented_key(headers)
     if not presented:
         raise MissingApiKey("this route needs an API key: Authorization: Bearer <key> or X-API-Key")
-    name = keys.name_of(presented)
-    if name is None:
+    key = keys.matching(presented)
+    if key is None:
         raise InvalidApiKey("the API key is not valid")
-    return name
+    needed = required_scope(method, path)
+    if not key.may(needed):
+        raise InsufficientScope(
+            f"the key {key.name!r} may {' and '.join(sorted(key.scopes))} only; "
+            f"{method} {path} needs the {needed!r} scope"
+        )
+    return key.name
 
 
 async def require_api_key(
@@ -91,12 +139,14 @@ async def require_api_key(
     header: str | None = Security(_header),
 ) -> None:
     """Declares the key in OpenAPI and checks it again for routes the gate does not cover."""
-    check_api_key(request.app.state.api_keys, request.headers)
+    check_api_key(request.app.state.api_keys, request.headers, request.method, request.url.path)
 
 
 async def key_name(request: Request) -> str | None:
     """Who is calling, by the name of their API key (None when keys are off): a reviewer."""
-    return check_api_key(request.app.state.api_keys, request.headers)
+    return check_api_key(
+        request.app.state.api_keys, request.headers, request.method, request.url.path
+    )
 
 
 class ApiKeyGateMiddleware:
@@ -115,7 +165,7 @@ class ApiKeyGateMiddleware:
         ):
             request = Request(scope, receive)
             try:
-                check_api_key(self.keys, request.headers)
+                check_api_key(self.keys, request.headers, request.method, request.url.path)
             except VisinspectError as exc:
                 # The unread body is not worth reading: close the connection after the answer.
                 response = domain_error_response(request, exc, {"Connection": "close"})
