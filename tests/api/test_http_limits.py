@@ -363,9 +363,11 @@ def test_requests_beyond_the_concurrency_limit_are_503_at_once(
             wait_until(gate.entered.is_set, what="the first request to reach the model")
             refused = client.post("/predict", files={"file": ("c.png", coffee)})
             health = client.get("/health")  # probes are never refused
+            files = [client.get(p) for p in ("/static/app.js", "/docs-assets/swagger-ui-bundle.js")]
         worker.join(30)
     assert (refused.status_code, refused.json()["error"]["code"]) == (503, "overloaded")
     assert "MAX_CONCURRENT_REQUESTS" in refused.json()["error"]["message"]
     assert refused.headers["retry-after"]
     assert health.status_code == 200
+    assert [f.status_code for f in files] == [200, 200]  # nor the page's and the docs' files
     assert first == [200]

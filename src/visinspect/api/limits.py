@@ -16,7 +16,8 @@
   must arrive within HTTP_BODY_TIMEOUT_S (408), so no request holds more than MAX_UPLOAD_BYTES in
   memory or in a spooled file, nor a connection forever.
 - **Concurrency** (`ConcurrencyLimitMiddleware`): at most MAX_CONCURRENT_REQUESTS requests in
-  progress; more are answered 503 `overloaded` at once, with Retry-After.
+  progress; more are answered 503 `overloaded` at once, with Retry-After. The probes and the
+  page's and docs' static files are outside the cap (`UNCAPPED_PREFIXES`).
 
 Every refusal is the service's JSON error body with the security headers.
 (FastAPI's own `max_body_size` answers in plain text when a route never reads the body.)
@@ -123,6 +124,13 @@ class RequestBodyLimitsMiddleware:
         await response(scope, receive, send)
 
 
+# Never refused for overload: the probes, which must answer while the service is full, and the
+# page's and the docs' files, which are cheap to send and must not take the slots /predict needs
+# (a client asking for the 1 MB docs bundle and not reading it held one; the write timeout
+# bounds such a connection, MAX_CONNECTIONS their number).
+UNCAPPED_PREFIXES = ("/health", "/static/", "/docs-assets/")
+
+
 class ConcurrencyLimitMiddleware:
     """At most `limit` requests in progress in this process; the next is refused at once."""
 
@@ -132,8 +140,8 @@ class ConcurrencyLimitMiddleware:
         self.in_progress = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path", "").startswith("/health"):
-            await self.app(scope, receive, send)  # probes must answer while the service is full
+        if scope["type"] != "http" or scope.get("path", "").startswith(UNCAPPED_PREFIXES):
+            await self.app(scope, receive, send)
             return
         if self.in_progress >= self.limit:
             response = error_response(
