@@ -160,7 +160,8 @@ db_url=$(new_database)
 port=$(free_port)
 named visinspect-smoke
 docker run -d --name visinspect-smoke --network host --stop-timeout 40 "${HARDENED[@]}" \
-  -e DATABASE_URL="$db_url" -e HOST=127.0.0.1 -e PORT="$port" "$IMAGE" >/dev/null
+  -e DATABASE_URL="$db_url" -e HOST=127.0.0.1 -e PORT="$port" -e FORWARDED_ALLOW_IPS=127.0.0.1 \
+  "$IMAGE" >/dev/null
 wait_healthy visinspect-smoke 90
 curl -fsS "http://127.0.0.1:$port/health" && echo
 # Processes, lanes and decoders follow the container's CPU quota, not the machine's CPU count.
@@ -204,6 +205,10 @@ with httpx.Client(base_url=proxy, timeout=30) as client:
     assert client.get("/health").status_code == 200
     for _ in range(5):
         assert client.get("/health/live").status_code == 200
+    # A client's own X-Forwarded-For is replaced by nginx, not appended to: the API (which
+    # believes nginx) logs the peer nginx saw, never the address the client claims.
+    forged = client.get("/health/live", headers={"X-Forwarded-For": "203.0.113.9", "X-Request-ID": "forged-xff-1"})
+    assert forged.status_code == 200, forged
 time.sleep(0.2)
 logged = [json.loads(line)["request_id"] for line in open(access_log)]
 assert {"through-nginx-1", made_id} <= set(logged), logged
@@ -215,6 +220,13 @@ idle = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{api_p
 assert idle, "no kept-alive connection from nginx to the API"
 print(f"nginx: request id passed and logged ({made_id}), rows stored, /metrics /docs /openapi.json 404, {len(idle)} kept-alive upstream connection(s)")
 PYEOF
+docker logs visinspect-smoke 2>&1 | "$PY" -c "
+import json, sys
+lines = [json.loads(l) for l in sys.stdin if l.startswith('{')]
+(forged,) = [l for l in lines if l.get('request_id') == 'forged-xff-1' and l['event'] == 'http.request']
+assert forged['client'] == '127.0.0.1', forged
+print('nginx: a forged X-Forwarded-For is replaced; the API logged', forged['client'])
+"
 nginx -c "$work/nginx/nginx.conf" -s stop
 "$PY" scripts/load_check.py drain --url "http://127.0.0.1:$port" --database-url "$db_url" \
   --stop "docker kill --signal TERM visinspect-smoke"
