@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
 from tests.db.test_rollups import assert_rollups_equal_rows
@@ -222,3 +222,42 @@ def test_an_index_is_built_partition_by_partition_and_again_after_dying_half_way
         partitions.build_index(connection, "ix_t", ["confidence"], "btree")
         assert state() == (True, [(f"{name}_confidence_btree", True) for name in days])
     add(engine, spread([0], per_day=3))
+
+
+def test_an_id_lookup_reads_two_partitions_not_all(engine: Engine) -> None:
+    """Rows over 40 days, written in time order; each found by id, and the plan of the lookup
+    scans two day partitions (the newest day's rows: from the day before on, since days may have
+    begun after the first ids were read). A stale first id (a table refilled after its sequence
+    was reset) cannot hide a row: the lookup then looks everywhere."""
+    upgrade_to_head(engine)
+    made = spread(list(range(40, -1, -1)), per_day=3)
+    made.sort(key=lambda r: r.created_at)
+    add(engine, made)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    for record in made[::7]:
+        with Session(engine) as session:
+            statements.clear()
+            event.listen(engine, "before_cursor_execute", capture)
+            try:
+                found = repository.get_prediction(session, record.id)
+            finally:
+                event.remove(engine, "before_cursor_execute", capture)
+            assert found is not None
+            assert (found.id, found.request_id) == (record.id, record.request_id)
+        (lookup,) = [(s, p) for s, p in statements if s.lstrip().startswith("SELECT predictions.")]
+        with engine.connect() as connection:
+            plan = connection.exec_driver_sql("EXPLAIN (COSTS OFF) " + lookup[0], lookup[1])
+            scanned = {line for line in plan.scalars() if "predictions_p" in line}
+        newest = record.created_at.date() == made[-1].created_at.date()
+        assert 1 <= len(scanned) <= (2 + AHEAD_DAYS if newest else 2), scanned
+    database = str(engine.url)
+    read_on, firsts = partitions._first_ids[database]
+    partitions._first_ids[database] = (read_on, [(10**15, day) for _, day in firsts])  # stale
+    with Session(engine) as session:
+        assert repository.get_prediction(session, made[-1].id) is not None
+    with Session(engine) as session:
+        assert repository.get_prediction(session, 10**12) is None

@@ -81,6 +81,45 @@ def day_partitions(connection: Connection) -> dict[date, str]:
     return days
 
 
+# Per database: the day the list was read, and each day's first id, in order. Ids are drawn in
+# time order and only grow, so once a day has a row its first id never changes (`days_of_id`).
+_first_ids: dict[str, tuple[date, list[tuple[int, date]]]] = {}
+
+
+def days_of_id(connection: Connection, prediction_id: int) -> tuple[date, date | None] | None:
+    """The days a prediction with this id can belong to, [first, last] (last None: any later
+    day): the last day whose first id is not above it, and the day before (a row made just
+    before midnight may be written, and its id drawn, just after). None when no day had started
+    by that id. A lookup bounded by these days reads two partitions instead of probing every one
+    (365 a year with no retention). The first ids are read once a day, in one query; a first id
+    that no longer holds (a table emptied and refilled with its sequence reset) can only make
+    the bounded lookup miss, and callers then look everywhere."""
+    database, today = str(connection.engine.url), datetime.now(UTC).date()
+    cached = _first_ids.get(database)
+    if cached is None or cached[0] < today:
+        cached = (today, _read_first_ids(connection))
+        _first_ids[database] = cached
+    started = [day for first, day in cached[1] if first <= prediction_id]
+    if not started:
+        return None
+    last = max(started)
+    newest = last == cached[1][-1][1]  # days begun since the list was read are later still
+    return last - timedelta(days=1), None if newest else last
+
+
+def _read_first_ids(connection: Connection) -> list[tuple[int, date]]:
+    days = day_partitions(connection)
+    if not days:
+        return []
+    firsts = " UNION ALL ".join(
+        f"SELECT (SELECT min(id) FROM \"{name}\"), DATE '{day.isoformat()}'"  # noqa: S608
+        for day, name in sorted(days.items())
+    )
+    return [
+        (int(first), day) for first, day in connection.execute(text(firsts)) if first is not None
+    ]
+
+
 def ensure_days(connection: Connection, days: set[date]) -> None:
     """Partitions for these days, in the caller's transaction, before it inserts their rows."""
     if connection.dialect.name != "postgresql":

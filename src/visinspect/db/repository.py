@@ -6,7 +6,7 @@ import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
@@ -248,7 +248,29 @@ def _utc_day(moment: datetime) -> date:
 
 
 def get_prediction(session: Session, prediction_id: int) -> PredictionRecord | None:
+    """One prediction by id. Partitioned by day, the key is (id, created_at): bounded by the
+    days the id can belong to (`partitions.days_of_id`), the lookup reads two partitions."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        days = partitions.days_of_id(connection, prediction_id)
+        if days is not None:
+            first, last = days
+            bounded = select(PredictionRecord).where(
+                PredictionRecord.id == prediction_id,
+                PredictionRecord.created_at >= _day_start(first),
+            )
+            if last is not None:
+                bounded = bounded.where(
+                    PredictionRecord.created_at < _day_start(last + timedelta(days=1))
+                )
+            found = session.scalars(bounded).first()
+            if found is not None:
+                return found
     return session.get(PredictionRecord, prediction_id)
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
