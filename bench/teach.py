@@ -6,7 +6,8 @@ training takes on 10,000 labelled embeddings, and what the kept uint8 codes cost
 Every photo goes through the service's own decoding, preprocessing and model (one pass: top-k and
 embedding), then through the codes the service keeps (uint8 with a per-row scale) unless
 --float32. A stamp and its mirror image are one subject: never one in training and one in test.
-The rest is scored by the head as the service loads and runs it (`inference.heads.LoadedHead`).
+The rest is scored by the head as the service loads and runs it (`TrainedHead.served`: through
+its artifact, as `inference.heads` loads it).
 
     .venv/bin/python -m bench.teach                 (after `make photos`)
 
@@ -17,7 +18,6 @@ and range over --repeats draws), the same for float32 embeddings at N=20, and th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import statistics
@@ -31,11 +31,10 @@ import numpy as np
 from visinspect.config import Settings
 from visinspect.db.embeddings import decode, encode
 from visinspect.inference.classifier import load_classifier
-from visinspect.inference.heads import LoadedHead, unpack
 from visinspect.inference.preprocess import preprocess
 from visinspect.logging import configure_logging
 from visinspect.offline.build import cpu_description
-from visinspect.offline.heads import TrainedHead, train
+from visinspect.offline.heads import train
 from visinspect.offline.photos import stamps_by_category
 
 # The issue's own example categories that hold enough photographs for 20 per class plus a
@@ -141,7 +140,7 @@ def _point(
         started = time.perf_counter()
         head = train(rows[train_idx], [labels[i] for i in train_idx], classes)
         seconds.append(time.perf_counter() - started)
-        served = _served(head)
+        served = head.served("bench")
         predicted = [served.answer(rows[i]).class_name for i in test_idx]
         truth = [labels[i] for i in test_idx]
         accuracies.append(float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)])))
@@ -153,15 +152,6 @@ def _point(
         "test_photos": len(test_idx),
         "train_seconds_median": round(statistics.median(seconds), 3),
     }
-
-
-def _served(head: TrainedHead) -> LoadedHead:
-    """The head as the service loads and runs it (its features, softmax and thresholds): the
-    accuracy is the served answers', not a re-implementation's."""
-    weights, bias, thresholds = unpack(
-        data := head.artifact(), hashlib.sha256(data).hexdigest(), len(head.classes)
-    )
-    return LoadedHead(0, "bench", 0, 1, tuple(head.classes), False, weights, bias, thresholds)
 
 
 def _training_time(features: np.ndarray, labels: list[str]) -> dict[str, object]:

@@ -65,7 +65,8 @@ def window_length(text: str) -> timedelta:
 
 # What an API key may be limited to (`api/security.py` says which routes need which).
 API_KEY_SCOPES = frozenset({"predict", "read", "review", "admin"})
-_SCOPED_KEY = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63})@(?P<scopes>[^:]*):")
+API_KEY_NAME = r"[A-Za-z][A-Za-z0-9_.-]{0,63}"  # `name:key` (`api/security.py` parses entries)
+_SCOPED_KEY = re.compile(rf"^(?P<name>{API_KEY_NAME})@(?P<scopes>[^:]*):")
 
 
 class Settings(BaseSettings):

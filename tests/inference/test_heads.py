@@ -3,7 +3,6 @@ thresholds) against scikit-learn's own fit on the same real embeddings."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from visinspect.inference.classifier import Classifier
-from visinspect.inference.heads import LoadedHead, head_features, unpack
+from visinspect.inference.heads import LoadedHead, head_features
 from visinspect.inference.preprocess import preprocess
 from visinspect.offline.heads import REGULARISATION_C, TOLERANCE, train
 from visinspect.offline.photos import crops
@@ -34,10 +33,7 @@ def embedded(classifier: Classifier, photos: Path) -> tuple[np.ndarray, list[str
 
 
 def _served(rows: np.ndarray, labels: list[str], classes: list[str]) -> LoadedHead:
-    head = train(rows, labels, classes)
-    data = head.artifact()
-    weights, bias, thresholds = unpack(data, hashlib.sha256(data).hexdigest(), len(classes))
-    return LoadedHead(1, "parts", 1, 1, tuple(classes), False, weights, bias, thresholds)
+    return train(rows, labels, classes).served("parts")
 
 
 def test_served_answers_are_the_fitted_regressions(embedded: tuple[np.ndarray, list[str]]) -> None:

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visinspect.api.error_handlers import domain_error_response
-from visinspect.config import API_KEY_SCOPES
+from visinspect.config import API_KEY_NAME, API_KEY_SCOPES
 from visinspect.errors import (
     InsufficientScope,
     InvalidApiKey,
@@ -42,9 +42,7 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Ke
 
 # Routes that need a key when API_KEYS is set (the same routes declare it for OpenAPI).
 PROTECTED_PREFIXES = ("/predict", "/predictions", "/label-sets", "/heads")
-_NAMED = re.compile(
-    r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63})(?:@(?P<scopes>[a-z]+(?:\+[a-z]+)*))?:(?P<key>.+)$"
-)
+_NAMED = re.compile(rf"^(?P<name>{API_KEY_NAME})(?:@(?P<scopes>[a-z]+(?:\+[a-z]+)*))?:(?P<key>.+)$")
 
 
 @dataclass(frozen=True, slots=True)

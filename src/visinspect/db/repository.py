@@ -206,7 +206,9 @@ def _element_type(column_type: TypeEngine[Any], dialect: Dialect) -> str:
     return "text" if isinstance(column_type, String) else str(column_type.compile(dialect))
 
 
+@functools.cache
 def _kind(table: Table, name: str, dialect: Dialect) -> str:
+    """How `_insert_arrays` sends a column (asked for every column of every group: cached)."""
     column_type = table.c[name].type.dialect_impl(dialect)
     if isinstance(column_type, LargeBinary):
         return "binary"

@@ -143,22 +143,19 @@ class DecoderPool:
         started = time.perf_counter()
         start_forkserver()  # already running after start-up; here for pools made elsewhere
         for _ in range(self.size):
-            self._idle.put_nowait(await anyio.to_thread.run_sync(self._spawn))
+            worker = await anyio.to_thread.run_sync(self._spawn)
+            self._idle.put_nowait(worker)
+        sandbox = worker.sandbox  # every worker loads the same filter
         log.info(
             "decoders.started",
             workers=self.size,
-            sandbox=(sandbox := self._sandbox_applied()),
+            sandbox=sandbox,
             timeout_s=self.limits.timeout_s,
             max_memory_mb=self.limits.max_decode_bytes >> 20,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
         if not sandbox.startswith("seccomp"):
             log.warning("decoders.unsandboxed", reason=sandbox)
-
-    def _sandbox_applied(self) -> str:
-        worker = self._idle.get_nowait()
-        self._idle.put_nowait(worker)
-        return worker.sandbox
 
     async def decode(self, read: Callable[[], Awaitable[bytes]]) -> Decoded:
         """Decode and preprocess one upload in a worker; raises InvalidImage subclasses. The

@@ -25,7 +25,14 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from visinspect.inference.heads import FEATURES, check_counts, head_features, pack
+from visinspect.inference.heads import (
+    FEATURES,
+    LoadedHead,
+    check_counts,
+    head_features,
+    pack,
+    unpack,
+)
 
 FOLDS = 5
 DEFAULT_TARGET_PRECISION = 0.99
@@ -46,6 +53,16 @@ class TrainedHead:
 
     def artifact(self) -> bytes:
         return pack(self.weights, self.bias, self.thresholds)
+
+    def served(self, label_set: str) -> LoadedHead:
+        """The head as the service would load and run it: through its artifact (`unpack`), so
+        that what is measured or tested is the served answer, not a re-implementation."""
+        data = self.artifact()
+        weights, bias, thresholds = unpack(
+            data, hashlib.sha256(data).hexdigest(), len(self.classes)
+        )
+        classes = tuple(self.classes)
+        return LoadedHead(0, label_set, 0, 1, classes, False, weights, bias, thresholds)
 
 
 def train(
