@@ -22,7 +22,7 @@ import httpx
 from PIL import Image
 
 from bench.load import MULTIPART, Endpoint, cell, free_port, fresh_database, multipart_body, server
-from visinspect.offline.build import cpu_description
+from visinspect.inference.cpu import this_cpu
 from visinspect.offline.photos import crops, skimage_data
 
 CLASSES = {
@@ -117,7 +117,7 @@ def _report(rounds: list[dict[str, object]], args: argparse.Namespace) -> dict[s
     none_tp, heads_tp = median("none", "throughput"), median("active+shadow", "throughput")
     none_p50, heads_p50 = median("none", "p50_ms"), median("active+shadow", "p50_ms")
     return {
-        "cpu": cpu_description(),
+        "cpu": this_cpu().describe(),
         "concurrency": args.concurrency,
         "seconds_per_round": args.seconds,
         "rounds": rounds,

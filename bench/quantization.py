@@ -5,8 +5,9 @@
 Every recipe is calibrated on the same calibration photographs and measured on the same, disjoint
 evaluation photographs (`visinspect.offline.photos`), in one run on one machine. Agreement is
 reported overall and by the fp32 reference's own confidence; speed is milliseconds per image at
-batch 1 and 8, the recipe and fp32 alternating (`build.measure_speed`). The default recipe also runs
-with ONNX Runtime's fast u8s8 kernels, to show what they cost on a CPU without VNNI.
+batch 1 and 8, the recipe and fp32 alternating (`selection.time_runs`). The default recipe runs with
+both of ONNX Runtime's int8 kernels: the exact ones and the fast u8s8 ones (exact only with VNNI or
+AMX; on other CPUs this row shows what their saturation costs).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import numpy as np
 
 from visinspect.config import Architecture, Precision, Settings
 from visinspect.inference.backends import OnnxRuntimeBackend
+from visinspect.inference.cpu import Int8Kernels, this_cpu
 from visinspect.inference.preprocess import PREPROCESSING
+from visinspect.inference.selection import time_runs
 from visinspect.inference.weights import verified_weights
 from visinspect.offline.build import (
     INT8_CONFIDENT,
     Int8Recipe,
-    cpu_description,
     load_photos,
-    measure_speed,
     quantize_int8,
     softmax_of,
 )
@@ -46,13 +47,6 @@ RECIPES = {
 }
 
 
-class FastKernels(OnnxRuntimeBackend):
-    """The int8 graph on ONNX Runtime's default (saturating on AVX2) u8s8 kernels."""
-
-    def __init__(self, model: bytes, threads: int) -> None:
-        super().__init__(model, threads, Precision.FP32)  # FP32: no precise-kernel option
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two recipes only")
@@ -64,7 +58,7 @@ def main() -> int:
     photos = find_photos()
     print(f"photographs: {', '.join(photos.sources)}")
     print(f"calibration {len(photos.calibration)}, evaluation {len(photos.evaluation)} (disjoint)")
-    print(f"CPU: {cpu_description()}, {settings.torch_threads} threads\n")
+    print(f"CPU: {this_cpu().describe()}, {settings.torch_threads} threads\n")
     evaluation = load_photos(photos.evaluation, spec, reference)
     calibration = load_photos(photos.calibration, spec, None).tensors
     fp32_bytes = export_onnx(network, spec.crop_size)
@@ -81,22 +75,25 @@ def main() -> int:
         started = time.perf_counter()
         int8, _ = quantize_int8(fp32_bytes, calibration, recipe)
         seconds = time.perf_counter() - started
-        backends = {name: OnnxRuntimeBackend(int8, settings.torch_threads, Precision.INT8)}
+        threads = settings.torch_threads
+        backends = {name: OnnxRuntimeBackend(int8, threads, Precision.INT8, Int8Kernels.EXACT)}
         if recipe == Int8Recipe():
-            backends[f"{name}, fast u8s8 kernels"] = FastKernels(int8, settings.torch_threads)
+            backends[f"{name}, u8s8 kernels"] = OnnxRuntimeBackend(
+                int8, threads, Precision.INT8, Int8Kernels.U8S8
+            )
         for label, backend in backends.items():
             probabilities = softmax_of(backend, evaluation.tensors)
             agree = probabilities.argmax(1) == evaluation.reference.argmax(1)
             diff = np.abs(probabilities - evaluation.reference).max(1)
-            speed = measure_speed(backend, fp32, evaluation.tensors, settings.torch_threads)
+            times = time_runs({"int8": backend.logits, "fp32": fp32.logits}, evaluation.tensors[:8])
+            (int8_b1, int8_b8), (fp32_b1, fp32_b8) = times["int8"], times["fp32"]
             print(
                 f"| {label} | {agree.sum()}/{len(agree)} ({agree.mean():.1%}) "
                 f"| {agree[confident].sum()}/{confident.sum()} "
                 f"| {agree[~confident].sum()}/{(~confident).sum()} "
                 f"| {diff.mean():.3f} / {diff.max():.3f} "
-                f"| {speed.ms_per_image_batch1:.2f} ({speed.fp32_ms_per_image_batch1:.2f}) "
-                f"| {speed.ms_per_image_batch8:.2f} ({speed.fp32_ms_per_image_batch8:.2f}) "
-                f"| {speed.fp32_ms_per_image_batch8 / speed.ms_per_image_batch8:.2f}x "
+                f"| {int8_b1:.2f} ({fp32_b1:.2f}) | {int8_b8:.2f} ({fp32_b8:.2f}) "
+                f"| {fp32_b8 / int8_b8:.2f}x "
                 f"| {seconds:.0f} |",
                 flush=True,
             )

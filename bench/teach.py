@@ -31,9 +31,9 @@ import numpy as np
 from visinspect.config import Settings
 from visinspect.db.embeddings import decode, encode
 from visinspect.inference.classifier import load_classifier
+from visinspect.inference.cpu import this_cpu
 from visinspect.inference.preprocess import preprocess
 from visinspect.logging import configure_logging
-from visinspect.offline.build import cpu_description
 from visinspect.offline.heads import train
 from visinspect.offline.photos import stamps_by_category
 
@@ -65,7 +65,7 @@ def main() -> None:
     features, kept, labels, subjects = _embedded(photos)
     rows = kept if not args.float32 else features
     report: dict[str, object] = {
-        "cpu": cpu_description(),
+        "cpu": this_cpu().describe(),
         "photos": {c: len(p) for c, p in photos.items()},
         "subjects": {c: sum(s.startswith(c + "/") for s in set(subjects)) for c in photos},
         "embedding": "float32" if args.float32 else "uint8 codes (as kept)",

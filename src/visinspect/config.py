@@ -33,8 +33,10 @@ class Backend(StrEnum):
 
 
 class Precision(StrEnum):
-    """Numeric precision of the served graph; each is measured against PyTorch fp32 at build."""
+    """Numeric precision of the served graph; each is measured against PyTorch fp32 at build.
+    `auto` is a setting only: the fastest graph on this CPU that meets its bar."""
 
+    AUTO = "auto"
     FP32 = "fp32"
     INT8 = "int8"
 
@@ -157,9 +159,10 @@ class Settings(BaseSettings):
         "serves (ONNX graphs + manifest.json).",
     )
     model_precision: Precision = Field(
-        default=Precision.FP32,
-        description="Which graph of MODEL_DIR to serve: fp32, or int8 (built with "
-        "`visinspect model build --precision int8`).",
+        default=Precision.AUTO,
+        description="Which graph of MODEL_DIR to serve: auto (the fastest on this CPU among those "
+        "that meet their agreement bar, measured at build, or at start on another CPU), fp32 or "
+        "int8. `make run` builds what it asks for.",
     )
     model_accept_low_agreement: bool = Field(
         default=False,

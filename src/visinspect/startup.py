@@ -220,8 +220,12 @@ async def open_services(
         ),
         on_drift=metrics.observe_drift if metrics else None,
     )
+    selection = prepared.classifier.selection
     readiness = ReadinessService(
-        prepared.database, prepared.classifier.identity, settings.database_create_all
+        prepared.database,
+        prepared.classifier.identity,
+        settings.database_create_all,
+        selection.summary() if selection else None,
     )
     watches = [
         task

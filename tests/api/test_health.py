@@ -37,6 +37,9 @@ def test_ready_names_every_check(client: TestClient) -> None:
     assert set(body["checks"]) == {"model", "database", "schema"}
     assert body["model_name"] == "efficientnet_lite0"
     assert body["schema_revision"]
+    # MODEL_PRECISION=auto (the default) says what it chose, on which CPU, and why.
+    assert body["checks"]["model"]["detail"].startswith(f"{body['precision']}")
+    assert "measured at build on" in body["checks"]["model"]["detail"]
 
 
 def test_liveness(client: TestClient) -> None:

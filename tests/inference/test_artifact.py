@@ -28,7 +28,7 @@ from visinspect.inference.preprocess import preprocess
 from visinspect.inference.weights import LITE0_WEIGHTS_SHA256, weights_path
 from visinspect.offline import build as build_module
 from visinspect.offline.build import BuildFailed, build_artifact
-from visinspect.offline.photos import PhotoSets, find_photos
+from visinspect.offline.photos import find_photos
 
 
 def settings(model_dir: Path, **values: Any) -> Settings:
@@ -208,22 +208,10 @@ def build_module_subject(path: Path) -> str:
     return _subject(path)
 
 
-# The int8 graph: built once for this module from a few photographs (a quick build; the real one
-# calibrates on hundreds, docs/model.md), so it cannot meet its bar and must be accepted explicitly.
+# The int8 graph: `int8_artifact` (tests/inference/conftest.py).
 
 
-@pytest.fixture(scope="module")
-def int8_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("int8") / "model"
-    everything = find_photos([PHOTOS], installed=False)
-    few = PhotoSets(everything.calibration[:12], everything.evaluation[:12], everything.sources)
-    with pytest.raises(BuildFailed, match="evaluation photographs"):
-        build_artifact(settings(directory), {Precision.INT8}, few)
-    build_artifact(settings(directory), {Precision.INT8}, few, accept_low_agreement=True)
-    return directory
-
-
-def test_int8_build_records_recipe_agreement_and_speed(int8_artifact: Path) -> None:
+def test_int8_build_records_recipe_agreement_and_the_choice(int8_artifact: Path) -> None:
     manifest = read_manifest(int8_artifact)
     assert set(manifest.graphs) == {Precision.FP32, Precision.INT8}
     int8 = manifest.graphs[Precision.INT8]
@@ -233,15 +221,29 @@ def test_int8_build_records_recipe_agreement_and_speed(int8_artifact: Path) -> N
     assert int8.bytes < manifest.graphs[Precision.FP32].bytes * 0.6
     assert not int8.agreement.meets_bar  # 12 photographs measure nothing
     assert int8.agreement.photos == 12
-    assert int8.speed is not None
-    assert int8.speed.ms_per_image_batch1 > 0
-    assert int8.speed.fp32_ms_per_image_batch8 > 0
+    # MODEL_PRECISION=auto: only graphs that meet their bar are timed and may be served.
+    selection = manifest.selection
+    assert selection.precision is Precision.FP32
+    assert selection.measured_at == "build"
+    assert selection.reason == "int8 misses its agreement bar"
+    timed = {c.precision: c for c in selection.candidates}
+    assert timed[Precision.FP32].ms_per_image_batch8 is not None
+    assert timed[Precision.FP32].ms_per_image_batch8 > 0
+    assert not timed[Precision.INT8].meets_bar
+    assert timed[Precision.INT8].ms_per_image_batch8 is None
 
 
 def test_int8_below_its_bar_needs_the_explicit_override(int8_artifact: Path) -> None:
     with pytest.raises(ModelLoadError, match="below its bar") as refused:
         load_classifier(settings(int8_artifact, model_precision="int8"))
     assert "MODEL_ACCEPT_LOW_AGREEMENT" in refused.value.action
+    # The refusal carries the numbers: overall and by fp32's own confidence.
+    manifest = read_manifest(int8_artifact)
+    agreement = manifest.graphs[Precision.INT8].agreement
+    assert f"on {agreement.top1_agree}/12 photos" in str(refused.value)
+    assert "at fp32 confidence >= 0.5" in str(refused.value)
+    # auto never serves it, and says why.
+    assert load_classifier(settings(int8_artifact)).identity.precision == "fp32"
 
     classifier = load_classifier(
         settings(int8_artifact, model_precision="int8", model_accept_low_agreement=True)

@@ -166,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         choices=["fp32", "int8"],
-        help="also build this precision (fp32 is always built); repeatable",
+        help="also build this precision (fp32 is always built, and what MODEL_PRECISION asks: `auto` tries int8); repeatable",
     )
     build.add_argument(
         "--photos",

@@ -20,9 +20,10 @@ from visinspect.startup import StartupFailed
 
 
 def build(settings: Settings, args: argparse.Namespace) -> int:
-    """Build MODEL_DIR (fp32, plus int8 when asked); with --if-missing, only when what is there
-    does not match the settings (make run calls it before every start)."""
-    precisions = {Precision.FP32, *(Precision(p) for p in args.precision)}
+    """Build MODEL_DIR: fp32, plus int8 when --precision or MODEL_PRECISION asks for it (for
+    `auto`, as a candidate); with --if-missing, only when what is there does not match the
+    settings (make run calls it before every start)."""
+    precisions = {Precision.FP32, settings.model_precision, *(Precision(p) for p in args.precision)}
     if args.if_missing and is_up_to_date(settings, precisions):
         print(f"visinspect: the model artifact in {settings.model_dir} is up to date")
         return 0
@@ -59,6 +60,10 @@ def is_up_to_date(settings: Settings, precisions: set[Precision]) -> bool:
         check_manifest(manifest, settings.model_arch, expected_sha256(settings), load_labels())
     except (ArtifactError, ModelLoadError):
         return False
+    offered = set(manifest.graphs) | {c.precision for c in manifest.selection.candidates}
+    if Precision.AUTO in precisions:  # int8 was tried (it may have been skipped, with its reason)
+        precisions = (precisions - {Precision.AUTO}) | {Precision.INT8}
+        return Precision.INT8 in offered and precisions - {Precision.INT8} <= set(manifest.graphs)
     return precisions <= set(manifest.graphs)
 
 
@@ -68,17 +73,17 @@ def _summary(manifest: Manifest) -> str:
     ]
     for precision, graph in sorted(manifest.graphs.items()):
         a = graph.agreement
-        line = (
+        lines.append(
             f"  {precision.value}: {graph.file} ({graph.bytes / 1e6:.1f} MB), top-1 agreement "
             f"{a.top1_agree}/{a.photos} ({a.top1_agreement:.1%}), max |Δ confidence| "
             f"{a.max_abs_confidence_diff:.2g}, meets its bar: {'yes' if a.meets_bar else 'NO'}"
         )
-        if graph.speed is not None:
-            s = graph.speed
-            line += (
-                f"; {s.ms_per_image_batch1:.2f}/{s.ms_per_image_batch8:.2f} ms per image at "
-                f"batch 1/8 vs fp32 {s.fp32_ms_per_image_batch1:.2f}/"
-                f"{s.fp32_ms_per_image_batch8:.2f} ({s.cpu})"
+    for c in manifest.selection.candidates:
+        if c.ms_per_image_batch8 is not None:
+            kernels = f", {c.kernels} kernels" if c.kernels else ""
+            lines.append(
+                f"  {c.precision.value}{kernels}: {c.ms_per_image_batch1:.2f}/"
+                f"{c.ms_per_image_batch8:.2f} ms per image at batch 1/8"
             )
-        lines.append(line)
+    lines.append(f"MODEL_PRECISION=auto serves {manifest.selection.summary()}")
     return "\n".join(lines)

@@ -24,11 +24,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from visinspect.config import Architecture, Precision, Settings
+from visinspect.inference.cpu import Cpu
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing
 
 MANIFEST = "manifest.json"
 # 2: the graphs have a second output, `embedding` (format 1 had logits only).
-FORMAT_VERSION = 2
+# 3: `selection`, the precision measured fastest on the build's CPU (graphs lost `speed`).
+FORMAT_VERSION = 3
 REBUILD = (
     "run `visinspect model build` with the same settings (MODEL_ARCH, MODEL_WEIGHTS, MODEL_DIR)"
 )
@@ -86,23 +88,11 @@ class Agreement(_Strict):
     meets_bar: bool
 
 
-class Speed(_Strict):
-    """Milliseconds per image on the build machine, this graph and fp32 side by side."""
-
-    threads: int
-    ms_per_image_batch1: float
-    ms_per_image_batch8: float
-    fp32_ms_per_image_batch1: float
-    fp32_ms_per_image_batch8: float
-    cpu: str
-
-
 class Graph(_Strict):
     file: str
     sha256: str
     bytes: int
     agreement: Agreement
-    speed: Speed | None = None
     quantization: dict[str, object] | None = None  # how an int8 graph was made (calibration, ...)
 
 
@@ -113,6 +103,48 @@ class Embedding(_Strict):
     size: int  # values per image (1,280 for Lite0 and B0)
     # Largest |difference| from PyTorch's pooled features on the photographs, fp32 graph.
     max_abs_difference: float
+
+
+class Candidate(_Strict):
+    """One precision as measured on one CPU: milliseconds per image, all candidates alternating
+    in the same seconds (a ratio, not numbers from different hours)."""
+
+    precision: Precision
+    kernels: str | None  # int8 only: u8s8 or exact (inference/cpu.py)
+    meets_bar: bool
+    ms_per_image_batch1: float | None = None  # None: not measured, `note` says why
+    ms_per_image_batch8: float | None = None
+    note: str = ""
+
+
+class Selection(_Strict):
+    """Which precision MODEL_PRECISION=auto serves on a CPU, and the measurements behind it."""
+
+    precision: Precision
+    kernels: str | None
+    cpu: str  # the CPU's model name
+    cpu_flags: list[str]  # its extensions that decide the speed (inference/cpu.py SPEED_FLAGS)
+    threads: int  # intra-op threads of one pass, as served
+    measured_at: str  # "build", or "start" when the service measured on a CPU the build did not
+    candidates: list[Candidate]
+    reason: str
+
+    def fits(self, cpu: Cpu, threads: int) -> bool:
+        """Measured on a CPU with the same model and extensions, with as many threads."""
+        return (self.cpu, tuple(self.cpu_flags), self.threads) == (cpu.model, cpu.flags, threads)
+
+    def summary(self) -> str:
+        times = ", ".join(
+            f"{c.precision.value} {c.ms_per_image_batch8:.2f}"
+            for c in self.candidates
+            if c.ms_per_image_batch8 is not None
+        )
+        kernels = f" ({self.kernels} kernels)" if self.kernels else ""
+        return (
+            f"{self.precision.value}{kernels}, measured at {self.measured_at} on {self.cpu} "
+            f"({', '.join(self.cpu_flags) or 'no AVX2'}; ms per image at batch 8: {times}): "
+            f"{self.reason}"
+        )
 
 
 class Manifest(_Strict):
@@ -127,6 +159,7 @@ class Manifest(_Strict):
     built_at: str
     embedding: Embedding
     graphs: dict[Precision, Graph]
+    selection: Selection  # what MODEL_PRECISION=auto serves on the build's CPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +170,7 @@ class LoadedGraph:
     precision: Precision
     graph: Graph
     onnx: bytes
+    selection: Selection | None  # how MODEL_PRECISION=auto chose it; None when asked explicitly
 
 
 def labels_sha256(labels: tuple[str, ...]) -> str:
@@ -164,29 +198,41 @@ def read_manifest(directory: Path) -> Manifest:
     return manifest
 
 
-def load_graph(
+def checked_manifest(
     settings: Settings, expected_weights_sha256: str, labels: tuple[str, ...]
-) -> LoadedGraph:
-    """The graph MODEL_PRECISION asks for, after every check of the manifest against the settings,
-    the packaged class list, the installed ONNX Runtime and the graph file's own checksum."""
-    directory = settings.model_dir
-    manifest = read_manifest(directory)
+) -> Manifest:
+    """MODEL_DIR's manifest, after every check against the settings, the packaged class list and
+    the installed ONNX Runtime."""
+    manifest = read_manifest(settings.model_dir)
     check_manifest(manifest, settings.model_arch, expected_weights_sha256, labels)
-    precision = settings.model_precision
+    return manifest
+
+
+def read_graph(
+    directory: Path, manifest: Manifest, precision: Precision, accept_low_agreement: bool = False
+) -> bytes:
+    """One graph's bytes: refused if it was not built, misses its agreement bar (unless
+    accepted) or is not the file the manifest measured."""
     graph = manifest.graphs.get(precision)
     if graph is None:
         built = ", ".join(sorted(manifest.graphs)) or "none"
         raise ArtifactError(
             f"{directory} has no {precision.value} graph (built: {built})",
-            f"run `visinspect model build --precision {precision.value}`, or set MODEL_PRECISION "
-            "to a built one",
+            f"run `visinspect model build --precision {precision.value}` (`make run` does), or "
+            "set MODEL_PRECISION to a built one",
         )
-    if not graph.agreement.meets_bar and not settings.model_accept_low_agreement:
+    if not graph.agreement.meets_bar and not accept_low_agreement:
+        a = graph.agreement
         raise ArtifactError(
-            f"the {precision.value} graph agrees with the fp32 reference on "
-            f"{graph.agreement.top1_agree}/{graph.agreement.photos} photos, below its bar "
-            f"({graph.agreement.bar})",
-            "serve MODEL_PRECISION=fp32, or set MODEL_ACCEPT_LOW_AGREEMENT=true to serve it anyway",
+            f"the {precision.value} graph agrees with the fp32 reference on {a.top1_agree}/"
+            f"{a.photos} photos ({a.top1_agreement:.1%}; "
+            + ", ".join(
+                f"{b.top1_agree}/{b.photos} at fp32 confidence >= {b.min_confidence}"
+                for b in a.bands
+            )
+            + f"), below its bar ({a.bar})",
+            "serve MODEL_PRECISION=auto or fp32, or set MODEL_ACCEPT_LOW_AGREEMENT=true to serve "
+            "it anyway",
         )
     path = directory / graph.file
     try:
@@ -198,7 +244,7 @@ def load_graph(
         raise ArtifactError(
             f"{path} has sha256 {actual}, the manifest says {graph.sha256}: the graph was changed"
         )
-    return LoadedGraph(manifest, precision, graph, data)
+    return data
 
 
 def check_manifest(

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from visinspect.config import Precision
+from visinspect.inference.cpu import Int8Kernels
 
 # Largest allowed difference between an fp32 graph's softmax and PyTorch's (the product's promise).
 EQUIVALENCE_TOLERANCE = 1e-3
@@ -31,7 +32,13 @@ class InferenceBackend(Protocol):
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, model: bytes, threads: int, precision: Precision = Precision.FP32) -> None:
+    def __init__(
+        self,
+        model: bytes,
+        threads: int,
+        precision: Precision = Precision.FP32,
+        kernels: Int8Kernels = Int8Kernels.EXACT,
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -45,12 +52,13 @@ class OnnxRuntimeBackend:
         # quota and an autoscaler see is work.
         spin = "1" if threads > 1 else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        if precision is Precision.INT8:
-            # On x86 CPUs without VNNI, ONNX Runtime's fast u8s8 kernels saturate 16-bit sums
-            # (VPMADDUBSW): measured here, top-1 agreement with fp32 fell from 89% to 54%. This
-            # asks for the exact kernels, so an int8 graph answers as it did when measured.
+        if precision is Precision.INT8 and kernels is Int8Kernels.EXACT:
+            # Without VNNI or AMX, ONNX Runtime's fast u8s8 kernels saturate 16-bit sums
+            # (inference/cpu.py); this asks for the exact ones, so an int8 graph answers as it
+            # did when measured. Where the fast ones are exact they give the same logits.
             options.add_session_config_entry("session.x64quantprecision", "1")
         self.precision = precision
+        self.kernels = kernels.value if precision is Precision.INT8 else None
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
@@ -68,3 +76,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(shifted, dtype=np.float64)
     probabilities: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
     return probabilities
+
+
+def probe_batch(crop: int, size: int = 2) -> np.ndarray:
+    """A fixed, image-like input (smooth gradients in [-1, 1], and its mirror image) for warm-up
+    and for timing: a graph's kernels do the same work whatever the pixels."""
+    ramp = np.linspace(-1.0, 1.0, crop, dtype=np.float32)
+    first = np.stack(
+        [np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp), -np.add.outer(ramp, ramp) / 2]
+    )
+    pair = [first, first[::-1]]
+    return np.ascontiguousarray(np.stack([pair[i % 2] for i in range(size)]), dtype=np.float32)

@@ -9,7 +9,8 @@ the weights file (the `model` extra).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 
@@ -17,9 +18,22 @@ import numpy as np
 import structlog
 
 from visinspect.config import Architecture, Backend, Precision, Settings
-from visinspect.inference.artifact import ArtifactError, LoadedGraph, load_graph
-from visinspect.inference.backends import InferenceBackend, OnnxRuntimeBackend, softmax
+from visinspect.inference.artifact import (
+    ArtifactError,
+    LoadedGraph,
+    Selection,
+    checked_manifest,
+    read_graph,
+)
+from visinspect.inference.backends import (
+    InferenceBackend,
+    OnnxRuntimeBackend,
+    probe_batch,
+    softmax,
+)
+from visinspect.inference.cpu import this_cpu
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing
+from visinspect.inference.selection import select
 from visinspect.inference.weights import ModelLoadError, expected_sha256, verified_weights
 
 log = structlog.get_logger("visinspect.model")
@@ -81,12 +95,14 @@ class Classifier:
         weights_sha256: str,
         labels: tuple[str, ...],
         precision: Precision = Precision.FP32,
+        selection: Selection | None = None,
     ) -> None:
         self.backend = backend
         self.arch = arch
         self.weights_sha256 = weights_sha256
         self.labels = labels
         self.precision = precision
+        self.selection = selection  # how MODEL_PRECISION=auto chose the precision
         self.preprocessing: Preprocessing = PREPROCESSING[arch]
 
     @property
@@ -152,31 +168,79 @@ def load_classifier(settings: Settings) -> Classifier:
 
 def check_model(settings: Settings) -> None:
     """Every check `load_classifier` makes before it builds the network, without building it:
-    a supervisor checks once, then each server process loads its own copy."""
+    a supervisor checks once, then each server process loads its own copy (and, for
+    MODEL_PRECISION=auto on a CPU the build did not measure, times the graphs itself)."""
     if settings.inference_backend is Backend.PYTORCH:
         verified_weights(settings)
-    else:
-        _checked_graph(settings, load_labels())
+        return
+    with _artifact_errors():
+        manifest = checked_manifest(settings, expected_sha256(settings), load_labels())
+        if settings.model_precision is Precision.AUTO:
+            for precision, graph in manifest.graphs.items():
+                if graph.agreement.meets_bar:
+                    read_graph(settings.model_dir, manifest, precision)
+        else:
+            read_graph(
+                settings.model_dir,
+                manifest,
+                settings.model_precision,
+                settings.model_accept_low_agreement,
+            )
+
+
+@contextmanager
+def _artifact_errors() -> Iterator[None]:
+    try:
+        yield
+    except ArtifactError as exc:
+        raise ModelLoadError(str(exc), exc.action) from exc
 
 
 def _checked_graph(settings: Settings, labels: tuple[str, ...]) -> LoadedGraph:
-    try:
-        return load_graph(settings, expected_sha256(settings), labels)
-    except ArtifactError as exc:
-        raise ModelLoadError(str(exc), exc.action) from exc
+    """The graph MODEL_PRECISION asks for; for `auto`, the fastest on this CPU (logged)."""
+    with _artifact_errors():
+        manifest = checked_manifest(settings, expected_sha256(settings), labels)
+        selection = None
+        precision = settings.model_precision
+        if precision is Precision.AUTO:
+            selection = select(manifest, settings.model_dir, settings.torch_threads, this_cpu())
+            precision = selection.precision
+            log.info(
+                "model.selected",
+                precision=precision.value,
+                kernels=selection.kernels,
+                measured_at=selection.measured_at,
+                cpu=selection.cpu,
+                cpu_flags=selection.cpu_flags,
+                ms_per_image_batch8={
+                    c.precision.value: c.ms_per_image_batch8 for c in selection.candidates
+                },
+                reason=selection.reason,
+            )
+        data = read_graph(
+            settings.model_dir, manifest, precision, settings.model_accept_low_agreement
+        )
+    return LoadedGraph(manifest, precision, manifest.graphs[precision], data, selection)
 
 
 def _artifact_classifier(settings: Settings) -> Classifier:
     labels = load_labels()
     loaded = _checked_graph(settings, labels)
-    backend = OnnxRuntimeBackend(loaded.onnx, settings.torch_threads, loaded.precision)
+    backend = OnnxRuntimeBackend(
+        loaded.onnx, settings.torch_threads, loaded.precision, this_cpu().int8_kernels
+    )
     return Classifier(
-        backend, settings.model_arch, loaded.manifest.weights_sha256, labels, loaded.precision
+        backend,
+        settings.model_arch,
+        loaded.manifest.weights_sha256,
+        labels,
+        loaded.precision,
+        loaded.selection,
     )
 
 
 def _reference_classifier(settings: Settings) -> Classifier:
-    if settings.model_precision is not Precision.FP32:
+    if settings.model_precision not in (Precision.FP32, Precision.AUTO):
         raise ModelLoadError(
             f"INFERENCE_BACKEND=pytorch serves fp32 only, MODEL_PRECISION is "
             f"{settings.model_precision.value}",
@@ -193,12 +257,3 @@ def _reference_classifier(settings: Settings) -> Classifier:
     weights = verified_weights(settings)
     backend = reference_backend(settings.model_arch, weights, settings.torch_threads)
     return Classifier(backend, settings.model_arch, weights.sha256, load_labels())
-
-
-def probe_batch(crop: int) -> np.ndarray:
-    """A fixed, image-like input (smooth gradients in [-1, 1]) for warm-up."""
-    ramp = np.linspace(-1.0, 1.0, crop, dtype=np.float32)
-    first = np.stack(
-        [np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp), -np.add.outer(ramp, ramp) / 2]
-    )
-    return np.stack([first, first[::-1].copy()]).astype(np.float32)

@@ -43,9 +43,16 @@ class Readiness:
 
 
 class ReadinessService:
-    def __init__(self, database: Database, model: ModelIdentity, create_all_mode: bool) -> None:
+    def __init__(
+        self,
+        database: Database,
+        model: ModelIdentity,
+        create_all_mode: bool,
+        model_detail: str | None = None,
+    ) -> None:
         self.database = database
         self.model = model
+        self.model_detail = model_detail  # how MODEL_PRECISION=auto chose, when it did
         self.create_all_mode = create_all_mode
         self._lock = asyncio.Lock()
         self._last: tuple[float, Readiness] | None = None
@@ -62,7 +69,7 @@ class ReadinessService:
 
     async def _check(self) -> Readiness:
         """The model is loaded whenever this service exists; the database and schema are asked."""
-        checks = {"model": Check(ok=True)}
+        checks = {"model": Check(ok=True, detail=self.model_detail)}
         revision: str | None = None
         try:
             revision, problem = await self.database.run(schema_state, self.create_all_mode)
