@@ -59,8 +59,8 @@ async def queued(batcher: MicroBatcher, count: int, timeout_s: float = 30) -> No
             await asyncio.sleep(0.001)
 
 
-def pixels(classifier: Classifier, name: str) -> np.ndarray:
-    return preprocess((PHOTOS / name).read_bytes(), classifier.preprocessing, 10**8).pixels
+def crop(classifier: Classifier, name: str) -> np.ndarray:
+    return preprocess((PHOTOS / name).read_bytes(), classifier.preprocessing, 10**8).crop
 
 
 async def test_lone_request_is_a_batch_of_one(
@@ -69,7 +69,7 @@ async def test_lone_request_is_a_batch_of_one(
     batcher = MicroBatcher(classifier, max_batch_size=16, max_wait_ms=0, max_queue=8)
     batcher.start()
     try:
-        result = await batcher.classify(pixels(classifier, "coffee.png"), 3)
+        result = await batcher.classify(crop(classifier, "coffee.png"), 3)
     finally:
         await batcher.close()
     assert result.predictions[0].class_name == "espresso"
@@ -83,7 +83,7 @@ async def test_requests_that_queue_up_share_one_pass(
 ) -> None:
     batcher = MicroBatcher(classifier, max_batch_size=16, max_wait_ms=0, max_queue=32)
     batcher.start()
-    coffee, cat = pixels(classifier, "coffee.png"), pixels(classifier, "chelsea.png")
+    coffee, cat = crop(classifier, "coffee.png"), crop(classifier, "chelsea.png")
     recording.release.clear()
     try:
         first = asyncio.ensure_future(batcher.classify(coffee, 1))
@@ -103,7 +103,7 @@ async def test_requests_that_queue_up_share_one_pass(
 async def test_batch_size_is_capped(classifier: Classifier, recording: RecordingBackend) -> None:
     batcher = MicroBatcher(classifier, max_batch_size=4, max_wait_ms=0, max_queue=32)
     batcher.start()
-    image = pixels(classifier, "coffee.png")
+    image = crop(classifier, "coffee.png")
     recording.release.clear()
     try:
         first = asyncio.ensure_future(batcher.classify(image, 1))
@@ -122,7 +122,7 @@ async def test_max_wait_gathers_a_fuller_batch(
 ) -> None:
     batcher = MicroBatcher(classifier, max_batch_size=8, max_wait_ms=300, max_queue=32)
     batcher.start()
-    image = pixels(classifier, "coffee.png")
+    image = crop(classifier, "coffee.png")
     try:
         first = asyncio.ensure_future(batcher.classify(image, 1))
         await asyncio.sleep(0)  # `first` is queued
@@ -139,7 +139,7 @@ async def test_full_queue_is_refused_at_once(
 ) -> None:
     batcher = MicroBatcher(classifier, max_batch_size=1, max_wait_ms=0, max_queue=2)
     batcher.start()
-    image = pixels(classifier, "coffee.png")
+    image = crop(classifier, "coffee.png")
     recording.release.clear()
     try:
         running = asyncio.ensure_future(batcher.classify(image, 1))
@@ -160,7 +160,7 @@ async def test_lanes_run_passes_side_by_side(
     """With two lanes a request does not wait for a pass that another lane is running."""
     batcher = MicroBatcher(classifier, max_batch_size=8, max_wait_ms=0, max_queue=8, lanes=2)
     batcher.start()
-    coffee, cat = pixels(classifier, "coffee.png"), pixels(classifier, "chelsea.png")
+    coffee, cat = crop(classifier, "coffee.png"), crop(classifier, "chelsea.png")
     recording.release.clear()
     try:
         first = asyncio.ensure_future(batcher.classify(coffee, 1))

@@ -42,7 +42,7 @@ def _worker_and_decoder_end() -> tuple[_Worker, Any]:
     server_end, decoder_end = multiprocessing.Pipe()
     worker = _Worker.__new__(_Worker)
     worker.connection, worker.limits, worker.keeps_originals = server_end, LIMITS, False
-    worker.idle_rss, worker.process = 0, _Exited()
+    worker.idle_rss, worker.process, worker.inline_send_bytes = 0, _Exited(), 64 << 10
     return worker, decoder_end
 
 
@@ -77,7 +77,7 @@ async def test_pixels_of_another_size_or_a_bad_header_are_refused() -> None:
     worker, decoder = _worker_and_decoder_end()
     image = {"width": 1, "height": 1, "format": "PNG", "sha256": "0" * 64, "thumbnail": False}
     crop = LIMITS.preprocessing.crop_size
-    short = [_header(**image), b"\0" * (3 * crop * crop * 4 - 4)]
+    short = [_header(**image), b"\0" * (crop * crop * 3 - 3)]  # uint8 RGB, one pixel short
     sending = threading.Thread(target=lambda: [decoder.send_bytes(m) for m in short])
     sending.start()  # more than a pipe holds: sent while the server reads
     with pytest.raises(DecoderCrashed):

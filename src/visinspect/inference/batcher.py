@@ -31,6 +31,7 @@ import structlog
 from visinspect.capacity import run_in_background
 from visinspect.errors import DeadlineUnreachable, Overloaded
 from visinspect.inference.classifier import Classified, Classifier
+from visinspect.inference.preprocess import normalize
 from visinspect.tracing import Timeline
 
 log = structlog.get_logger("visinspect.batcher")
@@ -38,7 +39,7 @@ log = structlog.get_logger("visinspect.batcher")
 
 @dataclass(slots=True)
 class _Job:
-    pixels: np.ndarray
+    crop: np.ndarray  # uint8 crop x crop x 3 (preprocess.DecodedImage.crop)
     top_k: int
     future: asyncio.Future[Classified] = field(repr=False)
     timeline: Timeline  # the batch's start and end go here (for the trace)
@@ -121,7 +122,7 @@ class MicroBatcher:
 
     async def classify(
         self,
-        pixels: np.ndarray,
+        crop: np.ndarray,
         top_k: int,
         deadline: float | None = None,
         timeline: Timeline | None = None,
@@ -130,7 +131,7 @@ class MicroBatcher:
         self.check_deadline(deadline)
         future: asyncio.Future[Classified] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(pixels, top_k, future, timeline or Timeline()))
+            self._queue.put_nowait(_Job(crop, top_k, future, timeline or Timeline()))
         except asyncio.QueueFull:
             raise Overloaded(
                 f"{self._queue.maxsize} images are already waiting for the model (MAX_QUEUE); "
@@ -176,8 +177,9 @@ class MicroBatcher:
                     job.future.set_result(result)
 
     def _predict(self, jobs: list[_Job]) -> list[Classified]:
-        """In a model thread: the batch is assembled there too, off the event loop."""
-        batch = np.stack([job.pixels for job in jobs])
+        """In a model thread: the batch is assembled and normalised there too, off the event
+        loop, in one vectorised pass."""
+        batch = normalize(np.stack([job.crop for job in jobs]), self.classifier.preprocessing)
         return self.classifier.classify(batch, [job.top_k for job in jobs])
 
     def _learn(self, seconds_per_image: float) -> None:

@@ -67,7 +67,7 @@ class InferenceRunner:
         if await gone():
             raise ClientGone("the client closed the connection before its image reached the model")
         decoded_at = time.perf_counter()
-        classified = await self.batcher.classify(decoded.image.pixels, top_k, deadline, timeline)
+        classified = await self.batcher.classify(decoded.image.crop, top_k, deadline, timeline)
         return Classification(
             model=self.classifier.identity,
             predictions=classified.predictions,
