@@ -1,6 +1,12 @@
 """CPU per request spent outside decoding and the model: where one event loop's core goes.
 
-  python -m bench.overhead      (PostgreSQL from TEST_DATABASE_URL, as make bench; needs `hey`)
+  python -m bench.overhead                       (PostgreSQL from TEST_DATABASE_URL; needs `hey`)
+  python -m bench.overhead --against 8a5797b     (the same, beside an earlier commit, alternating)
+
+With `--against REF`, REF is checked out in a temporary git worktree, its own model artifact is
+built by its own code, and the two servers are measured in alternating rounds on the same
+machine in the same minutes (each a fresh database): the ratio is the claim, not two numbers
+from different hours.
 
 Starts a real `visinspect serve` on a fresh PostgreSQL database, warms it up, then sends N requests
 (640x480 JPEG, `hey -c 8`) and reads, from /proc, the CPU time of every thread of the server
@@ -15,13 +21,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.ceilings import photo_jpeg
 from bench.footprint import children
 from bench.load import VENV_BIN, free_port, fresh_database, hey_rows, multipart_body, server
+from visinspect.inference.cpu import this_cpu
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -68,33 +80,101 @@ def server_pid(port: int) -> int:
     raise RuntimeError("server process not found")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    args = parser.parse_args()
+@dataclass
+class Spent:
+    """CPU microseconds per answered request, by where they were spent."""
+
+    loop: float
+    other: float  # the model's threads and the database writer
+    decoders: float
+
+    @property
+    def outside_model(self) -> float:
+        return self.loop + self.decoders
+
+
+def measure(requests: int, env: dict[str, str]) -> Spent:
+    """One server (`env` on top of this one's), warmed up, then `requests` at concurrency 8."""
     with tempfile.TemporaryDirectory() as work, fresh_database() as url:
         body = multipart_body(photo_jpeg((640, 480)), Path(work), "640x480")
         port = free_port()
         command = [str(VENV_BIN / "visinspect"), "serve", "--port", str(port)]
-        with server(command, {"DATABASE_URL": url, "LOG_LEVEL": "INFO"}, port) as base:
+        with server(command, {"DATABASE_URL": url, "LOG_LEVEL": "INFO", **env}, port) as base:
             pid = server_pid(port)
             hey_rows(base, body, ["-n", "200", "-c", "8"])  # warm-up
             before, decoders_before = thread_cpu(pid), children_cpu(pid)
-            rows = hey_rows(base, body, ["-n", str(args.requests), "-c", "8"])
+            rows = hey_rows(base, body, ["-n", str(requests), "-c", "8"])
             after, decoders_after = thread_cpu(pid), children_cpu(pid)
     ok = sum(r["status-code"] == "200" for r in rows)
-    spent: dict[str, float] = {}
-    for tid, (name, seconds) in after.items():
-        # Native threads carry the process's name: the model's (ONNX Runtime) and the database's.
-        label = "event loop" if tid == pid else "other threads (model, database)"
-        spent[label] = spent.get(label, 0.0) + seconds - before.get(tid, (name, 0.0))[1]
-    print(f"{ok} of {len(rows)} requests answered 200; CPU microseconds per request:")
-    for label, seconds in sorted(spent.items(), key=lambda item: -item[1]):
-        if seconds > 0:
-            print(f"  {label:<24} {seconds / ok * 1e6:8.0f}")
-    print(f"  {'decoder processes':<24} {(decoders_after - decoders_before) / ok * 1e6:8.0f}")
-    loop = spent.get("event loop", 0.0) / ok
-    print(f"one event loop's ceiling: {1 / loop:.0f} requests/s" if loop else "")
+    if ok == 0:
+        raise RuntimeError("no request answered 200")
+    loop = after[pid][1] - before[pid][1]
+    # Native threads carry the process's name: the model's (ONNX Runtime) and the database's.
+    other = sum(
+        seconds - before.get(tid, (name, 0.0))[1]
+        for tid, (name, seconds) in after.items()
+        if tid != pid
+    )
+    return Spent(loop / ok * 1e6, other / ok * 1e6, (decoders_after - decoders_before) / ok * 1e6)
+
+
+@contextmanager
+def checkout(ref: str) -> Iterator[dict[str, str]]:
+    """`ref` in a temporary worktree, with its own artifact built by its own code: the
+    environment that makes this venv's `visinspect` run it."""
+    with tempfile.TemporaryDirectory(prefix="visinspect-baseline-") as work:
+        tree = Path(work) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], check=True)
+        try:
+            env = {"PYTHONPATH": str(tree / "src"), "MODEL_DIR": str(Path(work) / "model")}
+            subprocess.run(
+                [str(VENV_BIN / "visinspect"), "model", "build"],
+                env={**os.environ, **env, "LOG_LEVEL": "WARNING"},
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            yield env
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--against", metavar="REF", help="an earlier commit, measured alongside")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds with --against")
+    args = parser.parse_args()
+    print(f"CPU: {this_cpu().describe()}; 640x480 JPEG, hey -c 8, {args.requests} requests")
+    if args.against is None:
+        spent = measure(args.requests, {})
+        print("CPU microseconds per request:")
+        print(f"  event loop {spent.loop:8.0f}\n  decoders   {spent.decoders:8.0f}")
+        print(f"  model and database threads {spent.other:8.0f}")
+        print(f"one event loop's ceiling: {1e6 / spent.loop:.0f} requests/s")
+        return 0
+    results: dict[str, list[Spent]] = {args.against: [], "this tree": []}
+    with checkout(args.against) as baseline:
+        for _ in range(args.rounds):
+            for label, env in ((args.against, baseline), ("this tree", {})):
+                results[label].append(measure(args.requests, env))
+    print(
+        "\n| server | round | event loop µs | decoders µs | outside the model µs "
+        "| model and database threads µs | all µs |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, rounds in results.items():
+        for i, spent in enumerate(rounds, 1):
+            print(
+                f"| {label} | {i} | {spent.loop:.0f} | {spent.decoders:.0f} | "
+                f"{spent.outside_model:.0f} | {spent.other:.0f} | "
+                f"{spent.outside_model + spent.other:.0f} |"
+            )
+    before = statistics.median(s.outside_model for s in results[args.against])
+    after = statistics.median(s.outside_model for s in results["this tree"])
+    print(
+        f"\nCPU outside the model (event loop + decoders), medians: {after:.0f} µs against "
+        f"{before:.0f} µs: {1 - after / before:.1%} less"
+    )
     return 0
 
 

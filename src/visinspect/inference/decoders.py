@@ -472,8 +472,14 @@ def _cap_address_space(extra: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
 def _resident_bytes() -> int:
-    return _status_kib("VmRSS") * 1024
+    """VmRSS, from /proc/self/statm's one line (a tenth of the time /proc/PID/status takes to
+    read and parse; it is read after every decode)."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE_BYTES
 
 
 def _status_kib(field: str) -> int:
