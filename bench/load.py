@@ -8,11 +8,15 @@ Prints, as Markdown:
 - the model-only and pipeline ceilings;
 - closed loop (`hey`, 10 s per cell): the service and the peer at concurrency 1, 8 and 32 with a
   640x480 and a 4000x3000 JPEG (the peer gets the raw JPEG, the service a multipart upload);
-  the naive baseline on the 640x480 one; with an int8 graph in MODEL_DIR, the service again on it;
+  the naive baseline on the 640x480 one; when MODEL_PRECISION=auto (the default) serves another
+  precision than fp32 on this CPU, the service again with MODEL_PRECISION=fp32;
 - open loop (bench/openloop.py: Poisson arrivals, latency from the scheduled send time): the
   highest rate whose p99 stays at or under 100 ms, for the service and the peer, and for the
   service limited to 1 CPU (`taskset`), with the generator's own CPU use;
-- the targets, each marked PASS/FAIL, and a check that every 200 left exactly one row.
+- the CPU (model and the extensions that decide the precision) and what the service served;
+- the targets, each marked PASS/FAIL, and a check that every 200 left exactly one row. The
+  throughput target against the peer is 1.5x where the CPU has VNNI or AMX (int8 at full
+  speed), 1.2x elsewhere.
 Photos: coffee.png from scikit-image's wheel, re-encoded as JPEG at both sizes (no 12-megapixel
 photograph ships in any registry package).
 """
@@ -44,7 +48,7 @@ from sqlalchemy.engine import make_url
 from bench.ceilings import load_backends, model_only, photo_jpeg, pipeline, single_image_ms
 from bench.openloop import Target, Trial, search
 from visinspect.capacity import usable_cpus
-from visinspect.config import Settings
+from visinspect.inference.cpu import Int8Kernels, this_cpu
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BOUNDARY = "visinspectbenchboundary"
@@ -220,6 +224,7 @@ class Run:
     open_loop: Trial | None
     trials: list[Trial]
     ok: int
+    served: str = ""  # the service's precision, and how MODEL_PRECISION=auto chose it
 
 
 def measure(
@@ -276,7 +281,15 @@ def service_run(
                 closed=cpus is None,
                 high=high,
             )
+            run.served = served(base)
         return run, rows_in(url, "predictions")
+
+
+def served(base: str) -> str:
+    """The precision a service answers with, and (for auto) why: from its /health."""
+    health = httpx.get(f"{base}/health", timeout=10).json()
+    detail = health["checks"]["model"].get("detail")
+    return f"{health['precision']}" + (f": {detail}" if detail else " (asked for explicitly)")
 
 
 def peer_run(jpegs: dict[str, Path], smoke: bool) -> Run:
@@ -300,11 +313,6 @@ def rows_in(url: str, table: str) -> int:
         count = int(conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
     engine.dispose()
     return count
-
-
-def int8_built() -> bool:
-    manifest = Settings().model_dir / "manifest.json"
-    return manifest.exists() and '"int8"' in manifest.read_text()
 
 
 def main() -> int:
@@ -332,14 +340,15 @@ def main() -> int:
             raw[k] = Path(folder) / f"{k}.jpg"
             raw[k].write_bytes(v)
         # 2. The service as `visinspect serve` runs it by default, then the peer, then the
-        # service limited to one CPU (open loop only), then int8 when built, then naive.
+        # service limited to one CPU (open loop only), then fp32 when auto chose another
+        # precision, then naive.
         service, service_rows = service_run(bodies, args.smoke, "service")
         peer = peer_run(raw, args.smoke)
         best = max(r.throughput for r in service.closed)
         one_cpu, one_cpu_rows = service_run(bodies, args.smoke, "1cpu", cpus="0", high=best)
-        int8: tuple[Run, int] | None = None
-        if int8_built():
-            int8 = service_run(bodies, args.smoke, "service-int8", MODEL_PRECISION="int8")
+        fp32: tuple[Run, int] | None = None
+        if not service.served.startswith("fp32"):
+            fp32 = service_run(bodies, args.smoke, "service-fp32", MODEL_PRECISION="fp32")
         with fresh_database() as url:
             plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
             port = free_port()
@@ -351,11 +360,11 @@ def main() -> int:
                 naive = drive(base, bodies, args.smoke, "naive")
 
     report(
-        Report(model, ceiling, alone, service, peer, one_cpu, int8, naive),
+        Report(model, ceiling, alone, service, peer, one_cpu, fp32, naive),
         rows={
             "service": (service_rows, service.ok),
             "service-1cpu": (one_cpu_rows, one_cpu.ok),
-            **({"service-int8": (int8[1], int8[0].ok)} if int8 else {}),
+            **({"service-fp32": (fp32[1], fp32[0].ok)} if fp32 else {}),
         },
         smoke=args.smoke,
     )
@@ -370,12 +379,14 @@ class Report:
     service: Run
     peer: Run
     one_cpu: Run
-    int8: tuple[Run, int] | None
+    fp32: tuple[Run, int] | None  # the service on fp32, when auto chose another precision
     naive: list[LoadResult]
 
 
 def report(data: Report, rows: dict[str, tuple[int, int]], smoke: bool) -> None:
     print(f"# Benchmark ({'smoke' if smoke else 'full'} run, {usable_cpus()} usable CPUs)\n")
+    print(f"CPU: {this_cpu().describe()}\n")
+    print(f"The service served {data.service.served}\n")
     print("## Ceilings (in-process)\n")
     print("| backend | batch 1 | best images/s (batch) |")
     print("|---|---|---|")
@@ -392,8 +403,8 @@ def report(data: Report, rows: dict[str, tuple[int, int]], smoke: bool) -> None:
         "| server | photo | concurrency | requests | 200s | images/s | p50 ms | p95 ms | p99 ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    int8_closed = data.int8[0].closed if data.int8 else []
-    for r in data.service.closed + data.peer.closed + int8_closed + data.naive:
+    fp32_closed = data.fp32[0].closed if data.fp32 else []
+    for r in data.service.closed + data.peer.closed + fp32_closed + data.naive:
         server_name, photo = r.label.split(" ")
         print(
             f"| {server_name} | {photo} | {r.concurrency} | {r.requests} | {r.ok} | "
@@ -403,8 +414,8 @@ def report(data: Report, rows: dict[str, tuple[int, int]], smoke: bool) -> None:
     print("| server | rate/s | p50 ms | p99 ms | trials (rate: p99 ms) | generator CPU |")
     print("|---|---|---|---|---|---|")
     runs = [("service", data.service), ("mosec", data.peer), ("service, 1 CPU", data.one_cpu)]
-    if data.int8:
-        runs.append(("service int8", data.int8[0]))
+    if data.fp32:
+        runs.append(("service fp32", data.fp32[0]))
     for name, run in runs:
         best = run.open_loop
         trials = ", ".join(f"{t.rate:.0f}: {_ms(t.p99_ms)}" for t in run.trials)
@@ -441,11 +452,13 @@ def print_targets(data: Report, rows: dict[str, tuple[int, int]], smoke: bool) -
         return (name, ratio(a, b), "< 1", a < b)
 
     small, big = "service 640x480", "service 4000x3000"
+    # int8 at full speed (VNNI or AMX) takes the model's share down by half: a higher bar.
+    factor = 1.5 if this_cpu().int8_kernels is Int8Kernels.U8S8 else 1.2
     checks: list[Check] = []
     for c in (8, 32):
         s, p = svc[(small, c)], peer[(small, c)]
         checks.append(
-            at_least(f"throughput / mosec, 640x480 c={c}", s.throughput, p.throughput, 1.15)
+            at_least(f"throughput / mosec, 640x480 c={c}", s.throughput, p.throughput, factor)
         )
         checks.append(below(f"p99 / mosec p99, 640x480 c={c}", s.p99, p.p99))
     for c in (1, 8, 32):
@@ -453,9 +466,14 @@ def print_targets(data: Report, rows: dict[str, tuple[int, int]], smoke: bool) -
         checks.append(
             at_least(f"throughput / mosec, 4000x3000 c={c}", s.throughput, p.throughput, 3)
         )
-    checks.append(below("p50 / mosec p50, 640x480 c=1", svc[(small, 1)].p50, peer[(small, 1)].p50))
+    p50 = ratio(svc[(small, 1)].p50, peer[(small, 1)].p50)
+    checks.append(("p50 / mosec p50, 640x480 c=1", p50, "<= 0.8", p50 <= 0.8))
     open_loop = "open-loop rate at p99 <= 100 ms / mosec"
-    checks.append(at_least(open_loop, rate(data.service), rate(data.peer), 1.15))
+    checks.append(at_least(open_loop, rate(data.service), rate(data.peer), 2))
+    share = ratio(svc[(small, 32)].throughput, data.ceiling)
+    checks.append(
+        ("throughput c=32 / in-process pipeline ceiling", share, ">= 0.85", share >= 0.85)
+    )
     efficiency = ratio(rate(data.service), 2 * rate(data.one_cpu))
     scaling = "scaling efficiency, 1 -> 2 CPUs (open-loop rate)"
     checks.append((scaling, efficiency, ">= 0.85", efficiency >= 0.85))
