@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run model test imports docs docs-build audit install-check chromium containers bench bench-heads bench-teach bench-smoke bench-history bench-history-smoke footprint photos quantization reliability lock axe lint typecheck pytest postgres hey clean
+.PHONY: run model test imports docs docs-build audit install-check chromium containers bench bench-heads bench-teach bench-smoke bench-history bench-history-smoke footprint photos quantization openvino reliability lock axe lint typecheck pytest postgres hey clean
 
 # The first run builds the model artifact (MODEL_DIR, default ~/.cache/visinspect/model); later runs
 # find it up to date and start at once.
@@ -74,6 +74,13 @@ photos:
 # int8 recipes side by side on the same photographs: agreement with fp32 and speed (docs/model.md).
 quantization: $(VENV)/.installed-dev photos
 	$(BIN)/python -m bench.quantization
+
+# OpenVINO beside ONNX Runtime on the artifact's graphs (docs/benchmarks.md): not a dependency of
+# the service, so installed into .cache/openvino for this run only.
+OPENVINO_VERSION := 2026.4.1
+openvino: $(VENV)/.installed-dev model photos
+	@test -d .cache/openvino/openvino || $(BIN)/pip install -q --target .cache/openvino --no-deps openvino==$(OPENVINO_VERSION) openvino-telemetry==2025.2.0
+	PYTHONPATH=.cache/openvino $(BIN)/python -m bench.openvino
 
 reliability: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.reliability --seconds $${SOAK_SECONDS:-60}

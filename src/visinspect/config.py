@@ -258,6 +258,12 @@ class Settings(BaseSettings):
         description="Comma-separated keys (or sha256:<hex> of a key), each optionally named "
         "`name:key` (reviews record the name); empty = no authentication.",
     )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Start without API_KEYS on an address other than loopback (e.g. HOST=0.0.0.0): "
+        "anyone who reaches the port may classify, read and review. Without it such a start is "
+        "refused.",
+    )
     docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty = none."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import select
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -23,6 +24,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from tests.support import (
+    VISINSPECT,
+    environment,
+    free_port,
     gated_model,
     json_lines,
     make_settings,
@@ -315,10 +319,26 @@ def _drain(sock: socket.socket) -> int:
 
 
 @pytest.mark.slow
-def test_the_open_service_warns_when_it_listens_beyond_loopback(tmp_path: Path) -> None:
-    """No API_KEYS and 0.0.0.0: one loud `security.open` line at start."""
+def test_no_keys_beyond_loopback_is_refused_unless_allowed(tmp_path: Path) -> None:
+    """No API_KEYS and 0.0.0.0: no start (exit 1, one `startup.failed` that says what to do);
+    with ALLOW_ANONYMOUS=true, a start with one loud `security.open` line."""
+    refused = subprocess.run(
+        [VISINSPECT, "serve", "--port", str(free_port())],
+        env=environment(DATABASE_URL=f"sqlite:///{tmp_path / 'open.db'}", HOST="0.0.0.0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    (failed,) = [e for e in json_lines(refused.stdout) if e["event"] == "startup.failed"]
+    assert failed["part"] == "security"
+    assert "0.0.0.0" in failed["reason"]
+    assert "ALLOW_ANONYMOUS=true" in failed["action"]
+
     log = tmp_path / "open.log"
-    with serving(f"sqlite:///{tmp_path / 'open.db'}", log, HOST="0.0.0.0") as (process, _):
+    database = f"sqlite:///{tmp_path / 'open.db'}"
+    with serving(database, log, HOST="0.0.0.0", ALLOW_ANONYMOUS="true") as (process, _):
         process.terminate()
         process.wait(timeout=30)
     warnings = [e for e in json_lines(log.read_text()) if e["event"] == "security.open"]

@@ -16,6 +16,7 @@ import uvicorn
 
 from visinspect.capacity import plan, usable_cpus
 from visinspect.config import Settings
+from visinspect.errors import StartupFailed
 from visinspect.main import create_app
 from visinspect.startup import prepare, prepare_shared
 
@@ -43,12 +44,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
         decoders_per_worker=settings.decode_workers,
     )
     if not settings.api_keys and host not in _LOOPBACK:
-        log.warning(
-            "security.open",
-            host=host,
-            message="API_KEYS is empty: anyone who can reach this port can classify and read "
-            "every stored prediction; set API_KEYS (deploy/k8s reads it from a Secret)",
-        )
+        _refuse_or_warn_open(settings, host)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -70,6 +66,27 @@ def serve(settings: Settings, host: str, port: int) -> int:
     )
     server.run()
     return 0 if server.started else 1
+
+
+def _refuse_or_warn_open(settings: Settings, host: str) -> None:
+    """No keys beyond loopback: anyone who reaches the port may classify, read every prediction
+    and image and overwrite reviews. Refused, unless ALLOW_ANONYMOUS says it is meant (then
+    one loud line at every start)."""
+    if not settings.allow_anonymous:
+        raise StartupFailed(
+            "security",
+            f"API_KEYS is empty and the service would listen on {host}, beyond loopback: anyone "
+            "who reaches the port could classify, read every prediction and image, and review",
+            "set API_KEYS (`name@scopes:key`, comma-separated; deploy/k8s reads it from a "
+            "Secret), listen on HOST=127.0.0.1, or set ALLOW_ANONYMOUS=true to serve without keys "
+            "on purpose",
+        )
+    log.warning(
+        "security.open",
+        host=host,
+        message="API_KEYS is empty and ALLOW_ANONYMOUS=true: anyone who can reach this port can "
+        "classify, read every stored prediction and image, and review",
+    )
 
 
 def _serve_supervised(settings: Settings, workers: int, options: dict[str, Any]) -> int:
