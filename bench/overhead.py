@@ -66,6 +66,22 @@ def children_cpu(pid: int) -> float:
     return sum(cpu_seconds(child) for child in children(pid))
 
 
+def postgres_cpu() -> float:
+    """CPU seconds of every PostgreSQL process on this machine (its backends, WAL writer, ...):
+    the database shares the cores with the service, and the rows it writes cost it CPU."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            name = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        if name in ("postgres", "postmaster"):
+            total += cpu_seconds(int(proc.name))
+    return total
+
+
 def server_pid(port: int) -> int:
     """The `visinspect serve` process listening on `port` (found by its command line)."""
     for proc in Path("/proc").iterdir():
@@ -87,6 +103,7 @@ class Spent:
     loop: float
     other: float  # the model's threads and the database writer
     decoders: float
+    postgres: float  # every PostgreSQL process of this machine (the rows' cost in the database)
 
     @property
     def outside_model(self) -> float:
@@ -103,8 +120,10 @@ def measure(requests: int, env: dict[str, str]) -> Spent:
             pid = server_pid(port)
             hey_rows(base, body, ["-n", "200", "-c", "8"])  # warm-up
             before, decoders_before = thread_cpu(pid), children_cpu(pid)
+            database_before = postgres_cpu()
             rows = hey_rows(base, body, ["-n", str(requests), "-c", "8"])
             after, decoders_after = thread_cpu(pid), children_cpu(pid)
+            database = postgres_cpu() - database_before
     ok = sum(r["status-code"] == "200" for r in rows)
     if ok == 0:
         raise RuntimeError("no request answered 200")
@@ -115,7 +134,12 @@ def measure(requests: int, env: dict[str, str]) -> Spent:
         for tid, (name, seconds) in after.items()
         if tid != pid
     )
-    return Spent(loop / ok * 1e6, other / ok * 1e6, (decoders_after - decoders_before) / ok * 1e6)
+    return Spent(
+        loop / ok * 1e6,
+        other / ok * 1e6,
+        (decoders_after - decoders_before) / ok * 1e6,
+        database / ok * 1e6,
+    )
 
 
 @contextmanager
@@ -150,6 +174,7 @@ def main() -> int:
         print("CPU microseconds per request:")
         print(f"  event loop {spent.loop:8.0f}\n  decoders   {spent.decoders:8.0f}")
         print(f"  model and database threads {spent.other:8.0f}")
+        print(f"  PostgreSQL (its processes) {spent.postgres:8.0f}")
         print(f"one event loop's ceiling: {1e6 / spent.loop:.0f} requests/s")
         return 0
     results: dict[str, list[Spent]] = {args.against: [], "this tree": []}
@@ -159,15 +184,15 @@ def main() -> int:
                 results[label].append(measure(args.requests, env))
     print(
         "\n| server | round | event loop µs | decoders µs | outside the model µs "
-        "| model and database threads µs | all µs |"
+        "| model and database threads µs | all µs | PostgreSQL µs |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for label, rounds in results.items():
         for i, spent in enumerate(rounds, 1):
             print(
                 f"| {label} | {i} | {spent.loop:.0f} | {spent.decoders:.0f} | "
                 f"{spent.outside_model:.0f} | {spent.other:.0f} | "
-                f"{spent.outside_model + spent.other:.0f} |"
+                f"{spent.outside_model + spent.other:.0f} | {spent.postgres:.0f} |"
             )
     before = statistics.median(s.outside_model for s in results[args.against])
     after = statistics.median(s.outside_model for s in results["this tree"])

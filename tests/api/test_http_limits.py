@@ -331,7 +331,8 @@ def test_no_keys_beyond_loopback_is_refused_unless_allowed(tmp_path: Path) -> No
         cwd=tmp_path,
     )
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    (failed,) = [e for e in json_lines(refused.stdout) if e["event"] == "startup.failed"]
+    events = json_lines(refused.stdout + refused.stderr)
+    (failed,) = [e for e in events if e["event"] == "startup.failed"]
     assert failed["part"] == "security"
     assert "0.0.0.0" in failed["reason"]
     assert "ALLOW_ANONYMOUS=true" in failed["action"]
