@@ -70,6 +70,31 @@ def fresh_postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
+@contextmanager
+def app_role_database() -> Iterator[tuple[str, str]]:
+    """A fresh database migrated by its owner with DATABASE_APP_ROLE set to a new login role:
+    (the owner's URL, the serving role's URL). As `deploy/k8s` runs: the migrate Job as the
+    owner, the pods as the role."""
+    from visinspect.db.schema import upgrade_to_head
+
+    role = f"visinspect_app_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+    try:
+        with fresh_postgres_database() as url:
+            owner = create_engine(url)
+            try:
+                upgrade_to_head(owner, app_role=role)
+            finally:
+                owner.dispose()
+            yield url, make_url(url).set(username=role).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
+
+
 def set_connections_allowed(database: str, allowed: bool) -> None:
     """A real outage for one database: refuse new connections and cut the existing ones."""
     admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from tests.support import fresh_postgres_database, make_settings, running_app, services_of
+from tests.support import app_role_database, make_settings, running_app, services_of
 from visinspect.offline.photos import crops
 
 pytestmark = pytest.mark.postgres
@@ -30,14 +30,21 @@ OBJECTS = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
 
 @pytest.fixture(scope="module")
 def teaching(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+    """The app as Kubernetes runs it: migrated by the owner, served by DATABASE_APP_ROLE's
+    role, which may append to the history and change only a set's classes and a head's status
+    (db/schema.py): every teaching step below goes through with no more than that."""
     heads_dir = tmp_path_factory.mktemp("heads")
     tmp_path_factory.getbasetemp().joinpath("heads-dir").write_text(str(heads_dir))
-    with fresh_postgres_database() as url:
+    with app_role_database() as (owner_url, app_url):
         settings = make_settings(
-            url, api_keys="alice:alices-key, bob:bobs-key", heads_dir=heads_dir, heads_refresh_s=0.2
+            app_url,
+            api_keys="alice:alices-key, bob:bobs-key",
+            heads_dir=heads_dir,
+            heads_refresh_s=0.2,
+            migrate_on_start=False,
         )
         with running_app(settings) as client:
-            yield client, url
+            yield client, owner_url
 
 
 def predict(client: TestClient, data: bytes, **params: Any) -> dict[str, Any]:
@@ -294,3 +301,20 @@ def test_a_head_of_another_base_model_is_refused(
     engine.dispose()
     promoted = client.post(f"/heads/{head['id']}/promote", headers=KEY)
     assert (promoted.status_code, promoted.json()["error"]["code"]) == (422, "base_model_differs")
+
+
+def test_reviews_are_appended_by_the_serving_role(
+    teaching: tuple[TestClient, str], photos: Path
+) -> None:
+    """Reviews as the restricted role: each one added, none rewritten (it may not UPDATE)."""
+    client, _ = teaching
+    prediction = predict(client, (photos / "coffee.png").read_bytes())
+    added = []
+    for _ in range(2):
+        answer = client.post(
+            f"/predictions/{prediction['id']}/review", json={"verdict": "correct"}, headers=KEY
+        )
+        assert answer.status_code == 201, answer.text
+        added.append(answer.json()["id"])
+    history = client.get(f"/predictions/{prediction['id']}/reviews", headers=KEY).json()
+    assert [r["id"] for r in history] == added[::-1]

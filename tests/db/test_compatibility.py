@@ -20,18 +20,16 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, func, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
 
 from tests.support import (
-    TEST_DATABASE_URL,
     VISINSPECT,
-    fresh_postgres_database,
+    app_role_database,
     make_settings,
     synthetic_record,
 )
-from visinspect.db import partitions
+from visinspect.db import partitions, retention
 from visinspect.db.compatibility import Lineage, newer_but_compatible, phase_of
 from visinspect.db.schema import (
     alembic_config,
@@ -204,7 +202,8 @@ def test_expand_migrations_contain_no_destructive_statement(
         capsys.readouterr()
         command.upgrade(alembic_config(), f"{script.down_revision}:{script.revision}", sql=True)
         sql = capsys.readouterr().out
-        assert "ALTER TABLE" in sql or "CREATE" in sql, sql  # the check saw real statements
+        seen = ("ALTER TABLE", "CREATE", "ALTER FUNCTION")
+        assert any(kind in sql for kind in seen), sql  # the check saw real statements
         assert destructive(sql) == [], (script.revision, sql)
 
 
@@ -309,40 +308,57 @@ def test_a_schema_behind_this_release_is_not_served(empty_engine: Engine) -> Non
 
 
 @pytest.mark.postgres
-def test_the_app_role_reads_and_writes_rows_and_cannot_change_the_schema() -> None:
-    role = f"visinspect_app_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE ROLE {role} LOGIN"))
-    try:
-        with fresh_postgres_database() as url:
-            owner = create_engine(url)
-            upgrade_to_head(owner, app_role=role)
-            app = create_engine(make_url(url).set(username=role))
-            try:
-                assert problem_of(app) is None  # readiness works as the app role
-                assert insert_and_count(app) == 1
-                for statement in (
-                    "CREATE TABLE intruder (id INTEGER)",
-                    "ALTER TABLE predictions ADD COLUMN intruder INTEGER",
-                    "DROP TABLE predictions",
-                    "DROP INDEX ix_predictions_image_sha256",
-                ):
-                    with app.connect() as connection, pytest.raises(ProgrammingError) as refused:
-                        connection.execute(text(statement))
-                    assert "permission denied" in str(refused.value) or "must be owner" in str(
-                        refused.value
-                    )
-                # Partitions are the owner's: the app role's maintenance steps aside.
-                assert partitions.maintain(app, retention_days=1).skipped
-                assert not partitions.maintain(owner, retention_days=1).skipped
-            finally:
-                app.dispose()
-                owner.dispose()
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP ROLE IF EXISTS {role}"))
-        admin.dispose()
+def test_the_app_role_appends_to_the_history_and_changes_nothing_else() -> None:
+    """The serving role (DATABASE_APP_ROLE) inserts predictions, whose rollups the owner's
+    trigger function keeps, and reads everything; it cannot rewrite or delete the history, the
+    reviews, the rollups or the migration bookkeeping, nor change the schema. The whole API as
+    this role: tests/api/test_teaching.py."""
+    with app_role_database() as (owner_url, app_url):
+        owner, app = create_engine(owner_url), create_engine(app_url)
+        try:
+            assert problem_of(app) is None  # readiness works as the app role
+            assert insert_and_count(app) == 1
+            with app.connect() as connection:  # the trigger ran as the owner: counted
+                assert connection.scalar(text("SELECT sum(count) FROM rollup_daily_classes")) == 1
+            refused = (
+                "UPDATE predictions SET class_name = 'forged'",
+                "DELETE FROM predictions",
+                "UPDATE reviews SET verdict = 'correct'",
+                "DELETE FROM reviews",
+                "DELETE FROM prediction_embeddings",
+                "DELETE FROM head_answers",
+                "UPDATE heads SET artifact_sha256 = 'x'",
+                "UPDATE label_sets SET name = 'x'",
+                "INSERT INTO rollup_daily_classes SELECT * FROM rollup_daily_classes",
+                "UPDATE rollup_hourly_classes SET count = 0",
+                "DELETE FROM alembic_version",
+                "DELETE FROM schema_compatibility",
+                "TRUNCATE predictions",
+                "CREATE TABLE intruder (id INTEGER)",
+                "ALTER TABLE predictions ADD COLUMN intruder INTEGER",
+                "DROP TABLE predictions",
+                "DROP INDEX ix_predictions_image_sha256",
+                "ALTER FUNCTION visinspect_rollup_predictions() SECURITY INVOKER",
+            )
+            for statement in refused:
+                with app.connect() as connection, pytest.raises(ProgrammingError) as denied:
+                    connection.execute(text(statement))
+                message = str(denied.value)
+                assert "permission denied" in message or "must be owner" in message, statement
+            allowed = (  # what serving changes in place: a set's classes, a head's status
+                "UPDATE label_sets SET classes = classes WHERE false",
+                "UPDATE heads SET status = status WHERE false",
+            )
+            with app.begin() as connection:
+                for statement in allowed:
+                    connection.execute(text(statement))
+            # Partitions and retention are the owner's: the app role's maintenance steps aside.
+            assert partitions.maintain(app, retention_days=1).skipped
+            assert retention.apply_retention(app, days=1) == 0
+            assert not partitions.maintain(owner, retention_days=1).skipped
+        finally:
+            app.dispose()
+            owner.dispose()
 
 
 def test_an_app_role_is_refused_for_sqlite() -> None:

@@ -282,9 +282,24 @@ def backfill_statements(dialect: str) -> list[str]:
     return _add_to_rollups(dialect, "predictions")
 
 
+# The trigger's function runs as the schema's owner (SECURITY DEFINER), so that the serving role
+# needs no write privilege on the rollups (db/schema.py grants it none); its search_path is fixed
+# to the schema, pg_temp last, so that a temporary table of the caller's cannot stand in for one.
+POSTGRES_DEFINER = """
+DO $$ BEGIN
+  EXECUTE format(
+    'ALTER FUNCTION visinspect_rollup_predictions() SECURITY DEFINER SET search_path = %I, pg_temp',
+    current_schema());
+END $$
+"""
+POSTGRES_INVOKER = (
+    "ALTER FUNCTION visinspect_rollup_predictions() SECURITY INVOKER RESET search_path"
+)
+
+
 def trigger_statements(dialect: str) -> list[str]:
     if dialect == "postgresql":
-        return [POSTGRES_FUNCTION, POSTGRES_TRIGGER]
+        return [POSTGRES_FUNCTION, POSTGRES_DEFINER, POSTGRES_TRIGGER]
     return [SQLITE_TRIGGER]
 
 

@@ -114,23 +114,48 @@ def _lock_migrations(connection: Connection) -> None:
     connection.commit()
 
 
+# What the serving role may write, table by table; every table of the schema it may read. The
+# history is append-only for it: predictions, their embeddings, reviews, labels, head answers and
+# head events are inserted, never updated or deleted. Only a label set's classes and a head's
+# status change in place. Partitions, retention and migrations are the owner's (`visinspect db
+# maintain`, `visinspect db upgrade`); the rollups are written by the owner's trigger function.
+SERVING_INSERTS = (
+    "predictions",
+    "prediction_embeddings",
+    "reviews",
+    "label_sets",
+    "labels",
+    "heads",
+    "head_events",
+    "head_answers",
+)
+SERVING_UPDATES = {"label_sets": ("classes",), "heads": ("status",)}
+
+
 def grant_serving_privileges(connection: Connection, role: str) -> None:
-    """PostgreSQL: `role` may read and write rows of every table in this schema (and use its
-    sequences); it does not own them and gets no CREATE, so it cannot change the schema. Run
-    after every migration, so that new tables are covered."""
+    """PostgreSQL: `role` may read every table of this schema and write only what serving
+    writes (SERVING_INSERTS, SERVING_UPDATES): no UPDATE or DELETE of the history, no rollup,
+    no migration bookkeeping, no CREATE. Run after every migration: whatever was granted before
+    is revoked first, so a narrower rule reaches an existing role, and new tables are covered."""
     if connection.dialect.name != "postgresql":
         raise ValueError("DATABASE_APP_ROLE applies to PostgreSQL only")
-    quoted = connection.dialect.identifier_preparer.quote(role)
-    schema = connection.dialect.identifier_preparer.quote(
-        connection.execute(text("SELECT current_schema()")).scalar_one()
-    )
-    for statement in (
+    quote = connection.dialect.identifier_preparer.quote
+    quoted = quote(role)
+    schema = quote(connection.execute(text("SELECT current_schema()")).scalar_one())
+    statements = [
         f"GRANT USAGE ON SCHEMA {schema} TO {quoted}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {quoted}",
+        f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {quoted}",
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {quoted}",
+        f"GRANT INSERT ON {', '.join(quote(t) for t in SERVING_INSERTS)} TO {quoted}",
+        *(
+            f"GRANT UPDATE ({', '.join(quote(c) for c in columns)}) ON {quote(table)} TO {quoted}"
+            for table, columns in SERVING_UPDATES.items()
+        ),
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {quoted}",
-    ):
+    ]
+    for statement in statements:
         connection.execute(text(statement))
-    log.info("db.granted", role=role, schema=schema)
+    log.info("db.granted", role=role, schema=schema, inserts=SERVING_INSERTS)
 
 
 def create_all_for_development(engine: Engine) -> None:
