@@ -20,14 +20,27 @@ os.environ.update(DATABASE_URL="postgresql://u:secret@db/x", API_KEYS="alice:sec
 from tests.inference.test_decoders import LIMITS
 from visinspect.inference.decoders import DecoderPool
 
+def names_of(worker):
+    with open(f"/proc/{worker.process.pid}/environ", "rb") as environ:
+        return [e.split(b"=", 1)[0].decode() for e in environ.read().split(b"\\0") if e]
+
 async def main():
+    import multiprocessing.forkserver, signal
     pool = DecoderPool(LIMITS, 1)
     await pool.start()
     worker = pool._idle.get_nowait()
-    with open(f"/proc/{worker.process.pid}/environ", "rb") as environ:
-        names = [e.split(b"=", 1)[0].decode() for e in environ.read().split(b"\\0") if e]
-    print(json.dumps({"names": names, "service_still_has": "DATABASE_URL" in os.environ}))
+    first = names_of(worker)
     worker.kill()
+    # The forkserver dies; the next decoder is spawned through a new one.
+    server_pid = multiprocessing.forkserver._forkserver._forkserver_pid
+    os.kill(server_pid, signal.SIGKILL)
+    while open(f"/proc/{server_pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        await asyncio.sleep(0.01)
+    respawned = pool._spawn()
+    restarted = multiprocessing.forkserver._forkserver._forkserver_pid != server_pid
+    print(json.dumps({"names": first, "after_restart": names_of(respawned),
+                      "restarted": restarted, "service_still_has": "DATABASE_URL" in os.environ}))
+    respawned.kill()
 
 asyncio.run(main())
 """
@@ -35,7 +48,7 @@ asyncio.run(main())
 
 def test_a_decoder_sees_none_of_the_services_secrets() -> None:
     """What the kernel shows of a real decoder's environment (its initial block, which no later
-    change inside the process can hide)."""
+    change inside the process can hide), before and after its forkserver was killed."""
     run = subprocess.run(
         [sys.executable, "-c", _ENVIRONMENT_OF_A_DECODER],
         capture_output=True,
@@ -46,6 +59,11 @@ def test_a_decoder_sees_none_of_the_services_secrets() -> None:
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert "LANG" in seen["names"]  # what decoding may need is kept
     assert not {"DATABASE_URL", "API_KEYS"} & set(seen["names"]), seen["names"]
+    # A forkserver that died is started again scrubbed (multiprocessing alone would restart it
+    # with the whole environment at the next spawn).
+    assert seen["restarted"]
+    assert "LANG" in seen["after_restart"]
+    assert not {"DATABASE_URL", "API_KEYS"} & set(seen["after_restart"]), seen["after_restart"]
     assert seen["service_still_has"]  # the service's own environment is untouched
 
 

@@ -37,6 +37,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -124,6 +125,22 @@ def start_forkserver() -> None:
             os.environ.update(kept)
 
 
+def _forkserver_running() -> bool:
+    """Whether the forkserver this process started is alive. multiprocessing restarts a dead one
+    by itself at the next spawn, from the service's whole environment: `_spawn` restarts it
+    scrubbed first. (ForkServer keeps the pid privately; without it, assume it is not running
+    and scrub, which costs a moment.)"""
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if not isinstance(pid, int):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie is dead, only not yet waited for
+
+
 class DecoderPool:
     """DECODE_WORKERS processes; `decode` borrows an idle one for one upload."""
 
@@ -186,6 +203,8 @@ class DecoderPool:
         return outcome
 
     def _spawn(self) -> _Worker:
+        if not _forkserver_running():
+            start_forkserver()
         return _Worker(self._context, self.limits)
 
     def _replace(self, worker: _Worker) -> None:
