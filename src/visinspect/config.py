@@ -338,6 +338,19 @@ class Settings(BaseSettings):
         description="Quality: a shadow head is shown as beating the active one only when both "
         "answered at least this many of the labels given after they were trained.",
     )
+    image_store_max_files: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="The store's bound in files (inodes; each image takes three): above it the "
+        "cleanup removes the images seen longest ago. 0 = no bound.",
+    )
+    image_store_key_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The share of either bound one API key's images may hold: beyond it that "
+        "key's uploads are not kept, and the cleanup evicts its images before others'. 1 = none.",
+    )
     image_retention_days: float = Field(
         default=30,
         ge=0,

@@ -21,3 +21,4 @@ class RequestContext:
     timeout_s: float | None = None
     gone: Callable[[], Awaitable[bool]] = _stays
     label_set: str | None = None  # answer with this set's active head only (None: every one)
+    key_name: str | None = None  # the caller's API key (None: keys are off); owns kept images

@@ -83,6 +83,7 @@ def test_one_copy_per_distinct_image(keeping: tuple[TestClient, Path], photos: P
     sha = first["image_sha256"]
     assert sorted(p.name for p in (store / sha[:2]).iterdir() if sha in p.name) == [
         sha,
+        f"{sha}.by.anonymous",  # no API keys here: the anonymous share
         f"{sha}.thumb.jpg",
     ]
     for made in (first, second):
@@ -204,3 +205,40 @@ def test_cleanup_command_without_a_store_says_so(
     monkeypatch.delenv("IMAGE_STORE_DIR", raising=False)
     assert cli_main(["images", "cleanup"]) == 2
     assert "IMAGE_STORE_DIR is not set" in capsys.readouterr().err
+
+
+def test_a_kept_upload_counts_against_its_keys_share(
+    tmp_path_factory: pytest.TempPathFactory, photos: Path
+) -> None:
+    """The store knows which key brought an image (its share, IMAGE_STORE_KEY_SHARE): a key
+    over its share has its uploads classified and recorded, not kept, and others' still are."""
+    store = tmp_path_factory.mktemp("shares") / "images"
+    keys = "line-3@predict+read:device-key, alice:alices-key"
+    # Half the store holds coffee and chelsea with their thumbnails, and no third photo.
+    two = sum((photos / name).stat().st_size for name in ("coffee.png", "chelsea.png"))
+    with app_on(
+        "sqlite",
+        tmp_path_factory,
+        "shares",
+        image_store_dir=store,
+        api_keys=keys,
+        image_store_max_bytes=2 * (two + (64 << 10)),
+        image_store_key_share=0.5,
+    ) as client:
+        device, alice = {"X-API-Key": "device-key"}, {"X-API-Key": "alices-key"}
+        kept = []
+        for name in ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg"):
+            data = (photos / name).read_bytes()
+            answer = client.post("/predict", files={"file": (name, data)}, headers=device)
+            assert answer.status_code == 200, answer.text
+            kept.append(answer.json()["image_kept"])
+        assert kept == [True, True, False, False]  # line-3 reached its half of the store
+        owners = {p.name.split(".by.")[1] for p in store.rglob("*.by.*")}
+        assert owners == {"line-3"}
+        answer = client.post(
+            "/predict",
+            files={"file": ("camera.png", (photos / "camera.png").read_bytes())},
+            headers=alice,
+        )
+        assert answer.json()["image_kept"] is True  # another key's share is untouched
+        assert {p.name.split(".by.")[1] for p in store.rglob("*.by.*")} == {"line-3", "alice"}

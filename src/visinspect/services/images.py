@@ -85,14 +85,17 @@ class ImageService:
     def enabled(self) -> bool:
         return self.store is not None
 
-    async def keep(self, classification: Classification, request_id: str) -> bool | None:
-        """Whether the upload was kept (None: images are not kept). Never raises: a full or
-        failing disk is a log line and a metric, and the prediction is recorded regardless."""
+    async def keep(
+        self, classification: Classification, request_id: str, owner: str | None = None
+    ) -> bool | None:
+        """Whether the upload was kept (None: images are not kept), as `owner`'s (an API key's
+        name: its share of the store). Never raises: a full or failing disk is a log line and a
+        metric, and the prediction is recorded regardless."""
         original, thumbnail = classification.original, classification.thumbnail
         if self.store is None or original is None or thumbnail is None:
             return None
         reason = await anyio.to_thread.run_sync(
-            self.store.keep, classification.image_sha256, original, thumbnail
+            self.store.keep, classification.image_sha256, original, thumbnail, owner
         )
         if reason is None:
             return True
@@ -101,6 +104,7 @@ class ImageService:
             reason=reason.value,
             image_sha256=classification.image_sha256,
             request_id=request_id,
+            owner=owner,
             store_bytes=self.store.used_bytes,
             max_bytes=self.store.max_bytes,
         )
@@ -179,6 +183,7 @@ class ImageService:
             removed_bytes=report.removed_bytes,
             images=report.images,
             bytes=report.bytes,
+            files=report.files,
             ms=round(report.seconds * 1000, 1),
         )
         if self.on_cleanup is not None:

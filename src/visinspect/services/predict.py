@@ -144,7 +144,9 @@ class PredictService:
         latency_ms = (time.perf_counter() - started) * 1000
         record = new_record(classification, upload, context.request_id, latency_ms)
         if self.images is not None:
-            record.image_kept = await self.images.keep(classification, context.request_id)
+            record.image_kept = await self.images.keep(
+                classification, context.request_id, context.key_name
+            )
         embedding = None
         if self.keep_embeddings and classification.embedding is not None:
             embedding = embeddings.encode(

@@ -4,10 +4,21 @@ Layout under IMAGE_STORE_DIR (one copy per distinct image, whatever its number o
 
     ab/<sha256>             the upload as received
     ab/<sha256>.thumb.jpg   its thumbnail (JPEG, made by the decoder process that decoded it)
+    ab/<sha256>.by.<key>    empty: the API key whose upload first brought it (its owner)
     .cleanup.lock           lets one process at a time clean up (several servers share a store)
 
 A file's modification time is when an upload last brought it: IMAGE_RETENTION_DAYS counts from
-there, and IMAGE_STORE_MAX_BYTES removes the images seen longest ago first.
+there, and the bounds remove the images seen longest ago first. The bounds count what the disk
+gives: allocated blocks, not the files' lengths (a 100-byte image takes a 4 KiB block), and files
+(inodes), IMAGE_STORE_MAX_FILES. One key's images may hold at most IMAGE_STORE_KEY_SHARE of
+either: beyond, its uploads are not kept, and the cleanup evicts its images before anyone
+else's, so that one key cannot push every other key's images out.
+
+The cleanup streams: it reads one fan-out directory at a time and keeps, besides, a histogram of
+ages per key (logarithmic buckets, 2% of an age wide), never a list of every image: its memory
+does not grow with the store (a CronJob with 256 MiB cleans millions of images). A first pass
+removes expired images and counts; a second, only when a bound is passed, removes each key's
+images older than the age its histogram says frees enough (at most one bucket more).
 
 No request names a path: every path is built from a digest that must be 64 hex digits, files are
 opened without following symlinks, and a directory that resolves outside the store is refused.
@@ -20,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import re
 import secrets
@@ -52,7 +64,8 @@ class Variant(StrEnum):
 class NotKept(StrEnum):
     """Why an image was not kept: the `reason` of the log line and of the metric."""
 
-    STORE_FULL = "store_full"  # IMAGE_STORE_MAX_BYTES reached; the cleanup is asked to make room
+    STORE_FULL = "store_full"  # IMAGE_STORE_MAX_BYTES/_FILES reached; the cleanup makes room
+    KEY_QUOTA = "key_quota"  # this key's images hold IMAGE_STORE_KEY_SHARE of a bound already
     DISK_FULL = "disk_full"  # the filesystem said ENOSPC or EDQUOT
     WRITE_FAILED = "write_failed"  # any other error of the filesystem
 
@@ -66,56 +79,131 @@ class KeptFile:
 
 
 @dataclass(slots=True)
-class CleanupReport:
-    expired: int = 0  # images removed by IMAGE_RETENTION_DAYS
-    evicted: int = 0  # images removed by IMAGE_STORE_MAX_BYTES, oldest first
-    abandoned: int = 0  # temporary files of writes that died
-    removed_bytes: int = 0
-    images: int = 0  # what is left
+class Usage:
+    """What images take on the disk: allocated bytes (blocks) and files (inodes)."""
+
     bytes: int = 0
-    seconds: float = 0.0
+    files: int = 0
+
+    def add(self, other: Usage, sign: int = 1) -> None:
+        self.bytes += sign * other.bytes
+        self.files += sign * other.files
 
 
 @dataclass(slots=True)
-class _Entry:
-    mtime: float
-    size: int = 0
-    paths: list[Path] = field(default_factory=list)
+class CleanupReport:
+    expired: int = 0  # images removed by IMAGE_RETENTION_DAYS
+    evicted: int = 0  # images removed by a bound, a key over its share first
+    abandoned: int = 0  # temporary files of writes that died
+    removed_bytes: int = 0
+    images: int = 0  # what is left
+    bytes: int = 0  # allocated
+    files: int = 0
+    seconds: float = 0.0
+
+
+ANONYMOUS = "anonymous"  # the owner of images kept while API_KEYS is empty
+_OWNER = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")  # API key names (config.API_KEY_NAME)
+_OWNER_MARK = ".by."
+# Age histogram: bucket = log2(1 + age in seconds) * _BUCKETS_PER_DOUBLING, capped.
+_BUCKETS_PER_DOUBLING = 32
+_BUCKETS = 40 * _BUCKETS_PER_DOUBLING  # 2^40 s: older than anything
+
+
+def _bucket(age_s: float) -> int:
+    return min(_BUCKETS - 1, int(math.log2(1.0 + max(age_s, 0.0)) * _BUCKETS_PER_DOUBLING))
+
+
+@dataclass(slots=True)
+class _Image:
+    """One image's files in one fan-out directory, as a scan finds them."""
+
+    mtime: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    # Plain strings: pathlib interns every name it parses, and the interned names' table would
+    # grow with the store.
+    paths: list[str] = field(default_factory=list)
+    owner: str = ANONYMOUS
+
+
+@dataclass(slots=True)
+class _Census:
+    """The first pass's counts: per owner, the usage by age bucket (bounded memory)."""
+
+    ages: dict[str, list[Usage]] = field(default_factory=dict)
+    images: int = 0
+
+    def count(self, image: _Image, bucket: int) -> None:
+        self.ages.setdefault(image.owner, [Usage() for _ in range(_BUCKETS)])[bucket].add(
+            image.usage
+        )
+        self.images += 1
+
+    def total(self, owner: str | None = None) -> Usage:
+        total = Usage()
+        for name, buckets in self.ages.items():
+            if owner is None or name == owner:
+                for usage in buckets:
+                    total.add(usage)
+        return total
 
 
 class ImageStore:
-    def __init__(self, root: Path, max_bytes: int, retention_days: float) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int,
+        retention_days: float,
+        max_files: int = 0,
+        key_share: float = 1.0,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes  # 0 = no bound
+        self.max_files = max_files  # 0 = no bound
+        self.key_share = key_share  # of each bound, for one key's images; 1 = no share
         self.retention_s = retention_days * 86400  # 0 = keep forever
         # What the store holds, as far as this process knows: measured by each cleanup, grown by
         # this process's writes in between (other processes' writes show at the next cleanup).
-        self.used_bytes = 0
+        self.used = Usage()
+        self.used_by: dict[str, Usage] = {}
+        self._block = 4096
         self._resolved_root: Path | None = None
+
+    @property
+    def used_bytes(self) -> int:
+        return self.used.bytes
 
     def create(self) -> None:
         """Make the root (a volume mount point usually exists); raises OSError if it cannot be."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._resolved_root = self.root.resolve(strict=True)
+        self._block = os.statvfs(self.root).f_frsize or 4096
 
-    def keep(self, sha256: str, original: bytes, thumbnail: bytes) -> NotKept | None:
-        """Store one upload and its thumbnail; None when both are there, else why not. An image
-        already kept is only marked as seen now."""
+    def keep(
+        self, sha256: str, original: bytes, thumbnail: bytes, owner: str | None = None
+    ) -> NotKept | None:
+        """Store one upload and its thumbnail for `owner` (an API key's name); None when both
+        are there, else why not. An image already kept is only marked as seen now."""
+        owner = owner if owner is not None and _OWNER.match(owner) else ANONYMOUS
         directory = self._directory(sha256)
         paths = directory / sha256, directory / (sha256 + _THUMBNAIL_SUFFIX)
         try:
             if _mark_seen(paths):
                 return None
-            size = len(original) + len(thumbnail)
-            if self.max_bytes and self.used_bytes + size > self.max_bytes:
+            need = Usage(self._allocated(len(original)) + self._allocated(len(thumbnail)), 3)
+            if self._over(self.used, need, 1.0):
                 return NotKept.STORE_FULL
+            if self._over(self.used_by.get(owner, Usage()), need, self.key_share):
+                return NotKept.KEY_QUOTA
             directory.mkdir(exist_ok=True)
             self._check_inside(directory)
             _write_atomically(paths[0], original)
             try:
                 _write_atomically(paths[1], thumbnail)
+                _mark_owner(directory / f"{sha256}{_OWNER_MARK}{owner}")
             except OSError:
                 paths[0].unlink(missing_ok=True)  # kept means both: the queue shows thumbnails
+                paths[1].unlink(missing_ok=True)
                 raise
         except OSError as exc:
             return (
@@ -123,8 +211,18 @@ class ImageStore:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 else (NotKept.WRITE_FAILED)
             )
-        self.used_bytes += size
+        self.used.add(need)
+        self.used_by.setdefault(owner, Usage()).add(need)
         return None
+
+    def _allocated(self, length: int) -> int:
+        return -(-length // self._block) * self._block
+
+    def _over(self, usage: Usage, need: Usage, share: float) -> bool:
+        return bool(
+            (self.max_bytes and usage.bytes + need.bytes > self.max_bytes * share)
+            or (self.max_files and usage.files + need.files > self.max_files * share)
+        )
 
     def open(self, sha256: str, variant: Variant) -> KeptFile | None:
         """The kept file, open for reading; None when the store does not hold it (never kept,
@@ -143,33 +241,90 @@ class ImageStore:
         return KeptFile(os.fdopen(descriptor, "rb"), info.st_size)
 
     def cleanup(self, now: float | None = None) -> CleanupReport:
-        """Remove expired images, then the oldest ones while the store is above its bound, and
-        the leftovers of writes that died. One process at a time; blocking (run it in a thread)."""
+        """Remove expired images, then, above a bound, the oldest ones (a key over its share
+        first), and the leftovers of writes that died. One process at a time; streaming, in
+        bounded memory; blocking (run it in a thread)."""
         started = time.perf_counter()
         now = time.time() if now is None else now
         report = CleanupReport()
         with self._cleanup_lock():
-            entries = self._scan(now, report)
-            if self.retention_s:
-                for digest in [d for d, e in entries.items() if e.mtime < now - self.retention_s]:
-                    report.expired += self._remove(entries.pop(digest), report)
-            total = sum(entry.size for entry in entries.values())
-            if self.max_bytes and total > self.max_bytes:
-                for digest in sorted(entries, key=lambda d: entries[d].mtime):
-                    if total <= self.max_bytes * _LOW_WATER:
-                        break
-                    entry = entries.pop(digest)
-                    if self._remove(entry, report):
-                        report.evicted += 1
-                        total -= entry.size
-        report.images = len(entries)
-        report.bytes = self.used_bytes = sum(entry.size for entry in entries.values())
+            census = self._count(now, report)
+            cutoffs = self._cutoffs(census)
+            if cutoffs:
+                self._evict(now, cutoffs, census, report)
+        self.used = census.total()
+        self.used_by = {owner: census.total(owner) for owner in census.ages}
+        report.bytes, report.files = self.used.bytes, self.used.files
+        report.images = census.images
         report.seconds = time.perf_counter() - started
         return report
 
-    def _scan(self, now: float, report: CleanupReport) -> dict[str, _Entry]:
-        entries: dict[str, _Entry] = {}
+    def _count(self, now: float, report: CleanupReport) -> _Census:
+        """First pass: expired images and dead writes removed; the rest counted by owner and age."""
+        census = _Census()
+        for images in self._images(now, report):
+            for image in images:
+                if self.retention_s and image.mtime < now - self.retention_s:
+                    report.expired += self._remove(image, report)
+                else:
+                    census.count(image, _bucket(now - image.mtime))
+        return census
+
+    def _cutoffs(self, census: _Census) -> dict[str, int]:
+        """Per owner, the age bucket from which its images go: first each key over its share,
+        down to its share of the low-water mark, then everyone's oldest while the store is
+        above its bound. Empty when nothing need go."""
+        cutoffs: dict[str, int] = {}
+        for owner, buckets in census.ages.items():
+            cut = self._cutoff(buckets, self.key_share)
+            if cut is not None:
+                cutoffs[owner] = cut
+        remaining: list[Usage] = [Usage() for _ in range(_BUCKETS)]
+        for owner, buckets in census.ages.items():
+            for index, usage in enumerate(buckets[: cutoffs.get(owner, _BUCKETS)]):
+                remaining[index].add(usage)
+        everyone = self._cutoff(remaining, 1.0)
+        if everyone is not None:
+            for owner in census.ages:
+                cutoffs[owner] = min(cutoffs.get(owner, _BUCKETS), everyone)
+        return cutoffs
+
+    def _cutoff(self, buckets: list[Usage], share: float) -> int | None:
+        """The smallest bucket index from which removing every older image brings `buckets`
+        within `share` of the bounds' low-water mark; None when they are within the bound."""
+        total = Usage()
+        for usage in buckets:
+            total.add(usage)
+        if not self._over(total, Usage(), share):
+            return None
+        byte_goal, file_goal = (
+            bound * share * _LOW_WATER for bound in (self.max_bytes, self.max_files)
+        )
+        for index in range(len(buckets) - 1, -1, -1):
+            total.add(buckets[index], -1)
+            if (not self.max_bytes or total.bytes <= byte_goal) and (
+                not self.max_files or total.files <= file_goal
+            ):
+                return index
+        return 0
+
+    def _evict(
+        self, now: float, cutoffs: dict[str, int], census: _Census, report: CleanupReport
+    ) -> None:
+        """Second pass: each image at or past its owner's cutoff is removed and uncounted."""
+        for images in self._images(now, report):
+            for image in images:
+                bucket = _bucket(now - image.mtime)
+                if bucket >= cutoffs.get(image.owner, _BUCKETS) and self._remove(image, report):
+                    report.evicted += 1
+                    census.ages[image.owner][bucket].add(image.usage, -1)
+                    census.images -= 1
+
+    def _images(self, now: float, report: CleanupReport) -> Iterator[list[_Image]]:
+        """The store's images, one fan-out directory at a time (temporary files of writes that
+        died are removed on the way)."""
         for directory in _subdirectories(self.root):
+            images: dict[str, _Image] = {}
             for item in _files(directory):
                 info = item.stat(follow_symlinks=False)
                 if item.name.startswith(_TEMPORARY_PREFIX):
@@ -178,25 +333,30 @@ class ImageStore:
                             os.unlink(item.path)
                             report.abandoned += 1
                     continue
-                digest = item.name.removesuffix(_THUMBNAIL_SUFFIX)
+                digest, _, owner = item.name.removesuffix(_THUMBNAIL_SUFFIX).partition(_OWNER_MARK)
                 if not _DIGEST.match(digest) or not stat.S_ISREG(info.st_mode):
                     continue  # not ours: left alone
-                entry = entries.setdefault(digest, _Entry(info.st_mtime))
-                entry.mtime = max(entry.mtime, info.st_mtime)
-                entry.size += info.st_size
-                entry.paths.append(Path(item.path))
-        return entries
+                image = images.setdefault(digest, _Image(info.st_mtime))
+                if owner:
+                    image.owner = owner if _OWNER.match(owner) else ANONYMOUS
+                else:  # the marker's time is when it was first kept: not a sighting
+                    image.mtime = max(image.mtime, info.st_mtime)
+                image.usage.add(Usage(info.st_blocks * 512, 1))
+                image.paths.append(item.path)
+            yield list(images.values())
 
-    def _remove(self, entry: _Entry, report: CleanupReport) -> bool:
+    def _remove(self, image: _Image, report: CleanupReport) -> bool:
         """Remove one image's files unless an upload brought it again since the scan."""
-        for path in entry.paths:
+        for path in image.paths:
             with contextlib.suppress(FileNotFoundError):
-                if os.stat(path, follow_symlinks=False).st_mtime > entry.mtime:
+                if _OWNER_MARK not in os.path.basename(path) and (
+                    os.stat(path, follow_symlinks=False).st_mtime > image.mtime
+                ):
                     return False
-        for path in entry.paths:
+        for path in image.paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        report.removed_bytes += entry.size
+        report.removed_bytes += image.usage.bytes
         return True
 
     @contextlib.contextmanager
@@ -225,7 +385,11 @@ def open_image_store(settings: Settings) -> ImageStore | None:
     if settings.image_store_dir is None:
         return None
     store = ImageStore(
-        settings.image_store_dir, settings.image_store_max_bytes, settings.image_retention_days
+        settings.image_store_dir,
+        settings.image_store_max_bytes,
+        settings.image_retention_days,
+        settings.image_store_max_files,
+        settings.image_store_key_share,
     )
     try:
         store.create()
@@ -252,6 +416,12 @@ def _mark_seen(paths: tuple[Path, Path]) -> bool:
     return True
 
 
+def _mark_owner(path: Path) -> None:
+    """The empty owner marker (an image kept again by another key keeps its first owner)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(path, flags, 0o640))
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     """Readers see the whole file or none: written under a temporary name, then renamed."""
     temporary = path.with_name(f"{_TEMPORARY_PREFIX}{secrets.token_hex(8)}")
@@ -266,13 +436,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _subdirectories(root: Path) -> Iterator[Path]:
+def _subdirectories(root: Path) -> Iterator[str]:
     with os.scandir(root) as items:
         for item in items:
             if len(item.name) == 2 and item.is_dir(follow_symlinks=False):
-                yield Path(item.path)
+                yield item.path
 
 
-def _files(directory: Path) -> list[os.DirEntry[str]]:
+def _files(directory: str) -> list[os.DirEntry[str]]:
     with os.scandir(directory) as items:
         return [item for item in items if item.is_file(follow_symlinks=False)]

@@ -13,7 +13,7 @@ from visinspect.api.deps import PredictServiceDep
 from visinspect.api.error_handlers import public_message, record_rejection
 from visinspect.api.middleware import request_id_from
 from visinspect.api.schemas import BatchItem, BatchOut, ErrorDetail, PredictionOut, error_responses
-from visinspect.api.security import require_api_key
+from visinspect.api.security import key_name, require_api_key
 from visinspect.context import RequestContext
 from visinspect.errors import InvalidRequest, VisinspectError
 from visinspect.services.predict import Outcome, Upload
@@ -123,8 +123,11 @@ async def _context(
         return listener.done()
 
     timeout_s = None if timeout_ms is None else timeout_ms / 1000
+    caller = await key_name(request)  # whose share of the image store a kept upload takes
     try:
-        yield RequestContext(request_id_from(request.scope), top_k, timeout_s, gone, label_set)
+        yield RequestContext(
+            request_id_from(request.scope), top_k, timeout_s, gone, label_set, caller
+        )
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
