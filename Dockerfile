@@ -45,7 +45,7 @@ RUN /opt/build/bin/pip install --no-deps --no-build-isolation . \
  && /opt/venv/bin/pip install --no-deps --no-build-isolation . \
  && /opt/venv/bin/python -c "import sys; from visinspect.config import Settings; from visinspect.inference.classifier import load_classifier; load_classifier(Settings(_env_file=None)); assert 'torch' not in sys.modules" \
  && site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
- && find "$site/swagger_ui_bundle" -name '*.map' -delete \
+ && find "$site/fastapi_swagger" -name '*.map' -delete \
  && rm -rf "$site/onnxruntime/capi/libonnxruntime.so."* "$site/onnxruntime/transformers" "$site/onnxruntime/tools" \
     "$site/onnxruntime/quantization" "$site/onnxruntime/datasets" \
  && find "$site/uvloop" "$site/sqlalchemy" -name '*.so' -type f -exec strip --strip-unneeded {} + \

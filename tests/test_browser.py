@@ -280,3 +280,19 @@ def test_every_view_has_no_accessibility_violations(
     finally:
         context.close()
     assert found == {view: [] for view in found}, json.dumps(found, indent=1)
+
+
+def test_the_api_docs_render_with_no_inline_script(
+    page: Page, server: tuple[object, str, str]
+) -> None:
+    """/docs under a policy of scripts and styles from this origin only: Swagger UI renders
+    the operations, and the fixture fails the test on any CSP violation or script error."""
+    _, base, _ = server
+    response = page.goto(base + "/docs")
+    assert response is not None
+    policy = response.headers["content-security-policy"]
+    assert "'unsafe-inline'" not in policy
+    assert "script-src 'self'" in policy
+    expect(page.locator(".opblock-summary-path", has_text="/predict").first).to_be_visible(
+        timeout=30_000
+    )
