@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support import (
+    VISINSPECT,
     gated_model,
     make_settings,
     rows_with_request_id,
@@ -208,3 +211,34 @@ def test_unexpected_errors_are_a_generic_500_with_the_request_id(tmp_path: Path)
     assert response.headers["x-content-type-options"] == "nosniff"  # sent outside our middleware
     assert "default-src 'none'" in response.headers["content-security-policy"]
     assert "secret" not in response.text
+
+
+def test_a_new_key_is_random_and_its_entry_holds_only_its_digest(
+    tmp_path: Path, photos: Path
+) -> None:
+    """`visinspect keys new`: 256 random bits, never the same twice; the API_KEYS entry names
+    it, limits it and holds its SHA-256, so the environment never holds the key."""
+    made = [
+        json.loads(
+            subprocess.run(
+                [VISINSPECT, "keys", "new", "line-3", "--scope", "predict", "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout
+        )
+        for _ in range(2)
+    ]
+    assert made[0]["key"] != made[1]["key"]
+    assert len(made[0]["key"]) >= 43  # 32 bytes, URL-safe base64
+    entry = made[0]["api_keys_entry"]
+    assert entry.startswith("line-3@predict:sha256:")
+    assert made[0]["key"] not in entry
+    settings = make_settings(f"sqlite:///{tmp_path / 'new.db'}", api_keys=entry)
+    with running_app(settings) as client:
+        device = {"X-API-Key": made[0]["key"]}
+        status, _ = upload(client, photos, device)
+        assert status == 200
+        assert client.get("/predictions", headers=device).status_code == 403  # predict only
+        assert client.get("/predictions", headers={"X-API-Key": made[1]["key"]}).status_code == 403

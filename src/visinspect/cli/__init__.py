@@ -153,6 +153,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(
         command="visinspect.cli.serve:run", prelude="visinspect.inference.decoders:start_forkserver"
     )
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    made = keys.add_parser(
+        "new",
+        help="a random key, and its API_KEYS entry (the key's SHA-256, never the key itself)",
+    )
+    made.add_argument("name", metavar="NAME", help="who holds it: reviews and kept images say so")
+    made.add_argument(
+        "--scope",
+        action="append",
+        choices=["predict", "read", "review", "admin"],
+        help="what it may do; repeatable (default: everything)",
+    )
+    made.add_argument("--json", action="store_true", help="one JSON line")
+    made.set_defaults(command="visinspect.cli.keys:new")
     model = commands.add_parser("model", help="the model artifact").add_subparsers(
         required=True, metavar="ACTION"
     )
