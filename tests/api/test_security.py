@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -231,6 +232,15 @@ def test_a_new_key_is_random_and_its_entry_holds_only_its_digest(
         for _ in range(2)
     ]
     assert made[0]["key"] != made[1]["key"]
+    again = subprocess.run(
+        [VISINSPECT, "keys", "new", "line-3"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "API_KEYS": made[0]["api_keys_entry"]},
+    )
+    assert "already has a key named 'line-3'" in again.stderr
     assert len(made[0]["key"]) >= 43  # 32 bytes, URL-safe base64
     entry = made[0]["api_keys_entry"]
     assert entry.startswith("line-3@predict:sha256:")
