@@ -199,6 +199,14 @@ def test_one_key_cannot_push_out_another_keys_images(tmp_path: Path) -> None:
     for n, data in enumerate(flood[:10]):
         age(store, digest(data), 10 - n / 2)
 
+    # Without keys every image is anonymous's: no one to share with, the whole store is its.
+    anonymous = ImageStore(tmp_path / "open", max_bytes=0, retention_days=0, key_share=0.5)
+    anonymous.create()
+    anonymous.max_bytes = 20 * blocks(anonymous, 1)
+    kept = [anonymous.keep(digest(d), d, b"") for d in flood[:25]]
+    assert kept.count(None) == 20
+    assert anonymous.cleanup().evicted == 0
+
     store.key_share = 0.45  # the operator tightens the share to 9 blocks
     report = store.cleanup()
     assert report.evicted == 2  # line-3 down to 90% of its 9: its 2 oldest

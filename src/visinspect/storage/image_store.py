@@ -102,7 +102,9 @@ class CleanupReport:
     seconds: float = 0.0
 
 
-ANONYMOUS = "anonymous"  # the owner of images kept while API_KEYS is empty
+# The owner of images kept while API_KEYS is empty: it has the whole store, there being no other
+# key to share it with.
+ANONYMOUS = "anonymous"
 _OWNER = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")  # API key names (config.API_KEY_NAME)
 _OWNER_MARK = ".by."
 # Age histogram: bucket = log2(1 + age in seconds) * _BUCKETS_PER_DOUBLING, capped.
@@ -193,7 +195,9 @@ class ImageStore:
             need = Usage(self._allocated(len(original)) + self._allocated(len(thumbnail)), 3)
             if self._over(self.used, need, 1.0):
                 return NotKept.STORE_FULL
-            if self._over(self.used_by.get(owner, Usage()), need, self.key_share):
+            if owner != ANONYMOUS and self._over(
+                self.used_by.get(owner, Usage()), need, self.key_share
+            ):
                 return NotKept.KEY_QUOTA
             directory.mkdir(exist_ok=True)
             self._check_inside(directory)
@@ -276,6 +280,8 @@ class ImageStore:
         above its bound. Empty when nothing need go."""
         cutoffs: dict[str, int] = {}
         for owner, buckets in census.ages.items():
+            if owner == ANONYMOUS:  # keys are off (or were): no one to share with
+                continue
             cut = self._cutoff(buckets, self.key_share)
             if cut is not None:
                 cutoffs[owner] = cut
