@@ -349,7 +349,8 @@ class Settings(BaseSettings):
         gt=0,
         le=1,
         description="The share of either bound one API key's images may hold: beyond it that "
-        "key's uploads are not kept, and the cleanup evicts its images before others'. 1 = none.",
+        "key's uploads are not kept, and the cleanup evicts its images before others'. Images "
+        "kept without API_KEYS are exempt (no one to share with). 1 = no share.",
     )
     image_retention_days: float = Field(
         default=30,
