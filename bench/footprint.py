@@ -144,7 +144,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--starts", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=50, help="requests before RSS is read")
-    parser.add_argument("--precision", default=os.environ.get("MODEL_PRECISION", "fp32"))
+    parser.add_argument(
+        "--precision",
+        default=os.environ.get("MODEL_PRECISION", "auto"),
+        help="MODEL_PRECISION of the measured server (default: the service's own, auto)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
     photo = photo_jpeg()
