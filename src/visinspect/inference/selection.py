@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from visinspect.config import Precision
-from visinspect.inference.artifact import Candidate, Manifest, Selection, read_graph
+from visinspect.inference.artifact import Candidate, Graph, Manifest, Selection, read_graph
 from visinspect.inference.backends import OnnxRuntimeBackend, probe_batch
 from visinspect.inference.cpu import Cpu
 
@@ -123,17 +123,27 @@ def _why_fp32(candidates: list[Candidate], timed: dict[Precision, float], fp32: 
     return "; ".join(reasons)
 
 
+def untimed(precision: Precision, note: str) -> Candidate:
+    """A precision that may not be served: `note` says why."""
+    return Candidate(precision=precision, kernels=None, meets_bar=False, note=note)
+
+
+def below_bar(graphs: Mapping[Precision, Graph]) -> list[Candidate]:
+    """The graphs that miss their agreement bar: recorded, never timed nor served."""
+    return [
+        untimed(p, "misses its agreement bar")
+        for p, g in sorted(graphs.items())
+        if not g.agreement.meets_bar
+    ]
+
+
 def select(manifest: Manifest, directory: Path, threads: int, cpu: Cpu) -> Selection:
     """The build's choice when it was measured on a CPU like this one, with as many threads;
     otherwise the graphs that meet their bar, timed here and now."""
     if manifest.selection.fits(cpu, threads):
         return manifest.selection
     eligible = sorted(p for p, g in manifest.graphs.items() if g.agreement.meets_bar)
-    below = [
-        Candidate(precision=p, kernels=None, meets_bar=False, note="misses its agreement bar")
-        for p, g in sorted(manifest.graphs.items())
-        if not g.agreement.meets_bar
-    ]
+    below = below_bar(manifest.graphs)
     if eligible == [Precision.FP32]:
         fp32 = Candidate(precision=Precision.FP32, kernels=None, meets_bar=True, note="not timed")
         return Selection(

@@ -48,7 +48,7 @@ from visinspect.inference.backends import EQUIVALENCE_TOLERANCE, OnnxRuntimeBack
 from visinspect.inference.classifier import load_labels
 from visinspect.inference.cpu import Int8Kernels, this_cpu
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing, preprocess
-from visinspect.inference.selection import choose, measure
+from visinspect.inference.selection import below_bar, choose, measure, untimed
 from visinspect.inference.weights import verified_weights
 from visinspect.offline.photos import PhotoSets
 from visinspect.offline.reference import (
@@ -141,7 +141,7 @@ def build_artifact(
             if explicit:
                 raise
             log.warning("model.int8_skipped", reason=str(exc), action=exc.action)
-            skipped.append(_untimed(Precision.INT8, f"not built: {exc}"))
+            skipped.append(untimed(Precision.INT8, f"not built: {exc}"))
     selection = _select(settings, graphs, files, everything.tensors, skipped)
     manifest = Manifest(
         format=FORMAT_VERSION,
@@ -182,17 +182,7 @@ def _select(
     cpu = this_cpu()
     eligible = {p: files[g.file] for p, g in sorted(graphs.items()) if g.agreement.meets_bar}
     measured = measure(eligible, settings.torch_threads, cpu, tensors[:8])
-    below = [
-        _untimed(p, "misses its agreement bar")
-        for p, g in sorted(graphs.items())
-        if not g.agreement.meets_bar
-    ]
-    return choose(measured + below + skipped, cpu, settings.torch_threads, "build")
-
-
-def _untimed(precision: Precision, note: str) -> Candidate:
-    """A precision that may not be served: `note` says why."""
-    return Candidate(precision=precision, kernels=None, meets_bar=False, note=note)
+    return choose(measured + below_bar(graphs) + skipped, cpu, settings.torch_threads, "build")
 
 
 def _int8(
