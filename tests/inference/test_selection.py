@@ -163,3 +163,20 @@ def test_auto_without_enough_photos_builds_fp32_and_says_why(tmp_path: Path) -> 
     assert manifest.selection.precision is Precision.FP32
     assert manifest.selection.reason.startswith("int8 not built: 4 evaluation photographs")
     assert is_up_to_date(built, {Precision.FP32, Precision.AUTO})
+
+
+def test_int8_asked_explicitly_is_built_even_where_auto_recorded_it_as_skipped(
+    tmp_path: Path,
+) -> None:
+    """`model build --precision int8 --if-missing` under auto: an int8 that auto only recorded
+    as not built is not up to date."""
+    from tests.support import PHOTOS
+    from visinspect.offline.build import build_artifact
+    from visinspect.offline.photos import PhotoSets, find_photos
+
+    everything = find_photos([PHOTOS], installed=False)
+    few = PhotoSets(everything.calibration[:4], everything.evaluation[:4], everything.sources)
+    built = settings(tmp_path / "model")
+    build_artifact(built, {Precision.FP32, Precision.AUTO}, few)
+    assert is_up_to_date(built, {Precision.FP32, Precision.AUTO})
+    assert not is_up_to_date(built, {Precision.FP32, Precision.AUTO, Precision.INT8})

@@ -61,10 +61,9 @@ def is_up_to_date(settings: Settings, precisions: set[Precision]) -> bool:
     except (ArtifactError, ModelLoadError):
         return False
     offered = set(manifest.graphs) | {c.precision for c in manifest.selection.candidates}
-    if Precision.AUTO in precisions:  # int8 was tried (it may have been skipped, with its reason)
-        precisions = (precisions - {Precision.AUTO}) | {Precision.INT8}
-        return Precision.INT8 in offered and precisions - {Precision.INT8} <= set(manifest.graphs)
-    return precisions <= set(manifest.graphs)
+    if Precision.AUTO in precisions and Precision.INT8 not in offered:
+        return False  # auto tries int8: built, or recorded as not built with its reason
+    return precisions - {Precision.AUTO} <= set(manifest.graphs)
 
 
 def _summary(manifest: Manifest) -> str:
