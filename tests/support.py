@@ -291,6 +291,28 @@ def is_ready(base: str) -> bool:
         return False
 
 
+def start_and_fail(env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """`visinspect serve` must refuse: exit code 1, JSON lines only, exactly one error line."""
+    result = subprocess.run(
+        [VISINSPECT, "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    events = json_lines(result.stdout + result.stderr)
+    errors = [e for e in events if e["level"] in {"error", "critical"}]
+    assert len(errors) == 1, events
+    (error,) = errors
+    assert error["event"] == "startup.failed"
+    assert error["reason"]
+    assert error["action"]  # what to do about it
+    assert "exception" not in error  # a cause an operator can fix, not a traceback
+    return error
+
+
 @contextmanager
 def serving(
     database_url: str, log_path: Path, **env: str

@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -27,11 +26,11 @@ from sqlalchemy import create_engine, text
 
 from tests.support import (
     PHOTOS,
-    VISINSPECT,
     environment,
     free_port,
     json_lines,
     serving,
+    start_and_fail,
     wait_until,
 )
 
@@ -81,28 +80,6 @@ def test_serve_migrates_classifies_logs_json_and_stops_cleanly(
     assert any(e["event"] == "http.request" and e["status"] == 200 for e in events)
 
 
-def _start_and_fail(env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """`visinspect serve` must refuse: exit code 1, JSON lines only, exactly one error line."""
-    result = subprocess.run(
-        [VISINSPECT, "serve", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
-    assert result.returncode == 1, result.stdout + result.stderr
-    events = json_lines(result.stdout + result.stderr)
-    errors = [e for e in events if e["level"] in {"error", "critical"}]
-    assert len(errors) == 1, events
-    (error,) = errors
-    assert error["event"] == "startup.failed"
-    assert error["reason"]
-    assert error["action"]  # what to do about it
-    assert "exception" not in error  # a cause an operator can fix, not a traceback
-    return error
-
-
 def _sqlite(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'x.db'}"
 
@@ -122,7 +99,7 @@ def test_tampered_weights_refuse_to_start(tmp_path: Path) -> None:
     env = environment(
         DATABASE_URL=_sqlite(tmp_path), MODEL_WEIGHTS=str(tampered), INFERENCE_BACKEND="pytorch"
     )
-    error = _start_and_fail(env, tmp_path)
+    error = start_and_fail(env, tmp_path)
     assert error["part"] == "model"
     assert "refusing to load" in error["reason"]
     assert "MODEL_WEIGHTS_SHA256" in error["action"]
@@ -133,7 +110,7 @@ def test_unreachable_database_refuses_to_start(tmp_path: Path) -> None:
         DATABASE_URL=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none",
         DATABASE_CONNECT_TIMEOUT_S="2",
     )
-    error = _start_and_fail(env, tmp_path)
+    error = start_and_fail(env, tmp_path)
     assert error["part"] == "database"
     assert "DATABASE_URL" in error["action"]
 
@@ -146,7 +123,7 @@ def test_weights_that_do_not_fit_the_architecture_refuse_to_start(tmp_path: Path
         MODEL_WEIGHTS=str(_lite0_weights()),
         INFERENCE_BACKEND="pytorch",
     )
-    error = _start_and_fail(env, tmp_path)
+    error = start_and_fail(env, tmp_path)
     assert error["part"] == "model"
     assert "do not fit efficientnet_b0" in error["reason"]
     assert "MODEL_ARCH" in error["action"]
@@ -188,7 +165,7 @@ def test_an_artifact_that_does_not_match_refuses_to_start(
     shutil.copytree(os.environ["MODEL_DIR"], artifact)
     extra = change(artifact)
     env = environment(DATABASE_URL=_sqlite(tmp_path), MODEL_DIR=str(artifact), **extra)
-    error = _start_and_fail(env, tmp_path)
+    error = start_and_fail(env, tmp_path)
     assert error["part"] == "model"
     assert reason in error["reason"]
     assert "visinspect model build" in error["action"]
@@ -199,7 +176,7 @@ def test_missing_artifact_refuses_to_start(tmp_path: Path, workers: str) -> None
     env = environment(
         DATABASE_URL=_sqlite(tmp_path), MODEL_DIR=str(tmp_path / "nothing"), WORKERS=workers
     )
-    error = _start_and_fail(env, tmp_path)
+    error = start_and_fail(env, tmp_path)
     assert error["part"] == "model"
     assert "no model artifact" in error["reason"]
     assert "visinspect model build" in error["action"]
@@ -231,7 +208,7 @@ def _children(pid: int) -> list[int]:
 
 def test_schema_behind_head_without_migrate_on_start_refuses_to_start(tmp_path: Path) -> None:
     env = environment(DATABASE_URL=_sqlite(tmp_path), MIGRATE_ON_START="false")
-    error = _start_and_fail(env, tmp_path)
+    error = start_and_fail(env, tmp_path)
     assert error["part"] == "schema"
     assert "visinspect db upgrade" in error["action"]
 
@@ -242,7 +219,7 @@ def test_schema_from_a_newer_release_refuses_to_start(tmp_path: Path) -> None:
         conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
         conn.execute(text("INSERT INTO alembic_version VALUES ('f00dfeedbeef')"))
     engine.dispose()
-    error = _start_and_fail(environment(DATABASE_URL=_sqlite(tmp_path)), tmp_path)
+    error = start_and_fail(environment(DATABASE_URL=_sqlite(tmp_path)), tmp_path)
     assert error["part"] == "schema"
     assert "f00dfeedbeef" in error["reason"]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import select
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -24,9 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from tests.support import (
-    VISINSPECT,
     environment,
-    free_port,
     gated_model,
     json_lines,
     make_settings,
@@ -34,6 +31,7 @@ from tests.support import (
     running_app,
     services_of,
     serving,
+    start_and_fail,
     synthetic_record,
     wait_until,
 )
@@ -322,17 +320,9 @@ def _drain(sock: socket.socket) -> int:
 def test_no_keys_beyond_loopback_is_refused_unless_allowed(tmp_path: Path) -> None:
     """No API_KEYS and 0.0.0.0: no start (exit 1, one `startup.failed` that says what to do);
     with ALLOW_ANONYMOUS=true, a start with one loud `security.open` line."""
-    refused = subprocess.run(
-        [VISINSPECT, "serve", "--port", str(free_port())],
-        env=environment(DATABASE_URL=f"sqlite:///{tmp_path / 'open.db'}", HOST="0.0.0.0"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
+    failed = start_and_fail(
+        environment(DATABASE_URL=f"sqlite:///{tmp_path / 'open.db'}", HOST="0.0.0.0"), tmp_path
     )
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    events = json_lines(refused.stdout + refused.stderr)
-    (failed,) = [e for e in events if e["event"] == "startup.failed"]
     assert failed["part"] == "security"
     assert "0.0.0.0" in failed["reason"]
     assert "ALLOW_ANONYMOUS=true" in failed["action"]
