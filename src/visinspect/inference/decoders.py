@@ -162,8 +162,7 @@ class DecoderPool:
 
     async def start(self) -> None:
         started = time.perf_counter()
-        start_forkserver()  # already running after start-up; here for pools made elsewhere
-        for _ in range(self.size):
+        for _ in range(self.size):  # `_spawn` starts the forkserver, scrubbed, if it is not running
             worker = await anyio.to_thread.run_sync(self._spawn)
             self._idle.put_nowait(worker)
         sandbox = worker.sandbox  # every worker loads the same filter
