@@ -24,18 +24,15 @@ from visinspect.inference.cpu import Int8Kernels, this_cpu
 from visinspect.inference.preprocess import PREPROCESSING
 from visinspect.inference.selection import time_runs
 from visinspect.inference.weights import verified_weights
-from visinspect.offline.build import (
-    INT8_CONFIDENT,
-    Int8Recipe,
-    load_photos,
-    quantize_int8,
-    softmax_of,
-)
+from visinspect.offline.build import INT8_CONFIDENT, load_photos, softmax_of
 from visinspect.offline.photos import find_photos
+from visinspect.offline.quantize import Int8Recipe, quantize_int8
 from visinspect.offline.reference import TorchBackend, export_onnx, load_network
 
 RECIPES = {
-    "MinMax, flips, ends in fp32 (the default)": Int8Recipe(),
+    "MinMax, flips, ends in fp32, bias correction (the default)": Int8Recipe(),
+    "MinMax, flips, ends in fp32, no bias correction": Int8Recipe(bias_correction=False),
+    # The rows below correct biases too (the default).
     "MinMax, flips, all quantized": Int8Recipe(keep_fp32=()),
     "MinMax, no flips, all quantized": Int8Recipe(flip=False, keep_fp32=()),
     "Entropy, all quantized": Int8Recipe(calibrator="Entropy", flip=False, keep_fp32=()),

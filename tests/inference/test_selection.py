@@ -180,3 +180,38 @@ def test_int8_asked_explicitly_is_built_even_where_auto_recorded_it_as_skipped(
     build_artifact(built, {Precision.FP32, Precision.AUTO}, few)
     assert is_up_to_date(built, {Precision.FP32, Precision.AUTO})
     assert not is_up_to_date(built, {Precision.FP32, Precision.AUTO, Precision.INT8})
+
+
+def test_an_upgrade_rebuilds_an_int8_graph_made_by_another_recipe(
+    int8_artifact: Path, tmp_path: Path
+) -> None:
+    """`make run` after an upgrade: an int8 graph whose manifest records another recipe (here,
+    one from before bias correction) is stale, so the better graph is built."""
+    from visinspect.offline.photos import PhotoSets
+
+    photos = PhotoSets([], [], [])
+    copy = tmp_path / "model"
+    shutil.copytree(int8_artifact, copy)
+    assert is_up_to_date(settings(copy), {Precision.FP32, Precision.AUTO}, photos)
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["graphs"]["int8"]["quantization"]["bias_correction"]
+    path.write_text(json.dumps(manifest))
+    assert not is_up_to_date(settings(copy), {Precision.FP32, Precision.AUTO}, photos)
+
+
+def test_int8_skipped_for_lack_of_photos_is_built_once_they_are_there(tmp_path: Path) -> None:
+    """`make run`, then `make photos`: the next `make run` builds the int8 graph that the first
+    could not measure (and without the photos, it does not try again)."""
+    from tests.support import PHOTOS
+    from visinspect.offline.build import build_artifact
+    from visinspect.offline.photos import INT8_MIN_EVALUATION_PHOTOS, PhotoSets, find_photos
+
+    everything = find_photos([PHOTOS], installed=False)
+    few = PhotoSets(everything.calibration[:4], everything.evaluation[:4], everything.sources)
+    built = settings(tmp_path / "model")
+    build_artifact(built, {Precision.FP32, Precision.AUTO}, few)
+    assert is_up_to_date(built, {Precision.FP32, Precision.AUTO}, few)
+    enough = PhotoSets([], everything.evaluation[:1] * INT8_MIN_EVALUATION_PHOTOS, [])
+    assert enough.measure_int8
+    assert not is_up_to_date(built, {Precision.FP32, Precision.AUTO}, enough)

@@ -15,7 +15,8 @@ from visinspect.inference.artifact import (
 )
 from visinspect.inference.classifier import load_labels
 from visinspect.inference.weights import ModelLoadError, expected_sha256
-from visinspect.offline.photos import find_photos
+from visinspect.offline.photos import PhotoSets, find_photos
+from visinspect.offline.quantize import RECIPE_KEYS, Int8Recipe
 from visinspect.startup import StartupFailed
 
 
@@ -24,7 +25,8 @@ def build(settings: Settings, args: argparse.Namespace) -> int:
     `auto`, as a candidate); with --if-missing, only when what is there does not match the
     settings (make run calls it before every start)."""
     precisions = {Precision.FP32, settings.model_precision, *(Precision(p) for p in args.precision)}
-    if args.if_missing and is_up_to_date(settings, precisions):
+    photos = find_photos(args.photos)
+    if args.if_missing and is_up_to_date(settings, precisions, photos):
         print(f"visinspect: the model artifact in {settings.model_dir} is up to date")
         return 0
     try:
@@ -36,9 +38,7 @@ def build(settings: Settings, args: argparse.Namespace) -> int:
             "install the `model` extra: pip install 'visual-inspection-service[model]'",
         ) from exc
     try:
-        manifest = build_artifact(
-            settings, precisions, find_photos(args.photos), args.accept_low_agreement
-        )
+        manifest = build_artifact(settings, precisions, photos, args.accept_low_agreement)
     except (BuildFailed, ModelLoadError) as exc:
         raise StartupFailed("model", str(exc), exc.action) from exc
     print(_summary(manifest))
@@ -54,7 +54,13 @@ def show(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def is_up_to_date(settings: Settings, precisions: set[Precision]) -> bool:
+def is_up_to_date(
+    settings: Settings, precisions: set[Precision], photos: PhotoSets | None = None
+) -> bool:
+    """MODEL_DIR serves `precisions` for these weights as this release builds them. Given the
+    `photos` a build would use, an int8 graph also counts as stale when this release's recipe
+    differs from the one that made it (an upgrade brings the better graph), and so does an int8
+    skipped for lack of photographs that are there now (`make photos` after a first `make run`)."""
     try:
         manifest = read_manifest(settings.model_dir)
         check_manifest(manifest, settings.model_arch, expected_sha256(settings), load_labels())
@@ -63,7 +69,18 @@ def is_up_to_date(settings: Settings, precisions: set[Precision]) -> bool:
     offered = set(manifest.graphs) | {c.precision for c in manifest.selection.candidates}
     if Precision.AUTO in precisions and Precision.INT8 not in offered:
         return False  # auto tries int8: built, or recorded as not built with its reason
-    return precisions - {Precision.AUTO} <= set(manifest.graphs)
+    if not precisions - {Precision.AUTO} <= set(manifest.graphs):
+        return False
+    return photos is None or not _int8_stale(manifest, photos)
+
+
+def _int8_stale(manifest: Manifest, photos: PhotoSets) -> bool:
+    int8 = manifest.graphs.get(Precision.INT8)
+    if int8 is None:
+        skipped = [c for c in manifest.selection.candidates if c.precision is Precision.INT8]
+        return bool(skipped) and "evaluation photographs" in skipped[0].note and photos.measure_int8
+    recorded = {k: v for k, v in (int8.quantization or {}).items() if k in RECIPE_KEYS}
+    return recorded != Int8Recipe().describe()
 
 
 def _summary(manifest: Manifest) -> str:

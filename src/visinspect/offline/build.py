@@ -2,7 +2,7 @@
 
 The fp32 graph is exported from the verified PyTorch network and must give PyTorch's answers on
 every real photograph available (same top-1, every confidence within 1e-3). An int8 graph is
-statically quantized (ONNX Runtime QDQ) on the calibration photos and measured on the disjoint
+statically quantized (`offline/quantize.py`) on the calibration photos and measured on the disjoint
 evaluation photos; its bar is the product's: top-1 agreement with fp32 on at least 90% of them and
 on all of those fp32 is at least 50% sure of (near-ties among photos fp32 is itself unsure of may
 flip; the published Lite0 int8 loses 0.7 ImageNet points). An int8 graph asked for explicitly
@@ -17,14 +17,12 @@ records the fastest (`inference/selection.py`).
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import structlog
@@ -50,7 +48,8 @@ from visinspect.inference.cpu import Int8Kernels, this_cpu
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing, preprocess
 from visinspect.inference.selection import below_bar, choose, measure, untimed
 from visinspect.inference.weights import verified_weights
-from visinspect.offline.photos import PhotoSets
+from visinspect.offline.photos import INT8_MIN_EVALUATION_PHOTOS, PhotoSets
+from visinspect.offline.quantize import quantize_int8
 from visinspect.offline.reference import (
     ONNX_OPSET,
     TorchBackend,
@@ -63,7 +62,6 @@ log = structlog.get_logger("visinspect.model")
 
 INT8_MIN_AGREEMENT = 0.90
 INT8_CONFIDENT = 0.5  # photos fp32 is at least this sure of must all agree
-INT8_MIN_EVALUATION_PHOTOS = 100
 BANDS = (0.0, 0.3, 0.5, 0.8)
 _MAX_PHOTO_PIXELS = 50_000_000
 # The fp32 graph's embeddings may differ from PyTorch's by this share of their largest value
@@ -211,97 +209,11 @@ def _int8(
     return _graph("model.int8.onnx", int8, agreement, recipe), int8
 
 
-@dataclass(frozen=True, slots=True)
-class Int8Recipe:
-    """How an int8 graph is made. The default is the best measured (docs/model.md); the others
-    are what `make quantization` compares it with."""
-
-    calibrator: str = "MinMax"  # MinMax, Entropy or Percentile (99.999)
-    flip: bool = True  # also calibrate on each photo's mirror image
-    reduce_range: bool = False  # 7-bit weights: no u8s8 saturation, but coarser weights
-    # "ends": the first conv, the last conv and the classifier; "depthwise": every depthwise conv.
-    keep_fp32: tuple[str, ...] = ("ends",)
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "format": "QDQ",
-            "activations": "uint8, per tensor",
-            "weights": "int8 (7-bit range)" if self.reduce_range else "int8, per channel",
-            "calibrator": self.calibrator,
-            "augmentation": "horizontal flip" if self.flip else "none",
-            "kept_in_fp32": list(self.keep_fp32),
-            "kernels": "u8s8 where the CPU has VNNI or AMX, else exact (x64quantprecision)",
-        }
-
-
-def quantize_int8(
-    fp32: bytes, calibration: np.ndarray, recipe: Int8Recipe | None = None
-) -> tuple[bytes, dict[str, object]]:
-    """Static QDQ quantization: uint8 activations with ranges calibrated on real photographs,
-    int8 weights per output channel, unless `recipe` says otherwise."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    recipe = recipe or Int8Recipe()
-    samples = np.concatenate([calibration, calibration[..., ::-1]]) if recipe.flip else calibration
-
-    class _Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._samples: Iterator[np.ndarray] = iter(samples)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            sample = next(self._samples, None)
-            return None if sample is None else {"input": np.ascontiguousarray(sample[None])}
-
-    with tempfile.TemporaryDirectory(prefix="visinspect-quantize-") as work:
-        source, prepared, quantized = (Path(work) / n for n in ("fp32.onnx", "pre.onnx", "q.onnx"))
-        source.write_bytes(fp32)
-        quant_pre_process(str(source), str(prepared))
-        graph = onnx.load(str(prepared)).graph
-        quantize_static(
-            str(prepared),
-            str(quantized),
-            _Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=recipe.reduce_range,
-            nodes_to_exclude=_kept_in_fp32(graph, recipe.keep_fp32),
-            calibrate_method=getattr(CalibrationMethod, recipe.calibrator),
-            extra_options={"CalibPercentile": 99.999}
-            if recipe.calibrator == "Percentile"
-            else None,
-        )
-        data = quantized.read_bytes()
-    return data, {**recipe.describe(), "calibration_samples": len(samples)}
-
-
-def _kept_in_fp32(graph: Any, keep: tuple[str, ...]) -> list[str]:
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    names: list[str] = []
-    if "ends" in keep:
-        names += [convs[0].name, convs[-1].name]
-        names += [n.name for n in graph.node if n.op_type == "Gemm"]
-    if "depthwise" in keep:
-        names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
-    return names
-
-
 def load_photos(paths: list[Path], spec: Preprocessing, reference: TorchBackend | None) -> Photos:
     """The photos through the reference transform (every pixel decoded), and (given
     `reference`) PyTorch's softmax. A graph is measured on the reference's own inputs: its
     agreement is the quantization's, whatever the serving path's decoding does (that is held to
-    the reference transform on its own, tests/inference/test_preprocess.py). Measured on the
-    eighths decode instead, the int8 graph agreed on 213 of 237 photos, not 214: the bar is one
-    photo away on this set."""
+    the reference transform on its own, tests/inference/test_preprocess.py)."""
     if not paths:  # a set may be empty when only a few photos are given
         crop = spec.crop_size
         return Photos(np.empty((0, 3, crop, crop), np.float32), np.empty((0, 1000)))

@@ -38,11 +38,20 @@ _SKIMAGE_NOT_PHOTOS = re.compile(
 )
 
 
+# Fewer evaluation photographs than this measure nothing: an int8 graph is not built from them.
+INT8_MIN_EVALUATION_PHOTOS = 100
+
+
 @dataclass(frozen=True, slots=True)
 class PhotoSets:
     calibration: list[Path]
     evaluation: list[Path]
     sources: list[str]
+
+    @property
+    def measure_int8(self) -> bool:
+        """Enough evaluation photographs to measure an int8 graph against its bar."""
+        return len(self.evaluation) >= INT8_MIN_EVALUATION_PHOTOS
 
     @property
     def all(self) -> list[Path]:
