@@ -30,14 +30,14 @@ install-check: $(VENV)/.installed-dev
 containers: $(VENV)/.installed-dev postgres
 	bash scripts/container-ci.sh
 
-# Performance: ceilings, service under load, naive baseline, targets (docs/benchmarks.md); then
+# Performance (after `photos`, so that `auto` can measure int8): ceilings, service under load, naive baseline, targets (docs/benchmarks.md); then
 # what an active and a shadow head cost /predict (bench/heads.py, docs/teaching.md).
-bench: $(VENV)/.installed-dev model postgres hey
+bench: $(VENV)/.installed-dev photos model postgres hey
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.heads
 
 # What an active and a shadow head cost /predict at c=8 (docs/teaching.md).
-bench-heads: $(VENV)/.installed-dev model postgres hey
+bench-heads: $(VENV)/.installed-dev photos model postgres hey
 	$(BIN)/python -m bench.heads
 
 # Teaching from few photos on the tuxpaint stamps, and training time (docs/teaching.md).
