@@ -112,3 +112,34 @@ def test_a_value_too_long_is_refused_not_cut(committed_database: Database) -> No
     """PostgreSQL's arrays are of text: a cast to VARCHAR(128) would cut the value silently."""
     with committed_database.sessions() as session, pytest.raises(DBAPIError, match="too long"):
         repository.add_predictions(session, [synthetic_record("long", class_name="x" * 129)])
+
+
+def test_a_group_is_one_statement_outside_a_transaction(committed_database: Database) -> None:
+    """PostgreSQL: once its day's partition is known, a group (predictions and their kept
+    embeddings) is one statement sent in autocommit: no BEGIN, no COMMIT, one round trip. Each
+    round trip cost about 0.7 ms of waiting with every core busy (docs/benchmarks.md)."""
+    from sqlalchemy import event
+
+    with committed_database.sessions.begin() as session:  # the day's partition becomes known
+        repository.add_predictions(session, [synthetic_record("first")])
+    sent: list[tuple[str, bool]] = []
+
+    def record(_conn: object, cursor: object, statement: str, *_: object) -> None:
+        sent.append((statement, cursor.connection.autocommit))  # type: ignore[attr-defined]
+
+    engine = committed_database.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        records = [synthetic_record("a"), synthetic_record("b")]
+        with committed_database.sessions.begin() as session:
+            repository.add_predictions(session, records, [_kept(b"\x01\x02", records[0]), None])
+            event.remove(engine, "before_cursor_execute", record)
+            assert count(committed_database) == 3  # visible from another connection already
+    finally:
+        if event.contains(engine, "before_cursor_execute", record):
+            event.remove(engine, "before_cursor_execute", record)
+    assert len(sent) == 1, [s for s, _ in sent]
+    assert sent[0][1] is True
+    with committed_database.sessions() as session:
+        kept = session.scalar(select(EmbeddingRecord.prediction_id))
+    assert kept == records[0].id

@@ -120,6 +120,13 @@ def _read_first_ids(connection: Connection) -> list[tuple[int, date]]:
     ]
 
 
+def known(engine: Engine, days: set[date]) -> bool:
+    """Whether `ensure_days` found (or made) these days' partitions already: then it has nothing
+    to do, and the caller may insert without a transaction of its own."""
+    database = str(engine.url)
+    return all((database, day) in _known for day in days)
+
+
 def ensure_days(connection: Connection, days: set[date]) -> None:
     """Partitions for these days, in the caller's transaction, before it inserts their rows."""
     if connection.dialect.name != "postgresql":

@@ -26,14 +26,13 @@ from sqlalchemy import (
     text,
     tuple_,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine
 
 from visinspect.db import partitions, rollups
 from visinspect.db.tables import (
-    Base,
     EmbeddingRecord,
     HeadAnswerRecord,
     PredictionRecord,
@@ -74,39 +73,32 @@ def add_predictions(
     """Insert a group of rows and set their ids on the records (the group commit's rows are
     only ever inserted, so the unit of work's per-object bookkeeping is skipped); with each
     record's kept embedding, where it has one (`embeddings`, in the records' order), and its
-    heads' answers (`answers`), in the same transaction."""
-    partitions.ensure_days(session.connection(), {_utc_day(r.created_at) for r in records})
-    postgresql = session.get_bind().dialect.name == "postgresql"
-    if postgresql:
-        ids = sorted(session.scalars(_NEXT_IDS, {"n": len(records)}))
-        columns = {"id": ids} | {
-            a.columns[0].name: [getattr(r, a.key) for r in records] for a in _INSERTED
-        }
-        _insert_arrays(session, PredictionRecord, columns)
-        for record, row_id in zip(records, ids, strict=True):
-            record.id = row_id
+    heads' answers (`answers`), in the same transaction.
+
+    On PostgreSQL the group is one statement (`_insert_group`), atomic by itself: once its days'
+    partitions are known to exist, it runs without BEGIN and COMMIT, in one round trip."""
+    days = {_utc_day(r.created_at) for r in records}
+    bind = session.get_bind()
+    postgresql = bind.dialect.name == "postgresql"
+    if postgresql and isinstance(bind, Engine) and partitions.known(bind, days):
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     else:
-        statement = insert(PredictionRecord).returning(
-            PredictionRecord.id, sort_by_parameter_order=True
-        )
-        rows = [{a.key: getattr(record, a.key) for a in _INSERTED} for record in records]
-        for record, row_id in zip(records, session.scalars(statement, rows), strict=True):
-            record.id = row_id
-    kept = [
+        partitions.ensure_days(session.connection(), days)
+    kept: list[dict[str, Any]] = [
         {
-            "prediction_id": record.id,
+            "of__": position,
             "created_at": record.created_at,
             "model_version": embedding.model_version,
             "low": embedding.low,
             "scale": embedding.scale,
             "codes": embedding.codes,
         }
-        for record, embedding in zip(records, embeddings, strict=False)
+        for position, (record, embedding) in enumerate(zip(records, embeddings, strict=False), 1)
         if embedding is not None
     ]
-    answered = [
+    answered: list[dict[str, Any]] = [
         {
-            "prediction_id": record.id,
+            "of__": position,
             "head_id": answer.head_id,
             "label_set_id": answer.label_set_id,
             "class_name": answer.class_name,
@@ -115,15 +107,24 @@ def add_predictions(
             "shadow": answer.shadow,
             "created_at": record.created_at,
         }
-        for record, rows in zip(records, answers, strict=False)
+        for position, (record, rows) in enumerate(zip(records, answers, strict=False), 1)
         for answer in rows
     ]
+    if postgresql:
+        _insert_group(session, records, kept, answered)
+        return
+    statement = insert(PredictionRecord).returning(
+        PredictionRecord.id, sort_by_parameter_order=True
+    )
+    rows = [{a.key: getattr(record, a.key) for a in _INSERTED} for record in records]
+    for record, row_id in zip(records, session.scalars(statement, rows), strict=True):
+        record.id = row_id
     for model, dependent in ((EmbeddingRecord, kept), (HeadAnswerRecord, answered)):
-        if dependent and postgresql:
-            by_column = {name: [row[name] for row in dependent] for name in dependent[0]}
-            _insert_arrays(session, model, by_column)
-        elif dependent:
-            session.execute(insert(model), dependent)
+        if dependent:
+            session.execute(
+                insert(model),
+                [{"prediction_id": records[row.pop("of__") - 1].id} | row for row in dependent],
+            )
 
 
 def embeddings_of(
@@ -158,37 +159,63 @@ def delete_embeddings_before(session: Session, moment: datetime, batch: int = 10
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _insert_arrays(session: Session, model: type[Base], columns: dict[str, list[Any]]) -> None:
-    """PostgreSQL: one INSERT ... SELECT FROM unnest() with an array per column. Its text is
-    the same for every group, so the driver parses it once and the server plans it once; a
-    multi-row VALUES list would be a new statement of a parameter per value each time (most of
-    the writer's time went there, first for the predictions, then for their embeddings).
+def _insert_group(
+    session: Session,
+    records: list[PredictionRecord],
+    kept: list[dict[str, Any]],
+    answered: list[dict[str, Any]],
+) -> None:
+    """PostgreSQL: the whole group in one statement, one round trip. Its ids come from the
+    sequence and its rows from one array per column (`_unnested`); the embeddings and the heads'
+    answers are inserted by data-modifying CTEs that take their prediction's id by position.
+
+    A group took seven round trips before (ids, BEGIN, one INSERT per table, COMMIT, the pool's
+    ping): with every core busy each costs a wake-up of the database and then of the writer,
+    about 0.7 ms, and requests wait for their group's commit (docs/benchmarks.md)."""
+    dialect = session.get_bind().dialect
+    parts: list[tuple[Table, dict[str, list[Any]]]] = [
+        (
+            cast(Table, PredictionRecord.__table__),
+            {a.columns[0].name: [getattr(r, a.key) for r in records] for a in _INSERTED},
+        )
+    ]
+    for model, rows in ((EmbeddingRecord, kept), (HeadAnswerRecord, answered)):
+        if rows:
+            parts.append((cast(Table, model.__table__), {n: [r[n] for r in rows] for n in rows[0]}))
+    parameters: dict[str, Any] = {"count__": len(records)}
+    for table, columns in parts:
+        parameters |= _array_parameters(table, columns, dialect)
+    shape = tuple((table, tuple(columns)) for table, columns in parts)
+    ids = session.scalars(_group_statement(shape, dialect), parameters).all()
+    for record, row_id in zip(records, ids, strict=True):
+        record.id = row_id
+
+
+def _array_parameters(
+    table: Table, columns: dict[str, list[Any]], dialect: Dialect
+) -> dict[str, Any]:
+    """One parameter per column, named after its table (`_unnested`).
 
     An array of `bytea` or `jsonb` travels as text that the server parses element by element:
     256 kept embeddings took 23 ms that way, 256 top-k lists 11 ms. So a binary column goes in
     as one value, all rows' bytes joined, with arrays of where each row's starts and how long
     it is (6 ms), and a JSON column as one JSON array of all rows' documents (2 ms)."""
-    dialect = session.get_bind().dialect
-    table = cast(Table, model.__table__)
-    names = tuple(columns)
+    names = tuple(n for n in columns if n != "of__")
     processed: dict[str, Any] = {}
+    if "of__" in columns:
+        processed[f"{table.name}__of__"] = columns["of__"]
     for name, process in zip(names, _bind_processors(table, names, dialect), strict=True):
-        values, kind = columns[name], _kind(table, name, dialect)
+        values, kind, key = columns[name], _kind(table, name, dialect), f"{table.name}__{name}"
         if kind == "binary":
             lengths = [len(value) for value in values]
-            processed[name] = b"".join(values)
-            processed[f"{name}__at"] = list(itertools.accumulate([1, *lengths[:-1]]))
-            processed[f"{name}__length"] = lengths
+            processed[key] = b"".join(values)
+            processed[f"{key}__at"] = list(itertools.accumulate([1, *lengths[:-1]]))
+            processed[f"{key}__length"] = lengths
         elif kind == "json":
-            processed[name] = values if process is None else process(values)
+            processed[key] = values if process is None else process(values)
         else:
-            processed[name] = values if process is None else [process(value) for value in values]
-    session.execute(_insert_statement(table, names, dialect), processed)
-
-
-_NEXT_IDS = text(
-    "SELECT nextval(pg_get_serial_sequence('predictions', 'id')) FROM generate_series(1, :n)"
-)
+            processed[key] = values if process is None else [process(value) for value in values]
+    return processed
 
 
 @functools.cache
@@ -208,7 +235,7 @@ def _element_type(column_type: TypeEngine[Any], dialect: Dialect) -> str:
 
 @functools.cache
 def _kind(table: Table, name: str, dialect: Dialect) -> str:
-    """How `_insert_arrays` sends a column (asked for every column of every group: cached)."""
+    """How `_array_parameters` sends a column (asked for every column of every group: cached)."""
     column_type = table.c[name].type.dialect_impl(dialect)
     if isinstance(column_type, LargeBinary):
         return "binary"
@@ -216,33 +243,60 @@ def _kind(table: Table, name: str, dialect: Dialect) -> str:
 
 
 @functools.cache
-def _insert_statement(table: Table, names: tuple[str, ...], dialect: Dialect) -> TextClause:
-    """INSERT ... SELECT FROM unnest() (see `_insert_arrays`); a JSON column's documents are
-    joined to their rows by position. The names come from the ORM, never from a request."""
-    arrays, aliases, selected, joins = [], [], [], []
+def _group_statement(
+    shape: tuple[tuple[Table, tuple[str, ...]], ...], dialect: Dialect
+) -> TextClause:
+    """The group's one statement (`_insert_group`): `ids` takes one value of the sequence per
+    prediction, numbered in ascending order; the predictions' rows join it by their position,
+    the other tables' rows by the position of their prediction (`of__`). Its text is the same
+    for every group of the same tables, so the driver parses it once and the server plans it
+    once. The names come from the ORM, never from a request."""
+    parts = [
+        "ids AS MATERIALIZED (SELECT id, row_number() OVER (ORDER BY id) AS n FROM (SELECT "
+        "nextval(pg_get_serial_sequence('predictions', 'id')) AS id "
+        "FROM generate_series(1, CAST(:count__ AS INTEGER))) AS allocated)"
+    ]
+    for number, (table, names) in enumerate(shape):
+        key, position = ("id", "n__") if number == 0 else ("prediction_id", "of__")
+        columns = [n for n in names if n != "of__"]
+        selected, source = _unnested(table, columns, dialect, with_of=number > 0)
+        parts.append(
+            f"{table.name}__inserted AS (INSERT INTO {table.name} ({key}, {', '.join(columns)}) "
+            f"SELECT ids.id, {selected} {source} JOIN ids ON ids.n = {table.name}__u.{position})"
+        )
+    return text(f"WITH {', '.join(parts)} SELECT id FROM ids ORDER BY n")  # noqa: S608
+
+
+def _unnested(table: Table, names: list[str], dialect: Dialect, with_of: bool) -> tuple[str, str]:
+    """The select list and FROM clause of one table's rows, from one array per column (see
+    `_array_parameters`); a JSON column's documents are joined to their rows by position."""
+    prefix, rows = table.name, f"{table.name}__u"
+    arrays = [f"CAST(:{prefix}__of__ AS INTEGER[])"] if with_of else []
+    aliases = ["of__"] if with_of else []
+    selected, joins = [], []
     for name in names:
-        kind = _kind(table, name, dialect)
+        kind, key = _kind(table, name, dialect), f"{prefix}__{name}"
         if kind == "binary":
-            arrays += [f"CAST(:{name}__at AS INTEGER[])", f"CAST(:{name}__length AS INTEGER[])"]
+            arrays += [f"CAST(:{key}__at AS INTEGER[])", f"CAST(:{key}__length AS INTEGER[])"]
             aliases += [f"{name}__at", f"{name}__length"]
             selected.append(
-                f"substring(CAST(:{name} AS BYTEA) FROM u.{name}__at FOR u.{name}__length)"
+                f"substring(CAST(:{key} AS BYTEA) FROM {rows}.{name}__at FOR {rows}.{name}__length)"
             )
         elif kind == "json":
             joins.append(
-                f"JOIN jsonb_array_elements(CAST(:{name} AS JSONB)) WITH ORDINALITY "
-                f"AS {name}__rows (value, n) ON {name}__rows.n = u.n__"
+                f"JOIN jsonb_array_elements(CAST(:{key} AS JSONB)) WITH ORDINALITY "
+                f"AS {key}__rows (value, n) ON {key}__rows.n = {rows}.n__"
             )
-            selected.append(f"{name}__rows.value")
+            selected.append(f"{key}__rows.value")
         else:
-            arrays.append(f"CAST(:{name} AS {_element_type(table.c[name].type, dialect)}[])")
+            arrays.append(f"CAST(:{key} AS {_element_type(table.c[name].type, dialect)}[])")
             aliases.append(name)
-            selected.append(f"u.{name}")
-    return text(
-        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(selected)} "  # noqa: S608
-        f"FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS u({', '.join(aliases)}, n__) "
+            selected.append(f"{rows}.{name}")
+    source = (
+        f"FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS {rows}({', '.join(aliases)}, n__) "
         + " ".join(joins)
     )
+    return ", ".join(selected), source
 
 
 def _utc_day(moment: datetime) -> date:
