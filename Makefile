@@ -30,8 +30,9 @@ install-check: $(VENV)/.installed-dev
 containers: $(VENV)/.installed-dev postgres
 	bash scripts/container-ci.sh
 
-# Performance (after `photos`, so that `auto` can measure int8): ceilings, service under load, naive baseline, targets (docs/benchmarks.md); then
-# what an active and a shadow head cost /predict (bench/heads.py, docs/teaching.md).
+# Performance: ceilings, service under load, naive baseline, targets (docs/benchmarks.md); then
+# what an active and a shadow head cost /predict (bench/heads.py, docs/teaching.md). `photos`
+# first, so that the model build (`auto`) can measure an int8 graph.
 bench: $(VENV)/.installed-dev photos model postgres hey
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.heads

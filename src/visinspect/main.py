@@ -32,7 +32,7 @@ from visinspect.api.routes.ui import mount_ui
 from visinspect.api.security import ApiKeyGateMiddleware, ApiKeys
 from visinspect.config import Settings
 from visinspect.logging import configure_logging
-from visinspect.memory import limit_malloc_arenas
+from visinspect.memory import freeze_startup_heap, limit_malloc_arenas
 from visinspect.metrics import Metrics
 from visinspect.startup import Prepared, StartupFailed, open_services, prepare
 from visinspect.tracing import TELEMETRY_OFF, Tracing
@@ -143,6 +143,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 model_version=identity.version,
                 backend=identity.backend,
                 precision=identity.precision,
+                frozen_objects=freeze_startup_heap(),
             )
             try:
                 yield

@@ -1,4 +1,5 @@
-"""Bound glibc's per-thread malloc arenas.
+"""Bound glibc's per-thread malloc arenas, and keep the start-up heap out of the garbage
+collector's full passes.
 
 Decoding runs in several threads, each of which gets its own glibc arena; under sustained load the
 arenas fragment and resident memory creeps up (measured: 462 -> 873 MB over a 90 s soak, still
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 import structlog
 
@@ -30,3 +32,16 @@ def limit_malloc_arenas(arenas: int) -> None:
         mallopt = None
     if mallopt is None or mallopt(_M_ARENA_MAX, arenas) != 1:
         log.debug("memory.mallopt_unavailable")
+
+
+def freeze_startup_heap() -> int:
+    """Move every object alive once the service has started (its modules, the app, the model's
+    session, the labels) into the collector's permanent generation, and return how many.
+
+    They live as long as the process, yet a full collection walked all of them, holding the GIL
+    and so the event loop: 87 ms in a serving process with 170,000 of them; 0.7 ms once they are
+    frozen. Full collections are rare (when the objects that survived into the oldest generation
+    grew by a quarter), but each was a stall of every request in flight."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -77,6 +77,8 @@ def is_up_to_date(
 def _int8_stale(manifest: Manifest, photos: PhotoSets) -> bool:
     int8 = manifest.graphs.get(Precision.INT8)
     if int8 is None:
+        # Skipped by the build for lack of photos: its note is BuildFailed's "N evaluation
+        # photographs; measuring an int8 graph takes at least ..." (offline/build.py).
         skipped = [c for c in manifest.selection.candidates if c.precision is Precision.INT8]
         return bool(skipped) and "evaluation photographs" in skipped[0].note and photos.measure_int8
     recorded = {k: v for k, v in (int8.quantization or {}).items() if k in RECIPE_KEYS}
