@@ -358,15 +358,18 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
     while True:
         try:
             data = connection.recv_bytes()
-        except EOFError:  # the server closed the pipe: stop
-            return
+        except (EOFError, ConnectionResetError):  # the server closed the pipe: stop
+            return  # (a reset when it closed with a reply of ours unread)
         seen = _Warnings()
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = seen.add
             outcome = _decode(data, limits)
         del data
-        _send_outcome(connection, outcome, seen)
+        try:
+            _send_outcome(connection, outcome, seen)
+        except (BrokenPipeError, ConnectionResetError):  # closed meanwhile: stop, quietly
+            return
 
 
 class _Warnings:
