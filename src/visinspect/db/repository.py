@@ -84,29 +84,35 @@ def add_predictions(
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     else:
         partitions.ensure_days(session.connection(), days)
-    kept: list[dict[str, Any]] = [
-        {
-            "of__": position,
-            "created_at": record.created_at,
-            "model_version": embedding.model_version,
-            "low": embedding.low,
-            "scale": embedding.scale,
-            "codes": embedding.codes,
-        }
+    # Each dependent row beside the position (from 1) of its prediction in the group: its id is
+    # not known yet.
+    kept: list[tuple[int, dict[str, Any]]] = [
+        (
+            position,
+            {
+                "created_at": record.created_at,
+                "model_version": embedding.model_version,
+                "low": embedding.low,
+                "scale": embedding.scale,
+                "codes": embedding.codes,
+            },
+        )
         for position, (record, embedding) in enumerate(zip(records, embeddings, strict=False), 1)
         if embedding is not None
     ]
-    answered: list[dict[str, Any]] = [
-        {
-            "of__": position,
-            "head_id": answer.head_id,
-            "label_set_id": answer.label_set_id,
-            "class_name": answer.class_name,
-            "confidence": answer.confidence,
-            "decided": answer.decided,
-            "shadow": answer.shadow,
-            "created_at": record.created_at,
-        }
+    answered: list[tuple[int, dict[str, Any]]] = [
+        (
+            position,
+            {
+                "head_id": answer.head_id,
+                "label_set_id": answer.label_set_id,
+                "class_name": answer.class_name,
+                "confidence": answer.confidence,
+                "decided": answer.decided,
+                "shadow": answer.shadow,
+                "created_at": record.created_at,
+            },
+        )
         for position, (record, rows) in enumerate(zip(records, answers, strict=False), 1)
         for answer in rows
     ]
@@ -123,7 +129,7 @@ def add_predictions(
         if dependent:
             session.execute(
                 insert(model),
-                [{"prediction_id": records[row.pop("of__") - 1].id} | row for row in dependent],
+                [{"prediction_id": records[position - 1].id} | row for position, row in dependent],
             )
 
 
@@ -162,8 +168,8 @@ def delete_embeddings_before(session: Session, moment: datetime, batch: int = 10
 def _insert_group(
     session: Session,
     records: list[PredictionRecord],
-    kept: list[dict[str, Any]],
-    answered: list[dict[str, Any]],
+    kept: list[tuple[int, dict[str, Any]]],
+    answered: list[tuple[int, dict[str, Any]]],
 ) -> None:
     """PostgreSQL: the whole group in one statement, one round trip. Its ids come from the
     sequence and its rows from one array per column (`_unnested`); the embeddings and the heads'
@@ -173,20 +179,19 @@ def _insert_group(
     ping): with every core busy each costs a wake-up of the database and then of the writer,
     about 0.7 ms, and requests wait for their group's commit (docs/benchmarks.md)."""
     dialect = session.get_bind().dialect
-    parts: list[tuple[Table, dict[str, list[Any]]]] = [
-        (
-            cast(Table, PredictionRecord.__table__),
-            {a.columns[0].name: [getattr(r, a.key) for r in records] for a in _INSERTED},
-        )
-    ]
-    for model, rows in ((EmbeddingRecord, kept), (HeadAnswerRecord, answered)):
-        if rows:
-            parts.append((cast(Table, model.__table__), {n: [r[n] for r in rows] for n in rows[0]}))
+    predictions = cast(Table, PredictionRecord.__table__)
+    columns = {a.columns[0].name: [getattr(r, a.key) for r in records] for a in _INSERTED}
     parameters: dict[str, Any] = {"count__": len(records)}
-    for table, columns in parts:
-        parameters |= _array_parameters(table, columns, dialect)
-    shape = tuple((table, tuple(columns)) for table, columns in parts)
-    ids = session.scalars(_group_statement(shape, dialect), parameters).all()
+    parameters |= _array_parameters(predictions, columns, dialect)
+    shape = [(predictions, tuple(columns))]
+    for model, dependent in ((EmbeddingRecord, kept), (HeadAnswerRecord, answered)):
+        if dependent:
+            table, rows = cast(Table, model.__table__), [row for _, row in dependent]
+            columns = {name: [row[name] for row in rows] for name in rows[0]}
+            parameters |= _array_parameters(table, columns, dialect)
+            parameters[f"{table.name}__of__"] = [position for position, _ in dependent]
+            shape.append((table, tuple(columns)))
+    ids = session.scalars(_group_statement(tuple(shape), dialect), parameters).all()
     for record, row_id in zip(records, ids, strict=True):
         record.id = row_id
 
@@ -194,16 +199,15 @@ def _insert_group(
 def _array_parameters(
     table: Table, columns: dict[str, list[Any]], dialect: Dialect
 ) -> dict[str, Any]:
-    """One parameter per column, named after its table (`_unnested`).
+    """One parameter per column, named after its table (`_unnested`); a dependent table's
+    positions of its predictions (`of__`) are the caller's.
 
     An array of `bytea` or `jsonb` travels as text that the server parses element by element:
     256 kept embeddings took 23 ms that way, 256 top-k lists 11 ms. So a binary column goes in
     as one value, all rows' bytes joined, with arrays of where each row's starts and how long
     it is (6 ms), and a JSON column as one JSON array of all rows' documents (2 ms)."""
-    names = tuple(n for n in columns if n != "of__")
+    names = tuple(columns)
     processed: dict[str, Any] = {}
-    if "of__" in columns:
-        processed[f"{table.name}__of__"] = columns["of__"]
     for name, process in zip(names, _bind_processors(table, names, dialect), strict=True):
         values, kind, key = columns[name], _kind(table, name, dialect), f"{table.name}__{name}"
         if kind == "binary":
@@ -258,16 +262,17 @@ def _group_statement(
     ]
     for number, (table, names) in enumerate(shape):
         key, position = ("id", "n__") if number == 0 else ("prediction_id", "of__")
-        columns = [n for n in names if n != "of__"]
-        selected, source = _unnested(table, columns, dialect, with_of=number > 0)
+        selected, source = _unnested(table, names, dialect, with_of=number > 0)
         parts.append(
-            f"{table.name}__inserted AS (INSERT INTO {table.name} ({key}, {', '.join(columns)}) "
+            f"{table.name}__inserted AS (INSERT INTO {table.name} ({key}, {', '.join(names)}) "
             f"SELECT ids.id, {selected} {source} JOIN ids ON ids.n = {table.name}__u.{position})"
         )
     return text(f"WITH {', '.join(parts)} SELECT id FROM ids ORDER BY n")  # noqa: S608
 
 
-def _unnested(table: Table, names: list[str], dialect: Dialect, with_of: bool) -> tuple[str, str]:
+def _unnested(
+    table: Table, names: tuple[str, ...], dialect: Dialect, with_of: bool
+) -> tuple[str, str]:
     """The select list and FROM clause of one table's rows, from one array per column (see
     `_array_parameters`); a JSON column's documents are joined to their rows by position."""
     prefix, rows = table.name, f"{table.name}__u"
