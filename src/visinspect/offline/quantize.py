@@ -97,10 +97,9 @@ def quantize_int8(
             else None,
         )
         model = onnx.load(str(quantized))
-    corrected = correct_biases(model, reference, samples) if recipe.bias_correction else 0
     description = {**recipe.describe(), "calibration_samples": len(samples)}
     if recipe.bias_correction:
-        description["biases_corrected"] = corrected
+        description["biases_corrected"] = correct_biases(model, reference, samples)
     return model.SerializeToString(), description
 
 
@@ -111,7 +110,7 @@ def _kept_in_fp32(graph: Any, keep: tuple[str, ...]) -> list[str]:
         names += [convs[0].name, convs[-1].name]
         names += [n.name for n in graph.node if n.op_type == "Gemm"]
     if "depthwise" in keep:
-        names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+        names += [n.name for n in convs if _group(n) > 1]
     return names
 
 
