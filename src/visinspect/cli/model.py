@@ -15,7 +15,7 @@ from visinspect.inference.artifact import (
 )
 from visinspect.inference.classifier import load_labels
 from visinspect.inference.weights import ModelLoadError, expected_sha256
-from visinspect.offline.photos import PhotoSets, find_photos
+from visinspect.offline.photos import TOO_FEW_PHOTOS, PhotoSets, find_photos
 from visinspect.offline.quantize import RECIPE_KEYS, Int8Recipe
 from visinspect.startup import StartupFailed
 
@@ -57,10 +57,10 @@ def show(settings: Settings, _args: argparse.Namespace) -> int:
 def is_up_to_date(
     settings: Settings, precisions: set[Precision], photos: PhotoSets | None = None
 ) -> bool:
-    """MODEL_DIR serves `precisions` for these weights as this release builds them. Given the
-    `photos` a build would use, an int8 graph also counts as stale when this release's recipe
-    differs from the one that made it (an upgrade brings the better graph), and so does an int8
-    skipped for lack of photographs that are there now (`make photos` after a first `make run`)."""
+    """MODEL_DIR serves `precisions` for these weights as this release builds them: an int8
+    graph made by another recipe is stale (an upgrade brings the better graph), and so, given the
+    `photos` a build would use, is an int8 skipped for lack of photographs that are there now
+    (`make photos` after a first `make run`)."""
     try:
         manifest = read_manifest(settings.model_dir)
         check_manifest(manifest, settings.model_arch, expected_sha256(settings), load_labels())
@@ -71,16 +71,22 @@ def is_up_to_date(
         return False  # auto tries int8: built, or recorded as not built with its reason
     if not precisions - {Precision.AUTO} <= set(manifest.graphs):
         return False
-    return photos is None or not _int8_stale(manifest, photos)
+    if photos is not None and photos.measure_int8 and _int8_lacked_photos(manifest):
+        return False
+    return not _int8_of_another_recipe(manifest)
 
 
-def _int8_stale(manifest: Manifest, photos: PhotoSets) -> bool:
+def _int8_lacked_photos(manifest: Manifest) -> bool:
+    return any(
+        c.precision is Precision.INT8 and TOO_FEW_PHOTOS in c.note
+        for c in manifest.selection.candidates
+    )
+
+
+def _int8_of_another_recipe(manifest: Manifest) -> bool:
     int8 = manifest.graphs.get(Precision.INT8)
     if int8 is None:
-        # Skipped by the build for lack of photos: its note is BuildFailed's "N evaluation
-        # photographs; measuring an int8 graph takes at least ..." (offline/build.py).
-        skipped = [c for c in manifest.selection.candidates if c.precision is Precision.INT8]
-        return bool(skipped) and "evaluation photographs" in skipped[0].note and photos.measure_int8
+        return False
     recorded = {k: v for k, v in (int8.quantization or {}).items() if k in RECIPE_KEYS}
     return recorded != Int8Recipe().describe()
 

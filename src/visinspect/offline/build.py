@@ -48,7 +48,7 @@ from visinspect.inference.cpu import Int8Kernels, this_cpu
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing, preprocess
 from visinspect.inference.selection import below_bar, choose, measure, untimed
 from visinspect.inference.weights import verified_weights
-from visinspect.offline.photos import INT8_MIN_EVALUATION_PHOTOS, PhotoSets
+from visinspect.offline.photos import INT8_MIN_EVALUATION_PHOTOS, TOO_FEW_PHOTOS, PhotoSets
 from visinspect.offline.quantize import quantize_int8
 from visinspect.offline.reference import (
     ONNX_OPSET,
@@ -195,8 +195,7 @@ def _int8(
     """Quantize and measure; below its bar, fail an explicit request (unless accepted)."""
     if len(evaluation) < INT8_MIN_EVALUATION_PHOTOS and not accept_low_agreement:
         raise BuildFailed(
-            f"{len(evaluation)} evaluation photographs; measuring an int8 graph takes at "
-            f"least {INT8_MIN_EVALUATION_PHOTOS}",
+            f"{len(evaluation)} {TOO_FEW_PHOTOS} {INT8_MIN_EVALUATION_PHOTOS}",
             "run `make photos` (Debian photo packages), or pass --photos DIR",
         )
     started = time.perf_counter()

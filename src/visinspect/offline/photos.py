@@ -40,6 +40,8 @@ _SKIMAGE_NOT_PHOTOS = re.compile(
 
 # Fewer evaluation photographs than this measure nothing: an int8 graph is not built from them.
 INT8_MIN_EVALUATION_PHOTOS = 100
+# What the build says then, and the manifest records as the reason int8 was not built.
+TOO_FEW_PHOTOS = "evaluation photographs; measuring an int8 graph takes at least"
 
 
 @dataclass(frozen=True, slots=True)
