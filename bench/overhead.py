@@ -20,15 +20,19 @@ rate at 1e6 / that figure, however many cores the machine has.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 from bench.ceilings import photo_jpeg
 from bench.footprint import children
@@ -150,7 +154,12 @@ def checkout(ref: str) -> Iterator[dict[str, str]]:
         tree = Path(work) / "tree"
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], check=True)
         try:
-            env = {"PYTHONPATH": str(tree / "src"), "MODEL_DIR": str(Path(work) / "model")}
+            deps = Path(work) / "deps"
+            _install_missing(tree / "pyproject.toml", deps)
+            env = {
+                "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{deps}",
+                "MODEL_DIR": str(Path(work) / "model"),
+            }
             subprocess.run(
                 [str(VENV_BIN / "visinspect"), "model", "build"],
                 env={**os.environ, **env, "LOG_LEVEL": "WARNING"},
@@ -160,6 +169,35 @@ def checkout(ref: str) -> Iterator[dict[str, str]]:
             yield env
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=True)
+
+
+def _install_missing(pyproject: Path, target: Path) -> None:
+    """The runtime dependencies of an earlier commit that this venv lacks or pins differently
+    (a package since replaced: swagger-ui-bundle before 8a5797b's successors), into `target`
+    alone, so that the earlier code starts without touching this venv."""
+    wanted = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    missing = [text for text in wanted if not _satisfied(Requirement(text))]
+    if missing:
+        subprocess.run(
+            [
+                str(VENV_BIN / "pip"),
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(target),
+                *missing,
+            ],
+            check=True,
+        )
+
+
+def _satisfied(requirement: Requirement) -> bool:
+    try:
+        version = importlib.metadata.version(requirement.name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return requirement.specifier.contains(version, prereleases=True)
 
 
 def main() -> int:
