@@ -131,12 +131,20 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=25"
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet $(PIP_ARGS) -e ".[model]"
+# The serving requirements pyproject.toml does not pin (idna, anyio, ...) are installed at the
+# versions the image locks (docker/requirements/serve.txt, without its hashes, as pip
+# constraints): the tests run on what the image serves with, and a new release of one of them
+# on PyPI changes neither until `make lock`.
+LOCKED := $(VENV)/locked-serve.txt
+$(LOCKED): docker/requirements/serve.txt | $(VENV)/bin/python
+	sed -e '/^ *--hash=/d' -e '/^ *#/d' -e 's/ *\\$$//' $< > $@
+
+$(VENV)/.installed: pyproject.toml $(LOCKED) | $(VENV)/bin/python
+	$(BIN)/pip install --quiet $(PIP_ARGS) -c $(LOCKED) -e ".[model]"
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet $(PIP_ARGS) -e ".[dev]"
+$(VENV)/.installed-dev: pyproject.toml $(LOCKED) | $(VENV)/bin/python
+	$(BIN)/pip install --quiet $(PIP_ARGS) -c $(LOCKED) -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
 clean:
