@@ -457,7 +457,8 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 1) if values else 0.0
 
 
-WRITER_ROWS_READY = 9000  # rows built ahead per second of writing: more than it has written here
+# Rows built ahead per second of writing, at first (`_timed_writer` doubles it when all are written).
+WRITER_ROWS_READY = 9000
 
 
 def _rows_for(seconds: float, rate: int) -> list[tuple[PredictionRecord, EmbeddingRecord]]:
