@@ -75,49 +75,19 @@ def add_predictions(
     record's kept embedding, where it has one (`embeddings`, in the records' order), and its
     heads' answers (`answers`), in the same transaction.
 
-    On PostgreSQL the group is one statement (`_insert_group`), atomic by itself: once its days'
+    On PostgreSQL the group is one statement (`group_insert`), atomic by itself: once its days'
     partitions are known to exist, it runs without BEGIN and COMMIT, in one round trip."""
-    days = {_utc_day(r.created_at) for r in records}
     bind = session.get_bind()
-    postgresql = bind.dialect.name == "postgresql"
-    if postgresql and isinstance(bind, Engine) and partitions.known(bind, days):
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    else:
-        partitions.ensure_days(session.connection(), days)
-    # Each dependent row beside the position (from 1) of its prediction in the group: its id is
-    # not known yet.
-    kept: list[tuple[int, dict[str, Any]]] = [
-        (
-            position,
-            {
-                "created_at": record.created_at,
-                "model_version": embedding.model_version,
-                "low": embedding.low,
-                "scale": embedding.scale,
-                "codes": embedding.codes,
-            },
-        )
-        for position, (record, embedding) in enumerate(zip(records, embeddings, strict=False), 1)
-        if embedding is not None
-    ]
-    answered: list[tuple[int, dict[str, Any]]] = [
-        (
-            position,
-            {
-                "head_id": answer.head_id,
-                "label_set_id": answer.label_set_id,
-                "class_name": answer.class_name,
-                "confidence": answer.confidence,
-                "decided": answer.decided,
-                "shadow": answer.shadow,
-                "created_at": record.created_at,
-            },
-        )
-        for position, (record, rows) in enumerate(zip(records, answers, strict=False), 1)
-        for answer in rows
-    ]
-    if postgresql:
-        _insert_group(session, records, kept, answered)
+    if bind.dialect.name == "postgresql":
+        days = group_days(records)
+        if isinstance(bind, Engine) and partitions.known(bind, days):
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        else:
+            partitions.ensure_days(session.connection(), days)
+        group = group_insert(records, embeddings, answers, bind.dialect)
+        ids = session.scalars(group.statement, group.parameters).all()
+        for record, row_id in zip(records, ids, strict=True):
+            record.id = row_id
         return
     statement = insert(PredictionRecord).returning(
         PredictionRecord.id, sort_by_parameter_order=True
@@ -125,12 +95,20 @@ def add_predictions(
     rows = [{a.key: getattr(record, a.key) for a in _INSERTED} for record in records]
     for record, row_id in zip(records, session.scalars(statement, rows), strict=True):
         record.id = row_id
-    for model, dependent in ((EmbeddingRecord, kept), (HeadAnswerRecord, answered)):
+    for model, dependent in (
+        (EmbeddingRecord, _kept_embeddings(records, embeddings)),
+        (HeadAnswerRecord, _head_answers(records, answers)),
+    ):
         if dependent:
             session.execute(
                 insert(model),
                 [{"prediction_id": records[position - 1].id} | row for position, row in dependent],
             )
+
+
+def group_days(records: list[PredictionRecord]) -> set[date]:
+    """The UTC days whose partitions a group's rows go to."""
+    return {_utc_day(r.created_at) for r in records}
 
 
 def embeddings_of(
@@ -165,12 +143,21 @@ def delete_embeddings_before(session: Session, moment: datetime, batch: int = 10
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _insert_group(
-    session: Session,
+@dataclass(frozen=True, slots=True)
+class GroupInsert:
+    """A group's one statement (PostgreSQL) and its parameters: the predictions' ids come back
+    in the records' order."""
+
+    statement: TextClause
+    parameters: dict[str, Any]
+
+
+def group_insert(
     records: list[PredictionRecord],
-    kept: list[tuple[int, dict[str, Any]]],
-    answered: list[tuple[int, dict[str, Any]]],
-) -> None:
+    embeddings: Sequence[EmbeddingRecord | None],
+    answers: Sequence[Sequence[HeadAnswerRecord]],
+    dialect: Dialect,
+) -> GroupInsert:
     """PostgreSQL: the whole group in one statement, one round trip. Its ids come from the
     sequence and its rows from one array per column (`_unnested`); the embeddings and the heads'
     answers are inserted by data-modifying CTEs that take their prediction's id by position.
@@ -178,22 +165,65 @@ def _insert_group(
     A group took seven round trips before (ids, BEGIN, one INSERT per table, COMMIT, the pool's
     ping): with every core busy each costs a wake-up of the database and then of the writer,
     about 0.7 ms, and requests wait for their group's commit (docs/benchmarks.md)."""
-    dialect = session.get_bind().dialect
     predictions = cast(Table, PredictionRecord.__table__)
     columns = {a.columns[0].name: [getattr(r, a.key) for r in records] for a in _INSERTED}
     parameters: dict[str, Any] = {"count__": len(records)}
     parameters |= _array_parameters(predictions, columns, dialect)
     shape = [(predictions, tuple(columns))]
-    for model, dependent in ((EmbeddingRecord, kept), (HeadAnswerRecord, answered)):
+    for model, dependent in (
+        (EmbeddingRecord, _kept_embeddings(records, embeddings)),
+        (HeadAnswerRecord, _head_answers(records, answers)),
+    ):
         if dependent:
             table, rows = cast(Table, model.__table__), [row for _, row in dependent]
             columns = {name: [row[name] for row in rows] for name in rows[0]}
             parameters |= _array_parameters(table, columns, dialect)
             parameters[f"{table.name}__of__"] = [position for position, _ in dependent]
             shape.append((table, tuple(columns)))
-    ids = session.scalars(_group_statement(tuple(shape), dialect), parameters).all()
-    for record, row_id in zip(records, ids, strict=True):
-        record.id = row_id
+    return GroupInsert(_group_statement(tuple(shape), dialect), parameters)
+
+
+def _kept_embeddings(
+    records: list[PredictionRecord], embeddings: Sequence[EmbeddingRecord | None]
+) -> list[tuple[int, dict[str, Any]]]:
+    """Each kept embedding's row beside the position (from 1) of its prediction in the group:
+    its id is not known yet."""
+    return [
+        (
+            position,
+            {
+                "created_at": record.created_at,
+                "model_version": embedding.model_version,
+                "low": embedding.low,
+                "scale": embedding.scale,
+                "codes": embedding.codes,
+            },
+        )
+        for position, (record, embedding) in enumerate(zip(records, embeddings, strict=False), 1)
+        if embedding is not None
+    ]
+
+
+def _head_answers(
+    records: list[PredictionRecord], answers: Sequence[Sequence[HeadAnswerRecord]]
+) -> list[tuple[int, dict[str, Any]]]:
+    """Each head's answer beside the position (from 1) of its prediction in the group."""
+    return [
+        (
+            position,
+            {
+                "head_id": answer.head_id,
+                "label_set_id": answer.label_set_id,
+                "class_name": answer.class_name,
+                "confidence": answer.confidence,
+                "decided": answer.decided,
+                "shadow": answer.shadow,
+                "created_at": record.created_at,
+            },
+        )
+        for position, (record, rows) in enumerate(zip(records, answers, strict=False), 1)
+        for answer in rows
+    ]
 
 
 def _array_parameters(

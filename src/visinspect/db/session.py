@@ -77,6 +77,9 @@ class Database:
         sessions: sessionmaker[Session] | None = None,
     ) -> None:
         self.engine = engine
+        # False when the sessions are bound into a caller's transaction (the tests'): then every
+        # write must go through them, never through a connection of its own.
+        self.owns_sessions = sessions is None
         self.sessions = sessions or sessionmaker(engine, expire_on_commit=False)
         if isinstance(engine.pool, StaticPool):  # one shared connection: one user at a time
             max_concurrency = 1

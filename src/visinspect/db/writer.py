@@ -6,6 +6,11 @@ transaction instead of one), which keeps the database off the critical path; a l
 written at once. If a group fails for a reason other than an outage, its rows are retried one by
 one so that one bad row cannot fail its neighbours; the row that still fails is `RecordNotStored`
 (a 500: retrying will not help), never `DatabaseUnavailable` (a 503 that promises it would).
+
+On PostgreSQL a group goes through the writer's own connection (`group_connection.py`): one
+prepared statement, no pool or session in between. The first group of a day, whose partition
+may not exist yet, and a database whose sessions are bound elsewhere (the tests' outer
+transaction) take the session's path, which creates partitions in its transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-from visinspect.db import repository
+import anyio
+import anyio.to_thread
+
+from visinspect.db import partitions, repository
+from visinspect.db.group_connection import GroupConnection
 from visinspect.db.session import Database
 from visinspect.db.tables import EmbeddingRecord, HeadAnswerRecord, PredictionRecord
 from visinspect.errors import DatabaseTooSlow, DatabaseUnavailable, RecordNotStored
@@ -34,6 +43,10 @@ class PredictionWriter:
         self.max_group = max_group
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        own = database.owns_sessions and database.backend == "postgresql"
+        self._connection = GroupConnection(database.engine) if own else None
+        # The connection's one thread: writes never wait behind reads for the pool's threads.
+        self._thread = anyio.CapacityLimiter(1)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="db-writer")
@@ -61,12 +74,7 @@ class PredictionWriter:
 
     async def _write(self, group: list[_Pending]) -> None:
         try:
-            await self.database.run(
-                repository.add_predictions,
-                [p.record for p in group],
-                [p.embedding for p in group],
-                [p.answers for p in group],
-            )
+            await self._insert(group)
         except (DatabaseUnavailable, DatabaseTooSlow) as exc:  # 503: the same for every row
             _fail(group, exc)
             return
@@ -83,6 +91,20 @@ class PredictionWriter:
             if not pending.future.done():
                 pending.future.set_result(pending.record)
 
+    async def _insert(self, group: list[_Pending]) -> None:
+        records = [p.record for p in group]
+        embeddings = [p.embedding for p in group]
+        answers = [p.answers for p in group]
+        connection = self._connection
+        if connection is not None and partitions.known(
+            self.database.engine, repository.group_days(records)
+        ):
+            await anyio.to_thread.run_sync(
+                connection.insert, records, embeddings, answers, limiter=self._thread
+            )
+        else:
+            await self.database.run(repository.add_predictions, records, embeddings, answers)
+
     async def close(self) -> None:
         """Write what is queued, then stop (the server has drained its requests by now)."""
         while not self._queue.empty():
@@ -94,6 +116,8 @@ class PredictionWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._connection is not None:
+            self._connection.close()
 
 
 def _fail(group: list[_Pending], exc: Exception) -> None:
