@@ -2,8 +2,9 @@
 statement, and nothing else.
 
 Through the ORM session and the pool, a one-row group cost 0.68 ms of the writer thread's CPU
-and 0.61 ms of the database's (`python -m bench.writer`, docs/benchmarks.md): a checkout and its ping (a round trip), a session
-and its transaction objects, and a statement that PostgreSQL planned again for every group.
+and 0.61 ms of the database's (`python -m bench.writer`, docs/benchmarks.md): a checkout and
+its ping (a round trip), a session and its transaction objects, and a statement that
+PostgreSQL planned again for every group.
 With `plan_cache_mode = auto` the planner keeps custom plans for a statement whose arrays it can
 see the length of, and planning was a third of the server's work. Here the writer holds one
 connection of its own, taken from the engine (so it has the engine's settings: UTC, the
