@@ -4,6 +4,8 @@ connection that is replaced when the server closed it, and the same errors as th
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -196,3 +198,27 @@ def test_the_tests_outer_transaction_keeps_the_session_path() -> None:
             assert PredictionWriter(Database(engine, 1))._connection is not None
     finally:
         engine.dispose()
+
+
+def test_a_connection_whose_descriptor_is_above_1024_is_checked_too(engine: Engine) -> None:
+    """A busy server holds over a thousand sockets and files: the check before each group must
+    not use select(), which fails on descriptors past FD_SETSIZE (1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1400 if hard == resource.RLIM_INFINITY else min(hard, 1400)
+    assert wanted >= 1400, f"this test needs RLIMIT_NOFILE's hard limit >= 1400, not {hard}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    fresh = create_db_engine(make_settings(engine.url.render_as_string(hide_password=False)))
+    group = GroupConnection(fresh)  # its pool connects now, past the descriptors held
+    try:
+        records = [synthetic_record("high")]
+        group.insert(records, [], [[]])
+        assert group._connected().fileno() > 1024  # the case this test is about
+        group.insert([synthetic_record("again")], [], [[]])
+    finally:
+        group.close()
+        fresh.dispose()
+        for descriptor in held:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _count(engine) == 3

@@ -83,9 +83,13 @@ class GroupConnection:
         pooled = self.engine.raw_connection()  # pinged by the pool; the engine's settings
         pooled.detach()  # from now on it is this writer's, never handed to anyone else
         connection = _psycopg(pooled.dbapi_connection)
-        connection.rollback()  # the pool's ping may have begun a transaction
-        connection.autocommit = True  # a group is one statement, atomic by itself
-        connection.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            connection.rollback()  # the pool's ping may have begun a transaction
+            connection.autocommit = True  # a group is one statement, atomic by itself
+            connection.execute("SET plan_cache_mode = force_generic_plan")
+        except BaseException:
+            connection.close()  # detached: nobody else would
+            raise
         self._connection = connection
         return connection
 
@@ -108,5 +112,6 @@ def _closed_by_server(connection: psycopg.Connection[Any]) -> bool:
     stream)."""
     if connection.closed or connection.broken:
         return True
-    readable, _, _ = select.select([connection.fileno()], [], [], 0)
-    return bool(readable)
+    poll = select.poll()  # not select(): a busy server's descriptors go past FD_SETSIZE (1024)
+    poll.register(connection.fileno(), select.POLLIN)
+    return bool(poll.poll(0))
