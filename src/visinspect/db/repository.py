@@ -283,8 +283,9 @@ def _group_statement(
     """The group's one statement (`_insert_group`): `ids` takes one value of the sequence per
     prediction, numbered in ascending order; the predictions' rows join it by their position,
     the other tables' rows by the position of their prediction (`of__`). Its text is the same
-    for every group of the same tables, so the driver parses it once and the server plans it
-    once. The names come from the ORM, never from a request."""
+    for every group of the same tables, so the driver prepares it once; the server plans it
+    once only where told to (the writer's own connection, `group_connection.py`): left to
+    itself it plans again for every group. The names come from the ORM, never from a request."""
     parts = [
         "ids AS MATERIALIZED (SELECT id, row_number() OVER (ORDER BY id) AS n FROM (SELECT "
         "nextval(pg_get_serial_sequence('predictions', 'id')) AS id "
