@@ -29,9 +29,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import TextClause
 
 from visinspect.db import repository
-from visinspect.db.session import describe_failure
+from visinspect.db.session import statement_cancelled, unavailable
 from visinspect.db.tables import EmbeddingRecord, HeadAnswerRecord, PredictionRecord
-from visinspect.errors import DatabaseTooSlow, DatabaseUnavailable
 
 
 class GroupConnection:
@@ -58,15 +57,10 @@ class GroupConnection:
                 cursor.execute(sql, group.parameters, prepare=True)
                 ids = [row[0] for row in cursor.fetchall()]
         except psycopg.errors.QueryCanceled as exc:  # the connection is still good
-            raise DatabaseTooSlow(
-                "a query took longer than DATABASE_STATEMENT_TIMEOUT_S and was cancelled; "
-                "nothing was stored"
-            ) from exc
+            raise statement_cancelled() from exc
         except (psycopg.OperationalError, psycopg.InterfaceError, SQLAlchemyError) as exc:
             self.close()  # the next group connects again
-            raise DatabaseUnavailable(
-                f"the database is unavailable: {describe_failure(exc)}"
-            ) from exc
+            raise unavailable(exc) from exc
         for record, row_id in zip(records, ids, strict=True):
             record.id = row_id
 

@@ -105,16 +105,13 @@ class Database:
                 return work(session, *args)
         except OperationalError as exc:
             if isinstance(exc.orig, QueryCanceled):
-                raise DatabaseTooSlow(
-                    "a query took longer than DATABASE_STATEMENT_TIMEOUT_S and was cancelled; "
-                    "nothing was stored"
-                ) from exc
-            raise DatabaseUnavailable(_unavailable(exc)) from exc
+                raise statement_cancelled() from exc
+            raise unavailable(exc) from exc
         except TimeoutError as exc:
-            raise DatabaseUnavailable(_unavailable(exc)) from exc
+            raise unavailable(exc) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
-                raise DatabaseUnavailable(_unavailable(exc)) from exc
+                raise unavailable(exc) from exc
             raise
 
     def dispose(self) -> None:
@@ -126,8 +123,18 @@ def _statement_timeout(settings: Settings, serving: bool) -> str:
     return f" -c statement_timeout={milliseconds}" if serving and milliseconds else ""
 
 
-def _unavailable(exc: Exception) -> str:
-    return f"the database is unavailable: {describe_failure(exc)}"
+def unavailable(exc: Exception) -> DatabaseUnavailable:
+    """The 503 for a driver's failure to reach the database (the session's path and the group
+    commit's own connection alike)."""
+    return DatabaseUnavailable(f"the database is unavailable: {describe_failure(exc)}")
+
+
+def statement_cancelled() -> DatabaseTooSlow:
+    """The 503 for a statement PostgreSQL cancelled at DATABASE_STATEMENT_TIMEOUT_S."""
+    return DatabaseTooSlow(
+        "a query took longer than DATABASE_STATEMENT_TIMEOUT_S and was cancelled; "
+        "nothing was stored"
+    )
 
 
 def describe_failure(exc: Exception) -> str:
