@@ -88,7 +88,7 @@ def _popularity(count: int) -> np.ndarray:
 
 _LABELS = load_labels()
 _POPULARITY = _popularity(len(_LABELS))
-_WRITER_DRAWS = np.random.default_rng(7)  # the writer's rows (`_record`)
+_WRITER_DRAWS = np.random.default_rng(7)  # the writer's rows (`service_record`)
 _WRITER_CLASSES = _WRITER_DRAWS.choice(len(_LABELS), size=100_000, p=_POPULARITY)
 _WRITER_CONFIDENCES = _WRITER_DRAWS.beta(4.0, 1.5, size=100_000)
 _DRAWN = itertools.count()
@@ -466,7 +466,7 @@ def _rows_for(seconds: float, rate: int) -> list[tuple[PredictionRecord, Embeddi
     its kept embedding and the writer only writes them; built in the timed loop, in this one
     process with the bench's readers, the ORM objects' construction took a third of its CPU."""
     count = int(rate * seconds)
-    return [(_record(f"bench-writer-{n}"), _embedding()) for n in range(count)]
+    return [(service_record(f"bench-writer-{n}"), kept_embedding()) for n in range(count)]
 
 
 async def _write_for(
@@ -501,9 +501,9 @@ _KEPT = [
 ]
 
 
-def _embedding() -> EmbeddingRecord:
-    """A kept embedding as the service hands it to the writer (encoded ahead, like `_record`'s
-    draws: the encoding is /predict's work, not the writer's)."""
+def kept_embedding() -> EmbeddingRecord:
+    """A kept embedding as the service hands it to the writer (encoded ahead, like
+    `service_record`'s draws: the encoding is /predict's work, not the writer's)."""
     kept = _KEPT[next(_DRAWN) % len(_KEPT)]
     return EmbeddingRecord(
         created_at=datetime.now(UTC),
@@ -514,7 +514,7 @@ def _embedding() -> EmbeddingRecord:
     )
 
 
-def _record(request_id: str) -> PredictionRecord:
+def service_record(request_id: str) -> PredictionRecord:
     """A row as the service writes it, of a class drawn Zipf-like (so that the writer's rows
     neither pile onto one rollup row nor make one class look frequent lately). The draws are
     made ahead: drawing per row would cost the writer's client more than the row costs it."""
@@ -594,7 +594,7 @@ def _inserting(engine: Engine, request_id: str, pause_s: float = 0.0) -> Iterato
         while not stop.is_set():
             started = time.perf_counter()
             with Session(engine) as session:
-                repository.add_predictions(session, [_record(request_id)])
+                repository.add_predictions(session, [service_record(request_id)])
                 session.commit()
             insert_ms.append((time.perf_counter() - started) * 1000)
             stop.wait(pause_s)

@@ -21,18 +21,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
+from bench.history import kept_embedding, service_record
 from bench.load import fresh_database
 from visinspect.db import repository
 from visinspect.db.group_connection import GroupConnection
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
-from visinspect.db.tables import EmbeddingRecord, PredictionRecord
 from visinspect.inference.cpu import this_cpu
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -53,7 +52,7 @@ def main() -> int:
         database = Database(engine, 1)
         group = GroupConnection(engine)
         with Session(engine) as session:  # today's partition: known from here on
-            repository.add_predictions(session, [_record()])
+            repository.add_predictions(session, [service_record(os.urandom(8).hex())])
             session.commit()
         paths: dict[str, Callable[..., object]] = {
             "session": lambda *rows: database._transaction(repository.add_predictions, *rows),
@@ -89,14 +88,21 @@ def _timed(
     write: Callable[..., object], rows: int, groups: int, url: str
 ) -> tuple[float, float, float]:
     """Thread CPU, server CPU and wall time per group, in ms, over `groups` groups."""
-    batches = [[_record() for _ in range(rows)] for _ in range(groups)]
-    for records in batches[:20]:  # warm: the statement prepared, the plan cached
-        write(records, [_embedding(r) for r in records], [[] for _ in records])
+    # Built ahead, as /predict hands them to the writer (bench.history's rows).
+    groups_ready = [
+        [(service_record(f"bench-writer-{g}-{r}"), kept_embedding()) for r in range(rows)]
+        for g in range(groups)
+    ]
+    batches = [
+        ([row for row, _ in group], [kept for _, kept in group], [[] for _ in group])
+        for group in groups_ready
+    ]
+    for batch in batches[:20]:  # warm: the statement prepared, the plan cached
+        write(*batch)
     batches = batches[20:] or batches
-    embedded = [([_embedding(r) for r in records], [[] for _ in records]) for records in batches]
     server, thread, wall = _server_cpu(url), time.thread_time(), time.perf_counter()
-    for records, (kept, answers) in zip(batches, embedded, strict=True):
-        write(records, kept, answers)
+    for batch in batches:
+        write(*batch)
     n = len(batches)
     return (
         (time.thread_time() - thread) / n * 1000,
@@ -120,41 +126,6 @@ def _server_cpu(url: str) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / TICKS
-
-
-def _record() -> PredictionRecord:
-    return PredictionRecord(
-        created_at=datetime.now(UTC),
-        request_id=os.urandom(8).hex(),
-        model_name="efficientnet_lite0",
-        model_version="sha256:0",
-        backend="onnxruntime",
-        precision="int8",
-        class_id=967,
-        class_name="espresso",
-        confidence=0.9,
-        predictions=[{"class_id": 967, "class_name": "espresso", "confidence": 0.9}] * 3,
-        image_sha256=os.urandom(32).hex(),
-        image_width=640,
-        image_height=480,
-        image_format="JPEG",
-        image_bytes=82_000,
-        filename="part.jpg",
-        latency_ms=40.0,
-        decode_ms=5.0,
-        inference_ms=10.0,
-        image_kept=False,
-    )
-
-
-def _embedding(record: PredictionRecord) -> EmbeddingRecord:
-    return EmbeddingRecord(
-        created_at=record.created_at,
-        model_version="sha256:0",
-        low=-1.0,
-        scale=0.01,
-        codes=os.urandom(1280),
-    )
 
 
 if __name__ == "__main__":
