@@ -97,7 +97,7 @@ def test_asks_for_an_api_key_when_the_server_needs_one(
     port = free_port()
     process = subprocess.Popen(
         [VISINSPECT, "serve", "--port", str(port)],
-        env=environment(DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", API_KEYS="s3cret-key"),
+        env=environment(DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", API_KEYS="s3cret-key-123456"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -109,7 +109,7 @@ def test_asks_for_an_api_key_when_the_server_needs_one(
         expect(page.get_by_role("alert")).to_contain_text("needs an API key")
         expect(page.locator("#results .card .error")).to_contain_text("missing_api_key")
 
-        page.get_by_label("API key").fill("s3cret-key")
+        page.get_by_label("API key").fill("s3cret-key-123456")
         page.get_by_label("API key").press("Enter")
         page.get_by_label("API key").dispatch_event("change")
         page.locator("#file-input").set_input_files(photos / "camera.png")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -68,14 +70,64 @@ def window_length(text: str) -> timedelta:
 # What an API key may be limited to (`api/security.py` says which routes need which).
 API_KEY_SCOPES = frozenset({"predict", "read", "review", "admin"})
 API_KEY_NAME = r"[A-Za-z][A-Za-z0-9_.-]{0,63}"  # `name:key` (`api/security.py` parses entries)
-_SCOPED_KEY = re.compile(rf"^(?P<name>{API_KEY_NAME})@(?P<scopes>[^:]*):")
+# A plaintext key shorter than this could be guessed; `visinspect keys new` makes 43 characters.
+API_KEY_MIN_LENGTH = 16
+_KEY_ENTRY = re.compile(
+    rf"^(?:(?!sha256[@:])(?P<name>{API_KEY_NAME})(?:@(?P<scopes>[a-z]+(?:\+[a-z]+)*))?:)?"
+    r"(?:sha256:(?P<digest>[0-9a-fA-F]{64})|(?P<key>[^\s:@,]+))$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyEntry:
+    """One API_KEYS entry, parsed: who (None: unnamed), what it may do, the key's SHA-256."""
+
+    name: str | None
+    scopes: frozenset[str]
+    digest: bytes
+
+
+def parse_api_key(entry: str, position: int) -> ApiKeyEntry:
+    """`[name[@scopes]:]key` or `[name[@scopes]:]sha256:<64 hex>`; ValueError for anything else.
+
+    An entry that does not parse is refused, never read as a plaintext key with every scope
+    (`camera@predict:` is what a template with an unset variable writes). The message names the
+    entry by its position and its name, never by the key."""
+    found = _KEY_ENTRY.match(entry)
+    name = found["name"] if found else None
+    where = f"API_KEYS entry {position}" + (f" ({name!r})" if name else "")
+    if found is None:
+        raise ValueError(
+            f"{where} does not parse: write `key`, `name:key`, `name@scope+scope:key` or "
+            f"`name@scopes:sha256:<64 hex digits>`; a name is {API_KEY_NAME} but not 'sha256', a key has no "
+            "spaces, ':', '@' or ','"
+        )
+    scopes = frozenset(found["scopes"].split("+")) if found["scopes"] else API_KEY_SCOPES
+    if unknown := scopes - API_KEY_SCOPES:
+        raise ValueError(
+            f"{where} has unknown scopes {sorted(unknown)}; "
+            f"the scopes are {', '.join(sorted(API_KEY_SCOPES))}"
+        )
+    if found["digest"] is not None:
+        return ApiKeyEntry(name, scopes, bytes.fromhex(found["digest"]))
+    if len(found["key"]) < API_KEY_MIN_LENGTH:
+        raise ValueError(
+            f"{where}: the key is shorter than {API_KEY_MIN_LENGTH} characters; "
+            "`visinspect keys new NAME --scope ...` makes one"
+        )
+    return ApiKeyEntry(name, scopes, hashlib.sha256(found["key"].encode()).digest())
 
 
 class Settings(BaseSettings):
     """Typed view of the environment. Nothing else in the package reads `os.environ`."""
 
+    # An error never echoes what was given: API_KEYS and DATABASE_URL hold secrets.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", protected_namespaces=()
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        protected_namespaces=(),
+        hide_input_in_errors=True,
     )
 
     database_url: str = Field(
@@ -458,15 +510,10 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys")
     @classmethod
-    def _known_scopes(cls, keys: list[SecretStr]) -> list[SecretStr]:
-        """`name@scope+scope:key`: every scope must be one the service knows."""
-        for key in keys:
-            scoped = _SCOPED_KEY.match(key.get_secret_value())
-            if scoped and (unknown := set(scoped["scopes"].split("+")) - API_KEY_SCOPES):
-                raise ValueError(
-                    f"key {scoped['name']!r} has unknown scopes {sorted(unknown)}; "
-                    f"the scopes are {', '.join(sorted(API_KEY_SCOPES))}"
-                )
+    def _entries_parse(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        """Every entry parses (`parse_api_key`), or the service does not start."""
+        for position, key in enumerate(keys, start=1):
+            parse_api_key(key.get_secret_value(), position)
         return keys
 
     @field_validator("image_store_dir", mode="before")

@@ -213,7 +213,7 @@ def test_a_kept_upload_counts_against_its_keys_share(
     """The store knows which key brought an image (its share, IMAGE_STORE_KEY_SHARE): a key
     over its share has its uploads classified and recorded, not kept, and others' still are."""
     store = tmp_path_factory.mktemp("shares") / "images"
-    keys = "line-3@predict+read:device-key, alice:alices-key"
+    keys = "line-3@predict+read:device-key-012345, alice:alices-key-0123456"
     # Half the store holds coffee and chelsea with their thumbnails, and no third photo.
     two = sum((photos / name).stat().st_size for name in ("coffee.png", "chelsea.png"))
     with app_on(
@@ -225,7 +225,7 @@ def test_a_kept_upload_counts_against_its_keys_share(
         image_store_max_bytes=2 * (two + (64 << 10)),
         image_store_key_share=0.5,
     ) as client:
-        device, alice = {"X-API-Key": "device-key"}, {"X-API-Key": "alices-key"}
+        device, alice = {"X-API-Key": "device-key-012345"}, {"X-API-Key": "alices-key-0123456"}
         kept = []
         for name in ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg"):
             data = (photos / name).read_bytes()

@@ -138,16 +138,16 @@ def test_reviews_come_a_page_at_a_time(made: tuple[TestClient, list[dict[str, An
 
 
 def test_the_reviewer_is_the_api_keys_name(tmp_path: Path, photos: Path) -> None:
-    digest = hashlib.sha256(b"bobs-key").hexdigest()
+    digest = hashlib.sha256(b"bobs-key-01234567").hexdigest()
     settings = make_settings(
         f"sqlite:///{tmp_path / 'keys.db'}",
-        api_keys=f"alice:alices-key, bob:sha256:{digest}, plain-key",
+        api_keys=f"alice:alices-key-0123456, bob:sha256:{digest}, plain-key-0123456",
     )
     with running_app(settings) as client:
         upload = client.post(
             "/predict",
             files={"file": ("coffee.png", (photos / "coffee.png").read_bytes())},
-            headers={"X-API-Key": "alices-key"},
+            headers={"X-API-Key": "alices-key-0123456"},
         ).json()
         url = f"/predictions/{upload['id']}/review"
         assert client.post(url, json={"verdict": "correct"}).status_code == 401
@@ -159,7 +159,7 @@ def test_the_reviewer_is_the_api_keys_name(tmp_path: Path, photos: Path) -> None
             client.post(
                 url, json={"verdict": "correct"}, headers={"Authorization": f"Bearer {key}"}
             ).json()["reviewer"]
-            for key in ("alices-key", "bobs-key", "plain-key")
+            for key in ("alices-key-0123456", "bobs-key-01234567", "plain-key-0123456")
         ]
         # An unnamed key is named by its place in API_KEYS: nothing of its digest is shown.
         assert names == ["alice", "bob", "key-3"]

@@ -21,6 +21,8 @@ from tests.support import (
     running_app,
     services_of,
 )
+from visinspect.api.security import ApiKeys
+from visinspect.config import API_KEY_SCOPES
 
 KEY_PLAIN = "plain-key-0123456789"
 KEY_HASHED = "hashed-key-9876543210"
@@ -130,7 +132,51 @@ def test_a_key_may_only_do_what_its_scopes_allow(tmp_path: Path, photos: Path) -
 
 def test_unknown_scopes_are_refused_at_start() -> None:
     with pytest.raises(ValueError, match="unknown scopes"):
-        make_settings("sqlite://", api_keys="camera@predict+everything:k")
+        make_settings("sqlite://", api_keys="camera@predict+everything:camera-key-0123456789")
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("camera@predict:", "does not parse"),  # a template's unset variable
+        ("camera:", "does not parse"),
+        ("camera @predict:camera-key-0123456789", "does not parse"),
+        ("c" * 65 + ":camera-key-0123456789", "does not parse"),
+        ("sha256@predict:camera-key-0123456789", "does not parse"),
+        ("camera@:camera-key-0123456789", "does not parse"),
+        ("camera@predict:sha256:abc", "does not parse"),  # ':' in what would be the key
+        ("sha256:" + "0" * 63, "does not parse"),
+        ("camera@predict:short", "shorter than 16"),
+        ("short-key", "shorter than 16"),
+        ("@predict:camera-key-0123456789", "does not parse"),
+    ],
+)
+def test_an_entry_that_does_not_parse_stops_the_start(entry: str, why: str) -> None:
+    """Such entries used to become a plaintext key with every scope (`camera@predict:` was the
+    key `key-1`, admin included). The message names the entry, never its key."""
+    with pytest.raises(ValueError, match=why) as refused:
+        make_settings("sqlite://", api_keys=f"alice:alices-key-0123456, {entry}")
+    assert "API_KEYS entry 2" in str(refused.value)
+    assert "camera-key-0123456789" not in str(refused.value)
+    assert "alices-key-0123456" not in str(refused.value)
+
+
+def test_entries_that_parse_keep_their_names_and_scopes() -> None:
+    digest = "ab" * 32
+    keys = ApiKeys(
+        make_settings(
+            "sqlite://",
+            api_keys=f"camera@predict:camera-key-0123456789, bob:sha256:{digest}, "
+            f"sha256:{digest.upper()}, unnamed-key-0123456",
+        ).api_keys
+    )
+    camera = keys.matching("camera-key-0123456789")
+    assert camera is not None
+    assert (camera.name, camera.scopes) == ("camera", frozenset({"predict"}))
+    unnamed = keys.matching("unnamed-key-0123456")
+    assert unnamed is not None
+    assert (unnamed.name, unnamed.scopes) == ("key-4", API_KEY_SCOPES)
+    assert keys.matching("camera@predict:") is None
 
 
 def test_keys_never_reach_the_logs(
@@ -232,8 +278,14 @@ def test_a_new_key_is_random_and_its_entry_holds_only_its_digest(
         for _ in range(2)
     ]
     assert made[0]["key"] != made[1]["key"]
+    unscoped = subprocess.run(
+        [VISINSPECT, "keys", "new", "line-3"], capture_output=True, text=True, timeout=60
+    )
+    assert unscoped.returncode == 2  # an all-scope key is asked for (`--scope admin`), not given
+    assert "--scope" in unscoped.stderr
+    assert unscoped.stdout == ""
     again = subprocess.run(
-        [VISINSPECT, "keys", "new", "line-3"],
+        [VISINSPECT, "keys", "new", "line-3", "--scope", "read"],
         capture_output=True,
         text=True,
         check=True,

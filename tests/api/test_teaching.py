@@ -23,7 +23,7 @@ from visinspect.offline.photos import crops
 
 pytestmark = pytest.mark.postgres
 
-KEY = {"X-API-Key": "alices-key"}
+KEY = {"X-API-Key": "alices-key-0123456"}
 TEXTURES = ["brick.png", "grass.png", "gravel.png"]
 OBJECTS = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
 
@@ -38,7 +38,7 @@ def teaching(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestCli
     with app_role_database() as (owner_url, app_url):
         settings = make_settings(
             app_url,
-            api_keys="alice:alices-key, bob:bobs-key",
+            api_keys="alice:alices-key-0123456, bob:bobs-key-01234567",
             heads_dir=heads_dir,
             heads_refresh_s=0.2,
             migrate_on_start=False,
@@ -119,7 +119,12 @@ def test_label_train_shadow_promote_rollback(
     assert confidences == sorted(confidences)
     # Its cursors are the history's (least confident first), naming the queue: a forged
     # non-finite one, or one of another page, is a 422.
-    for forged in ('{"o":"needs_a_person","i":1,"c":NaN}', '{"o":"least_confident","i":1,"c":0.5}'):
+    for forged in (
+        '{"o":"needs_a_person","i":1,"c":NaN}',
+        '{"o":"least_confident","i":1,"c":0.5}',
+        '{"o":"needs_a_person","i":1e400,"c":0.5}',  # these two were a 500 (OverflowError,
+        '{"o":"needs_a_person","i":100000000000000000000000000000,"c":0.5}',  # bigint range)
+    ):
         cursor = base64.urlsafe_b64encode(forged.encode()).decode()
         refused = client.get("/label-sets/surfaces/queue", params={"cursor": cursor}, headers=KEY)
         assert (refused.status_code, refused.json()["error"]["code"]) == (422, "invalid_cursor")
@@ -170,7 +175,7 @@ def test_label_train_shadow_promote_rollback(
     assert by_version[2]["beats_active"] is None  # fewer shared labels than the minimum
 
     # Promote v2 (v1 retired), then roll back (v1 active again, v2 retired): audited.
-    bob = {"X-API-Key": "bobs-key"}
+    bob = {"X-API-Key": "bobs-key-01234567"}
     assert client.post(f"/heads/{v2['id']}/promote", headers=bob).json()["status"] == "active"
     assert client.get(f"/heads/{v1['id']}", headers=KEY).json()["status"] == "retired"
     assert [a["version"] for a in predict(client, crops(photos / "brick.png")[4])["heads"]] == [2]

@@ -11,14 +11,14 @@ A named key may be limited to scopes (`camera-1@predict:<key>`, `alice@read+revi
 `predict` (POST /predict, /predict/batch), `read` (every GET of the history, images, label sets
 and heads), `review` (reviews and labels), `admin` (everything, including label sets and heads).
 A key without scopes may do everything, as before scopes existed. A key without the scope a route
-needs gets 403 `insufficient_scope`, which names both.
+needs gets 403 `insufficient_scope`, which names both. An entry that does not parse, or a
+plaintext key shorter than API_KEY_MIN_LENGTH, stops the start (`config.parse_api_key`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visinspect.api.error_handlers import domain_error_response
-from visinspect.config import API_KEY_NAME, API_KEY_SCOPES
+from visinspect.config import parse_api_key
 from visinspect.errors import (
     InsufficientScope,
     InvalidApiKey,
@@ -42,7 +42,6 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Ke
 
 # Routes that need a key when API_KEYS is set (the same routes declare it for OpenAPI).
 PROTECTED_PREFIXES = ("/predict", "/predictions", "/label-sets", "/heads")
-_NAMED = re.compile(rf"^(?P<name>{API_KEY_NAME})(?:@(?P<scopes>[a-z]+(?:\+[a-z]+)*))?:(?P<key>.+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,18 +74,9 @@ class ApiKeys:
 
 
 def _parse(entry: str, position: int) -> ApiKey:
-    """`[name[@scopes]:]key` or `[name[@scopes]:]sha256:<hex>` -> ApiKey."""
-    named = _NAMED.match(entry)
-    name, scopes = None, API_KEY_SCOPES
-    if named is not None and named["name"] != "sha256":
-        name, entry = named["name"], named["key"]
-        if named["scopes"]:  # known ones: the settings checked them
-            scopes = frozenset(named["scopes"].split("+"))
-    if entry.startswith("sha256:"):
-        digest = bytes.fromhex(entry.removeprefix("sha256:"))
-    else:
-        digest = hashlib.sha256(entry.encode()).digest()
-    return ApiKey(name or f"key-{position}", digest, scopes)
+    """An ApiKey of an entry the settings checked (`config.parse_api_key`)."""
+    parsed = parse_api_key(entry, position)
+    return ApiKey(parsed.name or f"key-{position}", parsed.digest, parsed.scopes)
 
 
 def required_scope(method: str, path: str) -> str:

@@ -164,8 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     made.add_argument(
         "--scope",
         action="append",
+        required=True,
         choices=["predict", "read", "review", "admin"],
-        help="what it may do; repeatable (default: everything)",
+        help="what it may do; repeatable, and required: `--scope admin` for a key that may do "
+        "everything",
     )
     made.add_argument("--json", action="store_true", help="one JSON line")
     made.set_defaults(command="visinspect.cli.keys:new")

@@ -20,7 +20,7 @@ def new(settings: Settings, args: argparse.Namespace) -> int:
     so when API_KEYS already names a key so (two keys of one name share its reviews and images)."""
     if not _NAME.match(args.name):
         raise SystemExit(f"visinspect: {args.name!r} is not a key name ({API_KEY_NAME})")
-    scopes = sorted(set(args.scope or []))
+    scopes = sorted(set(args.scope))  # required: a key that may do everything is asked for
     unknown = set(scopes) - API_KEY_SCOPES
     if unknown:
         raise SystemExit(
@@ -39,8 +39,7 @@ def new(settings: Settings, args: argparse.Namespace) -> int:
         )
     key = secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
-    name = f"{args.name}@{'+'.join(scopes)}" if scopes else args.name
-    entry = f"{name}:sha256:{digest}"
+    entry = f"{args.name}@{'+'.join(scopes)}:sha256:{digest}"
     if args.json:
         print(json.dumps({"key": key, "api_keys_entry": entry}))
     else:

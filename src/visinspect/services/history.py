@@ -24,6 +24,8 @@ from visinspect.filters import HistoryFilter
 # An offset may skip at most this many rows: deeper pages are reached with the cursor, at the
 # same cost as the first.
 MAX_OFFSET = 10_000
+# The largest id a cursor may carry: PostgreSQL's bigint (SQLite's integer is the same).
+MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +122,9 @@ def decode_cursor(cursor: str, order: str) -> After:
                 f"this cursor pages the {key['o']!r} order, not {order!r}: keep the request's "
                 "parameters from page to page"
             )
-        row_id = int(key["i"])
+        row_id = key["i"]
+        if not isinstance(row_id, int) or isinstance(row_id, bool) or not 1 <= row_id <= MAX_ID:
+            raise ValueError("not a row id")  # 1e400, 10**29: no bigint holds them
         if order == "newest":
             moment = datetime.fromisoformat(key["t"])
             if moment.tzinfo is None:
