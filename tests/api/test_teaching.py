@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from tests.support import app_role_database, make_settings, running_app, services_of
+from tests.support import app_on, app_role_database, make_settings, running_app, services_of
 from visinspect.offline.photos import crops
 
 pytestmark = pytest.mark.postgres
@@ -254,6 +254,42 @@ def test_label_set_refusals(teaching: tuple[TestClient, str], photos: Path) -> N
     assert client.post("/label-sets/nope/heads", headers=KEY).status_code == 404
     assert client.post("/heads/999999/promote", headers=KEY).status_code == 404
     assert client.get("/label-sets", headers={}).status_code == 401
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_invisible_class_names_are_refused(
+    database: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A lone surrogate was stored on SQLite and then failed every read of every set (500s, after
+    restarts too; a reset connection on PostgreSQL); bidi overrides and zero-width characters
+    were accepted and shown. Each is a 422 now, and the sets stay readable."""
+    with app_on(database, tmp_path_factory, "names") as client:
+        for escaped in ("\\ud800", "\\udfff", "\\u202egnp.exe", "a\\u200bb", "\\u2066x"):
+            body = f'{{"name": "odd", "classes": ["ok", "{escaped}"]}}'
+            made = client.post(
+                "/label-sets", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert (made.status_code, made.json()["error"]["code"]) == (
+                422,
+                "invalid_label_set",
+            ), escaped
+            grown = client.post(
+                "/label-sets/kept/classes",
+                content=f'{{"classes": ["{escaped}"]}}',
+                headers={"Content-Type": "application/json"},
+            )
+            assert grown.status_code in (404, 422), escaped
+        listed = client.get("/label-sets")
+        assert (listed.status_code, listed.json()) == (200, [])
+        made = client.post("/label-sets", json={"name": "kept", "classes": ["ok", "défaut 🙂"]})
+        assert made.status_code == 201, made.text  # letters and emoji are names
+        grown = client.post(
+            "/label-sets/kept/classes",
+            content='{"classes": ["\\ud800"]}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert grown.status_code == 422
+        assert client.get("/label-sets/kept").json()["classes"] == ["ok", "défaut 🙂"]
 
 
 def test_a_head_of_another_base_model_is_refused(

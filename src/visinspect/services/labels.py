@@ -14,7 +14,7 @@ from visinspect.db import teaching
 from visinspect.db.session import Database
 from visinspect.db.tables import LabelRecord, LabelSetRecord
 from visinspect.errors import InvalidLabelSet, LabelSetNotFound, PredictionNotFound
-from visinspect.text import has_control_characters
+from visinspect.text import has_control_characters, has_invisible_characters
 
 # A set's name goes in URLs and folder names: lower case, digits, '-', '_'.
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -103,8 +103,11 @@ def _checked_classes(new: list[str], existing: list[str]) -> list[str]:
     for name in new:
         if not name.strip() or name != name.strip() or len(name) > 64:
             raise InvalidLabelSet(f"{name!r} is not a class name: 1-64 characters, no edge spaces")
-        if has_control_characters(name):
-            raise InvalidLabelSet("a class name contains control characters")
+        if has_invisible_characters(name):
+            raise InvalidLabelSet(
+                "a class name contains control, format or lone surrogate characters (e.g. a "
+                "bidi override or a zero-width joiner)"
+            )
         if name not in merged:
             merged.append(name)
     if len(merged) > MAX_CLASSES:
