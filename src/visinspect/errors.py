@@ -150,6 +150,31 @@ class InvalidHeadChange(InvalidRequest):
     code = "invalid_head_change"
 
 
+class TooManyLabelSets(InvalidRequest):
+    """MAX_LABEL_SETS sets exist already (422)."""
+
+    code = "too_many_label_sets"
+
+
+class Conflict(VisinspectError):
+    """The request would have been right a moment ago; another one changed the state (409)."""
+
+    code = "conflict"
+
+
+class HeadChangedMeanwhile(Conflict):
+    """A lifecycle change raced another: the statuses it was decided on changed before it could
+    be made under the set's lock. Nothing was changed; look again and retry (409)."""
+
+    code = "head_changed_meanwhile"
+
+
+class TrainingInProgress(Conflict):
+    """A training of this label set is running: one at a time per set (409)."""
+
+    code = "training_in_progress"
+
+
 class LabelSetNotFound(VisinspectError):
     code = "label_set_not_found"
 
@@ -195,6 +220,12 @@ class ServiceUnavailable(VisinspectError):
     def __init__(self, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class TrainingBusy(ServiceUnavailable):
+    """HEAD_TRAIN_CONCURRENCY trainings are running on this process: try again later (503)."""
+
+    code = "training_busy"
 
 
 class DatabaseUnavailable(ServiceUnavailable):

@@ -38,6 +38,7 @@ STATUS_BY_ERROR: dict[type[errors.VisinspectError], int] = {
     errors.LabelSetNotFound: 404,
     errors.HeadNotFound: 404,
     errors.TrainingUnavailable: 501,
+    errors.Conflict: 409,
     errors.MissingApiKey: 401,
     errors.InvalidApiKey: 403,
     errors.ServiceUnavailable: 503,

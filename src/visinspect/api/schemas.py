@@ -408,6 +408,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "The API key is not valid",
         404: "No such prediction (`prediction_not_found`), label set (`label_set_not_found`) "
         "or head (`head_not_found`), or the image is not kept (`image_not_kept`)",
+        409: "Another request changed the head's status meanwhile (`head_changed_meanwhile`: "
+        "look again, then retry), or this set is being trained (`training_in_progress`)",
         413: "Body over MAX_UPLOAD_BYTES, or image over MAX_IMAGE_PIXELS",
         500: "A fault of the service (the request id finds it in the logs); nothing was stored",
         501: "This install cannot train heads (`training_unavailable`): scikit-learn, the "
@@ -417,7 +419,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         "that contradicts itself or names an unknown class; for teaching, a class the label "
         "set does not have, too few labels per class (`too_few_labels`), or embeddings of "
         "another base model (`base_model_differs`)",
-        503: "Database unavailable or inference queue full; nothing was stored. Retry later.",
+        503: "Database unavailable or inference queue full, or HEAD_TRAIN_CONCURRENCY trainings "
+        "running (`training_busy`); nothing was stored. Retry later.",
         504: "Classification exceeded REQUEST_TIMEOUT_S; nothing was stored.",
     }
     return {

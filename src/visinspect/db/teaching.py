@@ -3,10 +3,11 @@ take a session and only flush, as in `repository.py`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, exists, func, select
+from sqlalchemy import ColumnElement, Select, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from visinspect.db.tables import (
@@ -18,6 +19,7 @@ from visinspect.db.tables import (
     LabelSetRecord,
     PredictionRecord,
 )
+from visinspect.errors import HeadChangedMeanwhile
 
 
 def label_set(session: Session, name: str) -> LabelSetRecord | None:
@@ -55,10 +57,13 @@ def with_counts(
     return [(r, label_counts(session, r.id)) for r in records]
 
 
-def set_classes(session: Session, label_set_id: int, classes: list[str]) -> LabelSetRecord:
-    record = session.get(LabelSetRecord, label_set_id, with_for_update=True)
-    assert record is not None  # sets are never deleted
-    record.classes = classes
+def add_classes(
+    session: Session, label_set_id: int, merge: Callable[[list[str]], list[str]]
+) -> LabelSetRecord:
+    """The set's classes become `merge(its classes)`, read and written under the set's lock: two
+    additions at once both land (each merges into what the other wrote)."""
+    record = lock_label_set(session, label_set_id)
+    record.classes = merge(list(record.classes))
     session.flush()
     return record
 
@@ -216,19 +221,54 @@ def last_promotion(session: Session, label_set_id: int) -> HeadEventRecord | Non
     return session.scalars(statement).first()
 
 
+def lock_label_set(session: Session, label_set_id: int) -> LabelSetRecord:
+    """The set's row, locked until the transaction ends and read fresh under the lock: changes
+    to one set (its classes, its heads' statuses, a new version) take turns. PostgreSQL: a row
+    lock (FOR UPDATE). SQLite: a write as the transaction's first statement takes the database's
+    write lock, so that what is read after it is the latest."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(LabelSetRecord)
+            .where(LabelSetRecord.id == label_set_id)
+            .values(classes=LabelSetRecord.classes)
+        )
+    record = session.get(LabelSetRecord, label_set_id, with_for_update=True, populate_existing=True)
+    assert record is not None  # sets are never deleted
+    return record
+
+
 def change_status(
     session: Session,
     head_id: int,
     status: str,
+    expected: dict[int, str],
+    expected_active: int | None,
     replaced_id: int | None,
     events: list[HeadEventRecord],
 ) -> HeadRecord:
-    """One status change and its audit events in one transaction, the set's row locked so that
-    two promotions of one set take turns: the replaced version retired first (one active per
-    set, an index says so), then the head's new status."""
+    """One status change and its audit events in one transaction, under the set's lock: the
+    statuses the change was decided on (`expected`, head id -> status, and the set's active
+    head) are read again there, and HeadChangedMeanwhile (nothing changed) when another change
+    came first. Then the replaced version is retired (one active per set, an index says so),
+    and the head takes its new status."""
     row = session.get(HeadRecord, head_id)
     assert row is not None
-    session.get(LabelSetRecord, row.label_set_id, with_for_update=True)
+    lock_label_set(session, row.label_set_id)
+    fresh = {
+        h.id: h.status
+        for h in session.scalars(
+            select(HeadRecord)
+            .where(HeadRecord.id.in_(list(expected)))
+            .execution_options(populate_existing=True)
+        )
+    }
+    active = active_head(session, row.label_set_id)
+    if fresh != expected or (active.id if active else None) != expected_active:
+        raise HeadChangedMeanwhile(
+            f"head {head_id}'s set changed while this request was decided (another promotion, "
+            "rollback or retirement came first); nothing was changed: look at the set's heads "
+            "again and retry"
+        )
     if replaced_id is not None and replaced_id != head_id:
         replaced = session.get(HeadRecord, replaced_id)
         if replaced is not None:

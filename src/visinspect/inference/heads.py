@@ -115,9 +115,14 @@ def unpack(data: bytes, sha256: str, classes: int) -> tuple[np.ndarray, np.ndarr
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             features = str(arrays["features"])
-            weights, bias, thresholds = arrays["weights"], arrays["bias"], arrays["thresholds"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise HeadArtifactError(f"the head artifact cannot be read: {exc}") from exc
+            weights, bias, thresholds = (
+                np.asarray(arrays[name], dtype=np.float32)
+                for name in ("weights", "bias", "thresholds")
+            )
+    except Exception as exc:  # a corrupt zip (BadZipFile), a bad member (zlib.error, EOFError), ...
+        raise HeadArtifactError(
+            f"the head artifact cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
     if features != FEATURES:
         raise HeadArtifactError(
             f"the head reads {features!r} features; this release knows {FEATURES!r}"
@@ -126,4 +131,6 @@ def unpack(data: bytes, sha256: str, classes: int) -> tuple[np.ndarray, np.ndarr
         raise HeadArtifactError(f"the head's weights {weights.shape} do not fit {classes} classes")
     if thresholds.shape != (classes,):
         raise HeadArtifactError("the head's thresholds do not fit its classes")
-    return weights.astype(np.float32), bias.astype(np.float32), thresholds.astype(np.float32)
+    if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
+        raise HeadArtifactError("the head's weights are not all finite")
+    return weights, bias, thresholds

@@ -43,7 +43,6 @@ from visinspect.errors import (
 )
 from visinspect.inference.heads import (
     HeadAnswer,
-    HeadArtifactError,
     LoadedHead,
     check_counts,
     unpack,
@@ -105,8 +104,8 @@ class HeadRegistry:
             return None
         try:
             weights, bias, thresholds = unpack(row.artifact, row.artifact_sha256, len(row.classes))
-        except HeadArtifactError as exc:
-            self._failed(row.id, "broken_artifact", str(exc))
+        except Exception as exc:  # whatever is wrong with it, it is skipped, never raised
+            self._failed(row.id, "broken_artifact", f"{type(exc).__name__}: {exc}")
             return None
         return LoadedHead(
             row.id,
@@ -264,7 +263,8 @@ class HeadService:
                 f"head {head_id} is {head.status}: only a candidate or a retired version can be shadowed"
             )
         self._check_base_model(head)
-        return await self._change(head, "shadow", "shadow", by, None)
+        active = await self.database.run(teaching.active_head, head.label_set_id)
+        return await self._change(head, "shadow", "shadow", by, None, active)
 
     async def promote(self, head_id: int, by: str | None) -> HeadRecord:
         """The version becomes the set's active one; the active one before it is retired."""
@@ -273,7 +273,7 @@ class HeadService:
             raise InvalidHeadChange(f"head {head_id} is already active")
         self._check_base_model(head)
         current = await self.database.run(teaching.active_head, head.label_set_id)
-        return await self._change(head, "active", "promote", by, current)
+        return await self._change(head, "active", "promote", by, current, current)
 
     async def rollback(self, head_id: int, by: str | None) -> HeadRecord:
         """The active version gives way to the one its promotion replaced (retired itself)."""
@@ -295,13 +295,14 @@ class HeadService:
             )
         previous = await self.get(promotion.replaced_head_id)
         self._check_base_model(previous)
-        return await self._change(previous, "active", "rollback", by, head)
+        return await self._change(previous, "active", "rollback", by, head, head)
 
     async def retire(self, head_id: int, by: str | None) -> HeadRecord:
         head = await self.get(head_id)
         if head.status == "retired":
             raise InvalidHeadChange(f"head {head_id} is already retired")
-        return await self._change(head, "retired", "retire", by, None)
+        active = await self.database.run(teaching.active_head, head.label_set_id)
+        return await self._change(head, "retired", "retire", by, None, active)
 
     def _check_base_model(self, head: HeadRecord) -> None:
         if head.base_model_version != self.registry.model_version:
@@ -317,14 +318,25 @@ class HeadService:
         action: str,
         by: str | None,
         replaced: HeadRecord | None,
+        active: HeadRecord | None,
     ) -> HeadRecord:
+        """Make the change decided on `head`, `replaced` and the set's `active` head as read;
+        HeadChangedMeanwhile (409) when any of them changed before the set's lock was taken."""
         now = datetime.now(UTC)
         events = []
+        expected = {head.id: head.status}
         if replaced is not None and replaced.id != head.id:
             events.append(_event(replaced, "retire", "retired", by, now, None))
+            expected[replaced.id] = replaced.status
         events.append(_event(head, action, status, by, now, replaced.id if replaced else None))
         changed = await self.database.run(
-            teaching.change_status, head.id, status, replaced.id if replaced else None, events
+            teaching.change_status,
+            head.id,
+            status,
+            expected,
+            active.id if active else None,
+            replaced.id if replaced else None,
+            events,
         )
         log.info(
             "head.changed",
@@ -334,7 +346,10 @@ class HeadService:
             replaced=replaced.id if replaced else None,
             by=by,
         )
-        await self.registry.refresh()  # this process at once; the others within HEADS_REFRESH_S
+        try:  # this process at once; the others (and this one, failing that) within HEADS_REFRESH_S
+            await self.registry.refresh()
+        except Exception as exc:  # the change is committed: it must not be answered as failed
+            log.warning("heads.refresh_failed", reason=str(exc).splitlines()[0] if str(exc) else "")
         return changed
 
     async def quality(self, set_name: str) -> list[VersionQuality]:

@@ -72,8 +72,12 @@ class LabelService:
         """Append classes; the existing ones stay as they are, in their order (never renamed or
         dropped: labels name them)."""
         current = await self.get(name)
-        merged = _checked_classes(classes, list(current.record.classes))
-        record = await self.database.run(teaching.set_classes, current.record.id, merged)
+        _checked_classes(classes, list(current.record.classes))  # a 422 before any lock
+
+        def merge(existing: list[str]) -> list[str]:  # under the set's lock, on what is stored
+            return _checked_classes(classes, existing)
+
+        record = await self.database.run(teaching.add_classes, current.record.id, merge)
         return _counted(record, current.counts)
 
     async def label(
