@@ -383,6 +383,28 @@ class Settings(BaseSettings):
         le=86400,
         description="POST /label-sets/{name}/heads: how long the training process may take.",
     )
+    head_train_concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Trainings one server process runs at once (each a child process of up to "
+        "HEAD_TRAIN_MAX_MEMORY_MB); one more is answered 503 `training_busy`, and a second "
+        "training of a set being trained 409 `training_in_progress`.",
+    )
+    head_train_max_memory_mb: int = Field(
+        default=3072,
+        ge=512,
+        le=1_048_576,
+        description="The training process's address space (RLIMIT_AS); a set too large to train "
+        "within it is answered 422 `training_too_large`.",
+    )
+    max_label_sets: int = Field(
+        default=200,
+        ge=1,
+        le=100_000,
+        description="Label sets the service holds at most; one more is refused (422 "
+        "`too_many_label_sets`). Bounds what GET /label-sets reads and sends.",
+    )
     head_compare_min_labels: int = Field(
         default=20,
         ge=1,

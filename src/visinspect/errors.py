@@ -169,6 +169,12 @@ class HeadChangedMeanwhile(Conflict):
     code = "head_changed_meanwhile"
 
 
+class TrainingTooLarge(InvalidRequest):
+    """The set's training needed more memory than HEAD_TRAIN_MAX_MEMORY_MB allows (422)."""
+
+    code = "training_too_large"
+
+
 class TrainingInProgress(Conflict):
     """A training of this label set is running: one at a time per set (409)."""
 

@@ -196,6 +196,8 @@ async def open_services(
         train_timeout_s=settings.head_train_timeout_s,
         compare_min_labels=settings.head_compare_min_labels,
         training_settings=_training_settings(settings),
+        concurrency=settings.head_train_concurrency,
+        max_memory_bytes=settings.head_train_max_memory_mb << 20,
     )
     predict = PredictService(
         runner,

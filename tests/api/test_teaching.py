@@ -10,7 +10,11 @@ grass, gravel) against "object" (coffee, the cat, the rocket, the astronaut).
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from tests.support import app_on, app_role_database, make_settings, running_app, services_of
+from tests.support import (
+    VISINSPECT,
+    app_on,
+    app_role_database,
+    make_settings,
+    process_gone,
+    running_app,
+    services_of,
+    wait_until,
+)
+from visinspect.errors import ClientGone
 from visinspect.offline.photos import crops
 
 pytestmark = pytest.mark.postgres
@@ -359,3 +373,104 @@ def test_reviews_are_appended_by_the_serving_role(
         added.append(answer.json()["id"])
     history = client.get(f"/predictions/{prediction['id']}/reviews", headers=KEY).json()
     assert [r["id"] for r in history] == added[::-1]
+
+
+def training_child(set_name: str) -> int | None:
+    """The pid of a running `visinspect head train NAME` process, if there is one."""
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or gone meanwhile
+            continue
+        if (
+            b"visinspect.cli" in arguments
+            and bytes(b"\0".join(arguments)).find(b"\0head\0train\0" + set_name.encode() + b"\0")
+            > 0
+            and not process_gone(int(entry.name))
+        ):
+            return int(entry.name)
+    return None
+
+
+def copy_of_surfaces(client: TestClient, url: str, name: str) -> None:
+    """A second trainable set: the same predictions, labelled alike."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        labelled = connection.execute(
+            text(
+                "SELECT l.prediction_id, l.class_name FROM labels l JOIN label_sets s "
+                "ON s.id = l.label_set_id WHERE s.name = 'surfaces' ORDER BY l.id"
+            )
+        ).all()
+    engine.dispose()
+    made = client.post(
+        "/label-sets", json={"name": name, "classes": ["texture", "object"]}, headers=KEY
+    )
+    assert made.status_code == 201, made.text
+    for prediction_id, class_name in labelled:
+        answer = client.post(
+            f"/predictions/{prediction_id}/labels",
+            json={"label_set": name, "class": class_name},
+            headers=KEY,
+        )
+        assert answer.status_code == 201, answer.text
+
+
+def test_trainings_are_bounded_and_stop_with_their_client(
+    teaching: tuple[TestClient, str],
+) -> None:
+    """Trainings were unbounded (four children of 2.3 GB together, still running after their
+    clients gave up). Now: one at a time per process (HEAD_TRAIN_CONCURRENCY=1: 503), one per
+    set (409), each within HEAD_TRAIN_MAX_MEMORY_MB, and stopped when its client leaves."""
+    client, url = teaching
+    if "surfaces" not in {s["name"] for s in client.get("/label-sets", headers=KEY).json()}:
+        pytest.skip("needs the flow test's label set")
+    copy_of_surfaces(client, url, "copy")
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/label-sets/surfaces/heads", headers=KEY)
+        wait_until(lambda: training_child("surfaces") is not None, 60, "the training process")
+        child = training_child("surfaces")
+        limits = Path(f"/proc/{child}/limits").read_text()
+        assert f"Max address space         {3072 << 20:<21}{3072 << 20:<21}bytes" in limits
+        again = client.post("/label-sets/surfaces/heads", headers=KEY)
+        assert (again.status_code, again.json()["error"]["code"]) == (409, "training_in_progress")
+        other = client.post("/label-sets/copy/heads", headers=KEY)
+        assert (other.status_code, other.json()["error"]["code"]) == (503, "training_busy")
+        assert other.headers["Retry-After"] == "30"
+        assert first.result().status_code == 201, first.result().text
+    assert training_child("surfaces") is None
+
+    heads = services_of(client).heads
+
+    async def gone() -> bool:  # the client leaves once its training process runs
+        return training_child("copy") is not None
+
+    with pytest.raises(ClientGone):
+        client.portal.call(heads.train, "copy", "alice", gone)  # type: ignore[union-attr]
+    assert training_child("copy") is None  # stopped, not left to run
+    assert client.get("/label-sets/copy/heads", headers=KEY).json() == []
+    # The slot and the set are free again.
+    assert client.post("/label-sets/copy/heads", headers=KEY).status_code == 201
+
+
+def test_concurrent_trainings_get_their_own_versions(teaching: tuple[TestClient, str]) -> None:
+    """Trainings of one set at once (the CLI has no server's bound) chose the same next version:
+    a UniqueViolation (500) for all but one. The version is chosen under the set's lock."""
+    client, _ = teaching
+    if "surfaces" not in {s["name"] for s in client.get("/label-sets", headers=KEY).json()}:
+        pytest.skip("needs the flow test's label set")
+    environment = {**os.environ, **services_of(client).heads.training_settings}
+    children = [
+        subprocess.Popen(
+            [VISINSPECT, "head", "train", "surfaces", "--json"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    answers = [child.communicate(timeout=300) for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0], [e[-500:] for _, e in answers]
+    versions = [json.loads(out.strip().splitlines()[-1])["version"] for out, _ in answers]
+    assert len(set(versions)) == 3

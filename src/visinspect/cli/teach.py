@@ -23,7 +23,7 @@ from visinspect.cli.classify import IMAGE_SUFFIXES
 from visinspect.cli.review import EXIT_OK, EXIT_REFUSED, _call, _pct
 from visinspect.client import Client, ServiceError
 from visinspect.config import Settings
-from visinspect.errors import VisinspectError
+from visinspect.errors import TrainingTooLarge, VisinspectError
 
 EXIT_NOTHING_FOUND = 2
 
@@ -106,7 +106,13 @@ def head_train(settings: Settings, args: argparse.Namespace) -> int:
     engine = create_db_engine(settings)
     try:
         wait_for_database(engine, settings.database_wait_s)
-        head = train_label_set(settings, engine, args.name, args.by, args.target_precision)
+        try:
+            head = train_label_set(settings, engine, args.name, args.by, args.target_precision)
+        except MemoryError:  # RLIMIT_AS, as the server sets it (HEAD_TRAIN_MAX_MEMORY_MB)
+            raise TrainingTooLarge(
+                "training this set needs more memory than this process may use "
+                "(HEAD_TRAIN_MAX_MEMORY_MB for the server's trainings)"
+            ) from None
     except VisinspectError as exc:
         if args.json:
             print(json.dumps({"error": {"code": exc.code, "message": exc.message}}))

@@ -108,6 +108,7 @@ def _register(
     artifact = trained.artifact()
     now = datetime.now(UTC)
     with Session(engine, expire_on_commit=False) as session, session.begin():
+        teaching.lock_label_set(session, label_set_id)  # two trainings' versions take turns
         version = teaching.next_version(session, label_set_id)
         manifest = {
             "label_set": name,
@@ -163,14 +164,18 @@ def _register(
 def write_head(directory: Path, artifact: bytes, manifest: dict[str, Any]) -> None:
     """head.npz and manifest.json into a fresh sibling directory, then renamed into place: a
     reader sees the whole version or none of it."""
-    directory = directory.expanduser().resolve()
+    # The parent resolved, not the version itself: a link planted at v<N> is replaced, and
+    # what it points to is never removed.
+    directory = directory.expanduser().parent.resolve() / directory.name
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         (staging / "head.npz").write_bytes(artifact)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(staging, 0o755)  # noqa: S103
-        if directory.exists():  # a version number reused after a failed registration
+        if directory.is_symlink():
+            directory.unlink()
+        elif directory.exists():  # a version number reused after a failed registration
             shutil.rmtree(directory)
         staging.rename(directory)
     except BaseException:

@@ -18,12 +18,14 @@ import asyncio
 import importlib.util
 import json
 import os
+import resource
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio
+import anyio.abc
 import numpy as np
 import structlog
 
@@ -32,12 +34,16 @@ from visinspect.db.session import Database
 from visinspect.db.tables import HeadAnswerRecord, HeadEventRecord, HeadRecord
 from visinspect.errors import (
     BaseModelDiffers,
+    ClientGone,
     HeadNotFound,
     InvalidHeadChange,
     InvalidLabelSet,
     LabelSetNotFound,
     RequestTimedOut,
     TooFewLabels,
+    TrainingBusy,
+    TrainingInProgress,
+    TrainingTooLarge,
     TrainingUnavailable,
     VisinspectError,
 )
@@ -193,8 +199,13 @@ class HeadService:
         train_timeout_s: float,
         compare_min_labels: int,
         training_settings: dict[str, str] | None = None,
+        concurrency: int = 1,
+        max_memory_bytes: int = 3072 << 20,
     ) -> None:
         self.database = database
+        self.max_memory_bytes = max_memory_bytes
+        self._slots = anyio.CapacityLimiter(concurrency)  # trainings at once, in this process
+        self._training: set[str] = set()  # the sets being trained by this process
         self.labels = labels
         self.registry = registry
         self.train_timeout_s = train_timeout_s
@@ -203,8 +214,16 @@ class HeadService:
         # heads go), whatever the environment this process was configured from.
         self.training_settings = training_settings or {}
 
-    async def train(self, set_name: str, by: str | None) -> HeadRecord:
-        """Train the set's next version in a `visinspect head train` child process."""
+    async def train(
+        self,
+        set_name: str,
+        by: str | None,
+        client_gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> HeadRecord:
+        """Train the set's next version in a `visinspect head train` child process: at most
+        `concurrency` at once in this process (TrainingBusy beyond), one per set
+        (TrainingInProgress), within `max_memory_bytes` of address space, killed when it
+        overruns its time or when `client_gone()` says the client left."""
         current = await self.labels.get(set_name)  # 404 before a process is started
         check_counts(current.counts, list(current.record.classes))  # 422 before one, too
         if importlib.util.find_spec("sklearn") is None:
@@ -212,19 +231,65 @@ class HeadService:
                 "this install cannot train heads: scikit-learn (the `model` extra) is not "
                 "installed; run `visinspect head train NAME` where it is"
             )
-        command = [sys.executable, "-m", "visinspect.cli", "head", "train", set_name, "--json"]
-        if by:
-            command += ["--by", by]
+        if set_name in self._training:
+            raise TrainingInProgress(
+                f"{set_name!r} is being trained by another request; wait for its answer"
+            )
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            raise TrainingBusy(
+                f"{self._slots.total_tokens:g} training(s) are running (HEAD_TRAIN_CONCURRENCY); "
+                "try again when one has finished",
+                retry_after_s=30,
+            ) from None
+        self._training.add(set_name)
+        try:
+            command = [sys.executable, "-m", "visinspect.cli", "head", "train", set_name, "--json"]
+            stdout, stderr = await self._run(command + (["--by", by] if by else []), client_gone)
+        finally:
+            self._training.discard(set_name)
+            self._slots.release()
+        return await self._trained(stdout, stderr)
+
+    async def _run(
+        self, command: list[str], client_gone: Callable[[], Awaitable[bool]] | None
+    ) -> tuple[bytes, bytes]:
+        """The child's output; the child is killed on a timeout, a client gone or any error."""
+        environment = {**os.environ, **self.training_settings}
+        output: dict[int, bytes] = {}
+        gone = anyio.Event()
         try:
             with anyio.fail_after(self.train_timeout_s):
-                done = await anyio.run_process(
-                    command, check=False, env={**os.environ, **self.training_settings}
-                )
+                process = await anyio.open_process(command, env=environment)
+                try:
+                    _cap_address_space(process.pid, self.max_memory_bytes)
+                    async with anyio.create_task_group() as group:
+
+                        async def read(stream: anyio.abc.ByteReceiveStream, key: int) -> None:
+                            output[key] = b"".join([chunk async for chunk in stream])
+
+                        assert process.stdout is not None and process.stderr is not None
+                        group.start_soon(read, process.stdout, 1)
+                        group.start_soon(read, process.stderr, 2)
+                        if client_gone is not None:
+                            group.start_soon(_watch, client_gone, gone, group.cancel_scope)
+                        await process.wait()
+                        group.cancel_scope.cancel()  # the watch; the output has been read
+                finally:
+                    if process.returncode is None:  # timed out, client gone, cancelled
+                        process.kill()
+                        with anyio.CancelScope(shield=True):
+                            await process.wait()
+                    await process.aclose()
         except TimeoutError:
             raise RequestTimedOut(
-                f"training took longer than {self.train_timeout_s:g} s (HEAD_TRAIN_TIMEOUT_S)"
+                f"training took longer than {self.train_timeout_s:g} s (HEAD_TRAIN_TIMEOUT_S); "
+                "the training process was stopped"
             ) from None
-        return await self._trained(done.stdout, done.stderr)
+        if gone.is_set():
+            raise ClientGone("the client left during training; the training process was stopped")
+        return output.get(1, b""), output.get(2, b"")
 
     async def _trained(self, stdout: bytes, stderr: bytes) -> HeadRecord:
         try:
@@ -405,7 +470,28 @@ _TRAINING_ERRORS: dict[str, type[VisinspectError]] = {
     "too_few_labels": TooFewLabels,
     "base_model_differs": BaseModelDiffers,
     "label_set_not_found": LabelSetNotFound,
+    "training_too_large": TrainingTooLarge,
 }
+
+
+async def _watch(
+    client_gone: Callable[[], Awaitable[bool]], gone: anyio.Event, scope: anyio.CancelScope
+) -> None:
+    """Cancel `scope` (and so stop the training) once the client has gone."""
+    while not await client_gone():
+        await anyio.sleep(0.5)
+    gone.set()
+    scope.cancel()
+
+
+def _cap_address_space(pid: int, limit: int) -> None:
+    """The child's RLIMIT_AS, set from here as it starts (its interpreter takes far longer to
+    import than this takes): past it, its allocations fail with MemoryError, which it reports
+    as `training_too_large`, instead of the host's memory running out."""
+    try:
+        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
+    except ProcessLookupError:  # it has exited already; its output says why
+        pass
 
 
 def _event(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from visinspect.api.deps import HeadServiceDep, SettingsDep
 from visinspect.api.params import HeadId, LabelSetName
@@ -30,10 +30,13 @@ Actor = Annotated[str | None, Depends(key_name)]
     response_model=HeadOut,
     status_code=201,
     summary="Train the set's next head version on its labels' kept embeddings (a candidate)",
-    responses=error_responses(401, 403, 404, 422, 501, 503, 504),
+    responses=error_responses(401, 403, 404, 409, 422, 501, 503, 504),
 )
-async def train_head(heads: HeadServiceDep, name: LabelSetName, by: Actor) -> HeadOut:
-    return head_out(await heads.train(name, by), name)
+async def train_head(
+    heads: HeadServiceDep, name: LabelSetName, by: Actor, request: Request
+) -> HeadOut:
+    """The training process is stopped when the client leaves before its answer."""
+    return head_out(await heads.train(name, by, request.is_disconnected), name)
 
 
 @router.get(
@@ -119,7 +122,7 @@ def _change_route(action: str, summary: str) -> None:
         f"/heads/{{head_id}}/{action}",
         response_model=HeadOut,
         summary=summary,
-        responses=error_responses(401, 403, 404, 422, 503),
+        responses=error_responses(401, 403, 404, 409, 422, 503),
         name=f"{action}_head",
     )
     async def change(heads: HeadServiceDep, head_id: HeadId, by: Actor) -> HeadOut:
