@@ -97,7 +97,9 @@ def test_asks_for_an_api_key_when_the_server_needs_one(
     port = free_port()
     process = subprocess.Popen(
         [VISINSPECT, "serve", "--port", str(port)],
-        env=environment(DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", API_KEYS="s3cret-key-123456"),
+        env=environment(
+            DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", API_KEYS="s3cret-key-123456"
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

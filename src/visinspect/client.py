@@ -162,7 +162,15 @@ class Client:
         return LabelSetOut.model_validate(_ok(self._http.post("/label-sets", json=body)))
 
     def label_sets(self) -> list[LabelSetOut]:
-        return [LabelSetOut.model_validate(s) for s in _ok(self._http.get("/label-sets"))]
+        """Every label set: the pages the server's `Link` headers lead through."""
+        found: list[LabelSetOut] = []
+        response = self._http.get("/label-sets", params={"limit": 500})
+        while True:
+            found += [LabelSetOut.model_validate(s) for s in _ok(response)]
+            following = response.links.get("next")
+            if following is None:
+                return found
+            response = self._http.get(following["url"])
 
     def label_set(self, name: str) -> LabelSetOut:
         return LabelSetOut.model_validate(_ok(self._http.get(f"/label-sets/{name}")))

@@ -188,7 +188,7 @@ async def open_services(
         await head_registry.refresh()
     except DatabaseUnavailable as exc:  # readiness says so; the watch loads them later
         log.warning("heads.refresh_failed", reason=exc.message)
-    labels = LabelService(prepared.database)
+    labels = LabelService(prepared.database, settings.max_label_sets)
     heads = HeadService(
         prepared.database,
         labels,

@@ -5,6 +5,7 @@ same moment all land. Real databases; the races on PostgreSQL with real concurre
 
 from __future__ import annotations
 
+import asyncio
 import io
 import zipfile
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from tests.support import fresh_postgres_database, make_settings, running_app
+from visinspect.db import teaching
 from visinspect.db.schema import upgrade_to_head
 from visinspect.db.session import Database
 from visinspect.db.tables import HeadEventRecord, HeadRecord, LabelSetRecord
@@ -217,7 +219,7 @@ async def test_concurrent_lifecycle_changes_take_turns_or_are_refused(
     for _round in range(6):
         outcomes: list[str] = []
 
-        async def attempt(action: str, head_id: int) -> None:
+        async def attempt(action: str, head_id: int, outcomes: list[str] = outcomes) -> None:
             try:
                 await getattr(heads, action)(head_id, "racer")
                 outcomes.append("ok")
@@ -255,3 +257,129 @@ async def test_concurrent_class_additions_all_land(racing: tuple[Database, list[
     stored = (await labels.get("boards")).record.classes
     assert stored[:2] == CLASSES  # the first ones keep their places
     assert sorted(stored[2:]) == sorted(added)
+
+
+# --- quality -------------------------------------------------------------------------------------
+
+
+def reference_quality(
+    pairs: list[tuple[str, str, bool]], classes: list[str]
+) -> tuple[int, int, float | None, int, int]:
+    """(labels, correct, macro-F1, decided, decided correct), written the plain way."""
+    if not pairs:
+        return 0, 0, None, 0, 0
+    scores = []
+    for c in classes:
+        tp = sum(t == c and a == c for t, a, _ in pairs)
+        fp = sum(t != c and a == c for t, a, _ in pairs)
+        fn = sum(t == c and a != c for t, a, _ in pairs)
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    decided = [(t, a) for t, a, d in pairs if d]
+    return (
+        len(pairs),
+        sum(t == a for t, a, _ in pairs),
+        sum(scores) / len(scores) if scores else None,
+        len(decided),
+        sum(t == a for t, a in decided),
+    )
+
+
+async def test_quality_is_counted_by_the_database_and_computed_off_the_event_loop(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quality was computed in pure Python on the event loop (classes x labels per version: a
+    1,000-class set with 20,000 answers stalled /health/live for 3.3 s, four at once 17 s).
+    Now the database counts (truth, answer) pairs, and the arithmetic on those counts runs in a
+    worker thread; the figures are those of the plain definition."""
+    from visinspect.db.tables import HeadAnswerRecord, LabelRecord
+    from visinspect.services import heads as heads_module
+
+    classes = ["ok", "scratch", "stain", "dent"]
+    generator = np.random.default_rng(3)
+    now = datetime.now(UTC)
+    expected: dict[int, list[tuple[str, str, bool]]] = {}
+
+    def add(session: Session) -> tuple[int, int]:
+        set_id = add_set(session)
+        session.get(LabelSetRecord, set_id).classes = [*classes, "late"]  # type: ignore[union-attr]
+        active = head_row(set_id, 1, "active")
+        active.classes = classes
+        shadow = head_row(set_id, 2, "shadow")
+        shadow.classes = classes
+        session.add_all([active, shadow])
+        session.flush()
+        expected[active.id], expected[shadow.id] = [], []
+        for prediction_id in range(1, 121):
+            truths = list(generator.choice([*classes, "late"], size=2))  # relabelled once
+            for truth in truths:
+                session.add(
+                    LabelRecord(
+                        label_set_id=set_id,
+                        prediction_id=prediction_id,
+                        class_name=truth,
+                        created_at=now,
+                    )
+                )
+            session.flush()
+            if prediction_id == 40:  # the shadow was trained here: it is judged on what follows
+                shadow.labels_until = teaching.latest_label_id(session, set_id)
+            for head in (active, shadow):
+                right = generator.random() < (0.7 if head is active else 0.8)
+                answer = (
+                    truths[-1]
+                    if right and truths[-1] in classes
+                    else str(generator.choice(classes))
+                )
+                decided = bool(generator.random() < 0.5)
+                session.add(
+                    HeadAnswerRecord(
+                        prediction_id=prediction_id,
+                        head_id=head.id,
+                        label_set_id=set_id,
+                        class_name=answer,
+                        confidence=0.5,
+                        decided=decided,
+                        shadow=head is shadow,
+                        created_at=now,
+                    )
+                )
+                if head is active or prediction_id > 40:
+                    expected[head.id].append((truths[-1], answer, decided))
+        session.flush()
+        return active.id, shadow.id
+
+    active_id, shadow_id = await database.run(add)
+    places: list[str] = []
+    original = heads_module._qualities
+
+    def spy(*args: object) -> object:
+        try:
+            asyncio.get_running_loop()
+            places.append("event loop")
+        except RuntimeError:
+            places.append("worker thread")
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(heads_module, "_qualities", spy)
+    measured = {q.head.id: q for q in await service(database).quality("boards")}
+    assert places == ["worker thread"]
+    for head_id in (active_id, shadow_id):
+        q = measured[head_id]
+        labels, correct, macro_f1, decided, decided_correct = reference_quality(
+            expected[head_id], classes
+        )
+        assert (q.labels, q.correct, q.decided, q.decided_correct) == (
+            labels,
+            correct,
+            decided,
+            decided_correct,
+        )
+        assert q.macro_f1 == pytest.approx(macro_f1)
+    # The shadow against the active head on the labels both were judged on (after the shadow).
+    shared = expected[shadow_id]
+    theirs = expected[active_id][-len(shared) :]
+    mine_right = sum(t == a for t, a, _ in shared)
+    theirs_right = sum(t == a for t, a, _ in theirs)
+    assert measured[shadow_id].beats_active == (mine_right > theirs_right)
+    assert measured[active_id].beats_active is None

@@ -19,7 +19,7 @@ from visinspect.db.tables import (
     LabelSetRecord,
     PredictionRecord,
 )
-from visinspect.errors import HeadChangedMeanwhile
+from visinspect.errors import HeadChangedMeanwhile, TooManyLabelSets
 
 
 def label_set(session: Session, name: str) -> LabelSetRecord | None:
@@ -32,8 +32,18 @@ def label_set_name(session: Session, label_set_id: int) -> str:
     return record.name
 
 
-def label_sets(session: Session) -> list[LabelSetRecord]:
-    return list(session.scalars(select(LabelSetRecord).order_by(LabelSetRecord.name)))
+def label_sets(
+    session: Session, limit: int | None = None, after: str | None = None
+) -> list[LabelSetRecord]:
+    """The sets by name, from after `after`, at most `limit`."""
+    statement = select(LabelSetRecord).order_by(LabelSetRecord.name)
+    if after is not None:
+        statement = statement.where(LabelSetRecord.name > after)
+    return list(session.scalars(statement.limit(limit)))
+
+
+def count_label_sets(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(LabelSetRecord)) or 0)
 
 
 def add(session: Session, row: object) -> None:
@@ -41,20 +51,44 @@ def add(session: Session, row: object) -> None:
     session.flush()
 
 
-def create_label_set(session: Session, record: LabelSetRecord) -> bool:
-    """Insert a new set; False (nothing inserted) when the name is taken."""
+def create_label_set(session: Session, record: LabelSetRecord, most: int) -> bool:
+    """Insert a new set; False (nothing inserted) when the name is taken; TooManyLabelSets when
+    `most` sets exist (counted under a lock on the table's first set, so that two creations
+    at once cannot both take the last place)."""
     if label_set(session, record.name) is not None:
         return False
+    first = session.scalar(select(LabelSetRecord.id).order_by(LabelSetRecord.id).limit(1))
+    if first is not None:
+        lock_label_set(session, first)
+    if count_label_sets(session) >= most:
+        raise TooManyLabelSets(
+            f"the service holds {most} label sets (MAX_LABEL_SETS): add classes to an existing "
+            "set, or raise the limit"
+        )
     add(session, record)
     return True
 
 
 def with_counts(
-    session: Session, name: str | None = None
+    session: Session, name: str | None = None, limit: int | None = None, after: str | None = None
 ) -> list[tuple[LabelSetRecord, dict[str, int]]]:
-    """Every set (or the one named), each with its predictions per class by latest label."""
-    records = label_sets(session) if name is None else [r for r in [label_set(session, name)] if r]
-    return [(r, label_counts(session, r.id)) for r in records]
+    """The sets by name (`label_sets`; or the one named), each with its predictions per class
+    by latest label, counted in one query for all of them."""
+    if name is None:
+        records = label_sets(session, limit, after)
+    else:
+        records = [r for r in [label_set(session, name)] if r]
+    counts: dict[int, dict[str, int]] = {r.id: {} for r in records}
+    if records:
+        latest = _latest_labels_of([r.id for r in records]).subquery()
+        rows = session.execute(
+            select(latest.c.label_set_id, latest.c.class_name, func.count()).group_by(
+                latest.c.label_set_id, latest.c.class_name
+            )
+        )
+        for set_id, class_name, n in rows:
+            counts[int(set_id)][str(class_name)] = int(n)
+    return [(r, counts[r.id]) for r in records]
 
 
 def add_classes(
@@ -126,22 +160,23 @@ def training_rows(session: Session, label_set_id: int, model_version: str) -> li
     ]
 
 
-def labels_after(session: Session, label_set_id: int, after_id: int) -> list[tuple[int, str]]:
-    """(prediction id, class) of the latest labels given after label `after_id` (quality)."""
-    latest = _latest_labels(label_set_id).where(LabelRecord.id > after_id).subquery()
-    rows = session.execute(select(latest.c.prediction_id, latest.c.class_name))
-    return [(int(p), str(c)) for p, c in rows]
-
-
 def _latest_labels(label_set_id: int) -> Select[LabelRecord]:
     """The labels of a set that no later label of the same prediction replaces."""
+    return _latest_labels_of([label_set_id])
+
+
+def _latest_labels_of(label_set_ids: list[int]) -> Select[LabelRecord]:
     later = aliased(LabelRecord)
     replaced = exists().where(
         later.label_set_id == LabelRecord.label_set_id,
         later.prediction_id == LabelRecord.prediction_id,
         later.id > LabelRecord.id,
     )
-    return select(LabelRecord).where(LabelRecord.label_set_id == label_set_id, ~replaced)
+    if len(label_set_ids) == 1:
+        of_sets = LabelRecord.label_set_id == label_set_ids[0]
+    else:
+        of_sets = LabelRecord.label_set_id.in_(label_set_ids)
+    return select(LabelRecord).where(of_sets, ~replaced)
 
 
 def latest_label_id(session: Session, label_set_id: int) -> int:
@@ -160,11 +195,12 @@ def head(session: Session, head_id: int) -> HeadRecord | None:
     return session.get(HeadRecord, head_id)
 
 
-def heads_of(session: Session, label_set_id: int) -> list[HeadRecord]:
+def heads_of(session: Session, label_set_id: int, limit: int | None = None) -> list[HeadRecord]:
     statement = (
         select(HeadRecord)
         .where(HeadRecord.label_set_id == label_set_id)
         .order_by(HeadRecord.version.desc())
+        .limit(limit)
     )
     return list(session.scalars(statement))
 
@@ -280,18 +316,68 @@ def change_status(
     return row
 
 
-def answers_of(
-    session: Session, head_id: int, prediction_ids: list[int]
-) -> dict[int, HeadAnswerRecord]:
-    found: dict[int, HeadAnswerRecord] = {}
-    for start in range(0, len(prediction_ids), 5000):
-        chunk = prediction_ids[start : start + 5000]
-        statement = select(HeadAnswerRecord).where(
-            HeadAnswerRecord.head_id == head_id, HeadAnswerRecord.prediction_id.in_(chunk)
+def answer_counts(
+    session: Session, label_set_id: int, head_id: int, after_label_id: int
+) -> list[tuple[str, str, bool, int]]:
+    """(truth, answer, decided, count): the head's answers to the predictions whose latest label
+    in the set came after label `after_label_id`, counted by the database (quality). At most
+    classes x classes x 2 rows, however many labels there are."""
+    latest = _latest_labels(label_set_id).where(LabelRecord.id > after_label_id).subquery()
+    answer = HeadAnswerRecord
+    statement = (
+        select(latest.c.class_name, answer.class_name, answer.decided, func.count())
+        .join(answer, answer.prediction_id == latest.c.prediction_id)
+        .where(answer.head_id == head_id)
+        .group_by(latest.c.class_name, answer.class_name, answer.decided)
+    )
+    return [(str(t), str(a), bool(d), int(n)) for t, a, d, n in session.execute(statement)]
+
+
+def shared_correct(
+    session: Session, label_set_id: int, heads: tuple[int, int], after_label_id: int
+) -> tuple[int, int, int]:
+    """(labels both heads answered, correct of the first, correct of the second), on the latest
+    labels after label `after_label_id` (a shadow against the active head)."""
+    latest = _latest_labels(label_set_id).where(LabelRecord.id > after_label_id).subquery()
+    mine, theirs = aliased(HeadAnswerRecord), aliased(HeadAnswerRecord)
+    statement = (
+        select(
+            func.count(),
+            func.count().filter(mine.class_name == latest.c.class_name),
+            func.count().filter(theirs.class_name == latest.c.class_name),
         )
-        for answer in session.scalars(statement):
-            found.setdefault(answer.prediction_id, answer)
-    return found
+        .select_from(latest)
+        .join(mine, (mine.prediction_id == latest.c.prediction_id) & (mine.head_id == heads[0]))
+        .join(
+            theirs, (theirs.prediction_id == latest.c.prediction_id) & (theirs.head_id == heads[1])
+        )
+    )
+    shared, first, second = session.execute(statement).one()
+    return int(shared), int(first or 0), int(second or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionCounts:
+    """What a version's quality is computed from (`services/heads.py`)."""
+
+    head: HeadRecord
+    counts: list[tuple[str, str, bool, int]]  # `answer_counts`
+    shared: tuple[int, int, int] | None  # a shadow's `shared_correct` against the active head
+
+
+def quality_counts(session: Session, label_set_id: int) -> list[VersionCounts]:
+    """Every version of the set, newest first, with its counts on the labels after it."""
+    versions = heads_of(session, label_set_id)
+    active = next((h for h in versions if h.status == "active"), None)
+    counted = []
+    for head in versions:
+        shared = None
+        if head.status == "shadow" and active is not None:
+            after = max(head.labels_until, active.labels_until)
+            shared = shared_correct(session, label_set_id, (head.id, active.id), after)
+        counts = answer_counts(session, label_set_id, head.id, head.labels_until)
+        counted.append(VersionCounts(head, counts, shared))
+    return counted
 
 
 def answers_for(session: Session, prediction_ids: list[int]) -> list[HeadAnswerRecord]:

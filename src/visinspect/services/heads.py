@@ -15,6 +15,7 @@ never imports scikit-learn, and an install without it says so (501).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import numpy as np
 import structlog
 
@@ -269,7 +271,8 @@ class HeadService:
                         async def read(stream: anyio.abc.ByteReceiveStream, key: int) -> None:
                             output[key] = b"".join([chunk async for chunk in stream])
 
-                        assert process.stdout is not None and process.stderr is not None
+                        assert process.stdout is not None
+                        assert process.stderr is not None
                         group.start_soon(read, process.stdout, 1)
                         group.start_soon(read, process.stderr, 2)
                         if client_gone is not None:
@@ -312,9 +315,10 @@ class HeadService:
     async def set_name(self, head: HeadRecord) -> str:
         return await self.database.run(teaching.label_set_name, head.label_set_id)
 
-    async def versions(self, set_name: str) -> list[HeadRecord]:
+    async def versions(self, set_name: str, limit: int | None = None) -> list[HeadRecord]:
+        """The set's versions, newest first (at most `limit`)."""
         current = await self.labels.get(set_name)
-        return await self.database.run(teaching.heads_of, current.record.id)
+        return await self.database.run(teaching.heads_of, current.record.id, limit)
 
     async def events(self, set_name: str) -> list[HeadEventRecord]:
         current = await self.labels.get(set_name)
@@ -418,26 +422,12 @@ class HeadService:
         return changed
 
     async def quality(self, set_name: str) -> list[VersionQuality]:
-        """Every version that has answered, on the labels given after it was trained."""
+        """Every version that has answered, on the labels given after it was trained. The
+        database counts (truth, answer) pairs; the arithmetic runs on those counts in the same
+        worker thread: nothing proportional to the labels runs on the event loop."""
         current = await self.labels.get(set_name)
-        versions = await self.database.run(teaching.heads_of, current.record.id)
-        measured = {}
-        for head in versions:
-            labels = await self.database.run(
-                teaching.labels_after, current.record.id, head.labels_until
-            )
-            answers = await self.database.run(teaching.answers_of, head.id, [p for p, _ in labels])
-            measured[head.id] = [(truth, answers[p]) for p, truth in labels if p in answers]
-        active = next((h for h in versions if h.status == "active"), None)
-        return [
-            _quality(
-                head,
-                measured[head.id],
-                measured.get(active.id) if active else None,
-                self.compare_min_labels,
-            )
-            for head in versions
-        ]
+        counted = await self.database.run(teaching.quality_counts, current.record.id)
+        return await anyio.to_thread.run_sync(_qualities, counted, self.compare_min_labels)
 
     async def queue(self, set_name: str, limit: int, cursor: str | None) -> NeedsAPerson:
         """The active head's "needs a person" answers not labelled yet, least confident first,
@@ -478,7 +468,7 @@ async def _watch(
     client_gone: Callable[[], Awaitable[bool]], gone: anyio.Event, scope: anyio.CancelScope
 ) -> None:
     """Cancel `scope` (and so stop the training) once the client has gone."""
-    while not await client_gone():
+    while not await client_gone():  # noqa: ASYNC110 (a question to poll, not an event to await)
         await anyio.sleep(0.5)
     gone.set()
     scope.cancel()
@@ -488,10 +478,8 @@ def _cap_address_space(pid: int, limit: int) -> None:
     """The child's RLIMIT_AS, set from here as it starts (its interpreter takes far longer to
     import than this takes): past it, its allocations fail with MemoryError, which it reports
     as `training_too_large`, instead of the host's memory running out."""
-    try:
+    with contextlib.suppress(ProcessLookupError):  # exited already: its output says why
         resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
-    except ProcessLookupError:  # it has exited already; its output says why
-        pass
 
 
 def _event(
@@ -509,41 +497,48 @@ def _event(
     )
 
 
+def _qualities(counted: list[teaching.VersionCounts], min_labels: int) -> list[VersionQuality]:
+    """Every version's quality from the database's counts (`HeadService.quality`)."""
+    return [
+        _quality(
+            c.head,
+            c.counts,
+            None if c.shared is None or c.shared[0] < min_labels else c.shared[1] > c.shared[2],
+        )
+        for c in counted
+    ]
+
+
 def _quality(
-    head: HeadRecord,
-    pairs: list[tuple[str, HeadAnswerRecord]],
-    active_pairs: list[tuple[str, HeadAnswerRecord]] | None,
-    min_labels: int,
+    head: HeadRecord, counts: list[tuple[str, str, bool, int]], beats: bool | None
 ) -> VersionQuality:
-    correct = sum(truth == answer.class_name for truth, answer in pairs)
-    decided = [(t, a) for t, a in pairs if a.decided]
-    beats = None
-    if head.status == "shadow" and active_pairs is not None:
-        mine = {a.prediction_id: t == a.class_name for t, a in pairs}
-        theirs = {a.prediction_id: t == a.class_name for t, a in active_pairs}
-        shared = mine.keys() & theirs.keys()
-        if len(shared) >= min_labels:
-            beats = sum(mine[p] for p in shared) > sum(theirs[p] for p in shared)
+    labels = sum(n for *_, n in counts)
+    correct = sum(n for t, a, _, n in counts if t == a)
     return VersionQuality(
         head,
-        len(pairs),
+        labels,
         correct,
-        _macro_f1([t for t, _ in pairs], [a.class_name for _, a in pairs], list(head.classes)),
-        len(decided),
-        sum(t == a.class_name for t, a in decided),
+        _macro_f1(counts, list(head.classes)),
+        sum(n for _, _, d, n in counts if d),
+        sum(n for t, a, d, n in counts if d and t == a),
         beats,
     )
 
 
-def _macro_f1(truth: list[str], predicted: list[str], classes: list[str]) -> float | None:
-    """The mean over the classes present (in truth or answers) of F1; None without labels."""
-    if not truth:
+def _macro_f1(counts: list[tuple[str, str, bool, int]], classes: list[str]) -> float | None:
+    """The mean over the head's classes present (in truth or answers) of F1, from the counts of
+    (truth, answer) pairs; None without labels."""
+    if not counts:
         return None
-    scores = []
-    for c in classes:
-        tp = sum(t == c and p == c for t, p in zip(truth, predicted, strict=True))
-        fp = sum(t != c and p == c for t, p in zip(truth, predicted, strict=True))
-        fn = sum(t == c and p != c for t, p in zip(truth, predicted, strict=True))
-        if tp + fp + fn:
-            scores.append(2 * tp / (2 * tp + fp + fn))
-    return sum(scores) / len(scores) if scores else None
+    index = {c: i for i, c in enumerate(classes)}
+    other = len(classes)  # a truth or an answer outside the head's classes
+    confusion = np.zeros((other + 1, other + 1), dtype=np.int64)
+    for truth, answer, _, n in counts:
+        confusion[index.get(truth, other), index.get(answer, other)] += n
+    tp = np.diag(confusion)[:other]
+    fp = confusion[:, :other].sum(axis=0) - tp
+    fn = confusion[:other, :].sum(axis=1) - tp
+    present = (tp + fp + fn) > 0
+    if not present.any():
+        return None
+    return float(np.mean(2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])))

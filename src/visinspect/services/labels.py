@@ -32,8 +32,9 @@ class LabelSet:
 
 
 class LabelService:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, max_sets: int = 200) -> None:
         self.database = database
+        self.max_sets = max_sets
 
     async def create(
         self, name: str, classes: list[str], description: str | None, by: str | None
@@ -55,12 +56,14 @@ class LabelService:
             created_at=datetime.now(UTC),
             created_by=by,
         )
-        if not await self.database.run(teaching.create_label_set, record):
+        if not await self.database.run(teaching.create_label_set, record, self.max_sets):
             raise InvalidLabelSet(f"a label set named {name!r} exists: add classes to it instead")
         return LabelSet(record, dict.fromkeys(checked, 0))
 
-    async def all(self) -> list[LabelSet]:
-        return [_counted(r, n) for r, n in await self.database.run(teaching.with_counts)]
+    async def page(self, limit: int, after: str | None = None) -> list[LabelSet]:
+        """At most `limit` sets by name, from after the set named `after`."""
+        found = await self.database.run(teaching.with_counts, None, limit, after)
+        return [_counted(r, n) for r, n in found]
 
     async def get(self, name: str) -> LabelSet:
         found = await self.database.run(teaching.with_counts, name)

@@ -389,7 +389,7 @@ async function loadDrift() {
 // --- teaching: label sets, labelling from the review queue, heads ---------------------------
 
 async function loadLabelSets() {
-  state.labelSets = await api("/label-sets");
+  state.labelSets = await api("/label-sets?limit=500");  // MAX_LABEL_SETS is 200 by default
   for (const select of [$("#label-set"), $("#teach-set")]) {
     const kept = select.value;
     const first = select.id === "label-set" ? [new Option("(no label set)", "")] : [];

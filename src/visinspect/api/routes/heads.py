@@ -42,11 +42,17 @@ async def train_head(
 @router.get(
     "/label-sets/{name}/heads",
     response_model=list[HeadOut],
-    summary="Every version of the set's head, newest first",
-    responses=error_responses(401, 403, 404, 503),
+    summary="The newest versions of the set's head, newest first, without their confusion matrix",
+    description="At most `limit` versions; the confusion matrix (classes x classes: megabytes "
+    "for a thousand classes) is in `GET /heads/{id}` only.",
+    responses=error_responses(401, 403, 404, 422, 503),
 )
-async def list_heads(heads: HeadServiceDep, name: LabelSetName) -> list[HeadOut]:
-    return [head_out(h, name) for h in await heads.versions(name)]
+async def list_heads(
+    heads: HeadServiceDep,
+    name: LabelSetName,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[HeadOut]:
+    return [head_out(h, name, matrices=False) for h in await heads.versions(name, limit)]
 
 
 @router.get(
@@ -147,13 +153,16 @@ async def get_head(heads: HeadServiceDep, head_id: HeadId) -> HeadOut:
     return head_out(found, await heads.set_name(found))
 
 
-def head_out(head: object, label_set: str) -> HeadOut:
+def head_out(head: object, label_set: str, matrices: bool = True) -> HeadOut:
     manifest = getattr(head, "manifest", {})
+    metrics = manifest.get("metrics", {})
+    if not matrices:
+        metrics = {k: v for k, v in metrics.items() if k != "confusion"}
     return HeadOut.model_validate(
         {
             **{k: getattr(head, k) for k in HeadOut.model_fields if hasattr(head, k)},
             "label_set": label_set,
-            "metrics": manifest.get("metrics", {}),
+            "metrics": metrics,
             "training": manifest.get("training", {}),
             "libraries": manifest.get("libraries", {}),
         }

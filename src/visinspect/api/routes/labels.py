@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from visinspect.api.deps import LabelServiceDep
 from visinspect.api.params import LabelSetName, PredictionId
@@ -27,7 +27,7 @@ router = APIRouter(tags=["teaching"], dependencies=[Depends(require_api_key)])
     "/label-sets",
     response_model=LabelSetOut,
     status_code=201,
-    summary="Define a team's own classes",
+    summary="Define a team's own classes (at most MAX_LABEL_SETS sets)",
     responses=error_responses(401, 403, 422, 503),
 )
 async def create_label_set(
@@ -39,11 +39,24 @@ async def create_label_set(
 @router.get(
     "/label-sets",
     response_model=list[LabelSetOut],
-    summary="Every label set, with its labels per class",
-    responses=error_responses(401, 403, 503),
+    summary="The label sets by name, with their labels per class, a page at a time",
+    description="At most `limit` sets, from after the set named `after`. When there are more, "
+    'the `Link` header names the next page (`rel="next"`, RFC 8288).',
+    responses=error_responses(401, 403, 422, 503),
 )
-async def list_label_sets(labels: LabelServiceDep) -> list[LabelSetOut]:
-    return [label_set_out(s) for s in await labels.all()]
+async def list_label_sets(
+    labels: LabelServiceDep,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[LabelSetOut]:
+    found = await labels.page(limit + 1, after)
+    if len(found) > limit:
+        found = found[:limit]
+        following = request.url.include_query_params(limit=limit, after=found[-1].record.name)
+        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+    return [label_set_out(s) for s in found]
 
 
 @router.get(
