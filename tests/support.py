@@ -352,9 +352,18 @@ def wait_ready(base: str, process: subprocess.Popen[Any], timeout_s: float = 90)
 def mounted_full_disk(mount_point: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs with an empty `images` directory, filled up: writes fail with ENOSPC
     as on a full volume. Needs root (CI runs as root; elsewhere the test is skipped)."""
+    with mounted_volume(mount_point, "1m"):
+        fill_up(mount_point / "filler")
+        yield mount_point
+
+
+@contextmanager
+def mounted_volume(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` (e.g. "4m") with an empty `images` directory. Needs root (CI runs
+    as root; elsewhere the test is skipped)."""
     mount_point.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
     )
@@ -362,14 +371,18 @@ def mounted_full_disk(mount_point: Path) -> Iterator[Path]:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
     try:
         (mount_point / "images").mkdir()
-        with (mount_point / "filler").open("wb", buffering=0) as filler:
-            while True:
-                try:
-                    filler.write(b"\0" * 65536)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill_up(path: Path) -> None:
+    """Write zeros to `path` until its volume says ENOSPC."""
+    with path.open("wb", buffering=0) as filler:
+        while True:
+            try:
+                filler.write(b"\0" * 65536)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return

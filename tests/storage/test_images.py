@@ -11,10 +11,12 @@ import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
-from tests.support import mounted_full_disk
-from visinspect.storage.image_store import ImageStore, NotKept, Variant
+from tests.support import fill_up, make_settings, mounted_full_disk, mounted_volume
+from visinspect.storage.image_store import ImageStore, NotKept, Variant, open_image_store
 
 THUMBNAIL = b"\xff\xd8 a thumbnail"
 
@@ -258,3 +260,50 @@ def test_a_full_disk_is_a_reason_not_an_error_and_leaves_no_partial_file(
     (full_disk / "filler").unlink()  # room again
     assert store.keep(digest(data), data, THUMBNAIL) is None
     assert read(store, digest(data)) == data
+
+
+def test_a_bound_larger_than_the_volume_is_the_volume_and_one_key_cannot_fill_it(
+    tmp_path: Path,
+) -> None:
+    """With the default 10 GiB bound on a smaller volume, one key filled the disk: the other
+    key's images were no longer kept (disk_full) and the cleanup evicted nothing, the store
+    being far below its bound; nothing warned at start. Now the bound is at most what the
+    volume holds, a full disk counts as over the bound, the key over its share goes first, and
+    the start warns."""
+    with mounted_volume(tmp_path / "volume", "4m") as volume:
+        settings = make_settings(
+            "sqlite://", image_store_dir=volume / "images", image_store_key_share=0.5
+        )
+        with capture_logs() as logs:
+            store = open_image_store(settings)
+        assert store is not None
+        warned = [e for e in logs if e["event"] == "images.bound_exceeds_volume"]
+        assert len(warned) == 1
+        assert warned[0]["volume_bytes"] == 4 << 20
+        assert store.bound_bytes is not None
+        assert store.bound_bytes < 4 << 20
+        generator = np.random.default_rng(1)
+
+        def image() -> bytes:
+            return generator.bytes(100_000)
+
+        kept_by_a = []
+        while (outcome := store.keep(digest(data := image()), data, THUMBNAIL, "a")) is None:
+            kept_by_a.append(digest(data))
+        assert outcome is NotKept.KEY_QUOTA  # its share of the volume, not of 10 GiB
+        kept_by_b = []
+        for _ in range(3):
+            data = image()
+            assert store.keep(digest(data), data, THUMBNAIL, "b") is None
+            kept_by_b.append(digest(data))
+
+        # Something else fills the volume: a write fails, and the store counts as over.
+        fill_up(volume / "filler")
+        data = image()
+        assert store.keep(digest(data), data, THUMBNAIL, "b") is NotKept.DISK_FULL
+        report = store.cleanup()
+        assert report.evicted > 0
+        assert all(read(store, d) is not None for d in kept_by_b)  # a, over its share, went
+        assert sum(read(store, d) is None for d in kept_by_a) == report.evicted
+        (volume / "filler").unlink()
+        assert store.keep(digest(data), data, THUMBNAIL, "b") is None

@@ -107,6 +107,7 @@ class ImageService:
             owner=owner,
             store_bytes=self.store.used_bytes,
             max_bytes=self.store.max_bytes,
+            bound_bytes=self.store.bound_bytes,
         )
         if self.on_not_kept is not None:
             self.on_not_kept(reason.value)

@@ -43,9 +43,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
+import structlog
+
 from visinspect.config import Settings
 from visinspect.errors import StartupFailed
 
+log = structlog.get_logger("visinspect.images")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _THUMBNAIL_SUFFIX = ".thumb.jpg"
 _TEMPORARY_PREFIX = ".tmp-"
@@ -168,6 +171,8 @@ class ImageStore:
         # this process's writes in between (other processes' writes show at the next cleanup).
         self.used = Usage()
         self.used_by: dict[str, Usage] = {}
+        self._room: int | None = None  # what the volume can take for the store; None: unmeasured
+        self.volume_bytes = 0  # the volume's size, as statvfs says
         self._block = 4096
         self._resolved_root: Path | None = None
 
@@ -175,11 +180,35 @@ class ImageStore:
     def used_bytes(self) -> int:
         return self.used.bytes
 
+    @property
+    def bound_bytes(self) -> int | None:
+        """The size bound in force (None: none): IMAGE_STORE_MAX_BYTES, or less where the volume
+        cannot hold that much (`_measure_volume`; what the store holds when a write found the
+        disk full). Key shares and the cleanup's low-water mark are shares of it."""
+        bounds = [b for b in (self.max_bytes or None, self._room) if b is not None]
+        return min(bounds) if bounds else None
+
+    @property
+    def volume_binds(self) -> bool:
+        """Whether the volume, not IMAGE_STORE_MAX_BYTES, is what bounds the store now."""
+        return self._room is not None and (not self.max_bytes or self._room < self.max_bytes)
+
     def create(self) -> None:
         """Make the root (a volume mount point usually exists); raises OSError if it cannot be."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._resolved_root = self.root.resolve(strict=True)
         self._block = os.statvfs(self.root).f_frsize or 4096
+        self._measure_volume()
+
+    def _measure_volume(self) -> None:
+        """The bound: at most what the store holds plus what the volume has free for it, less a
+        reserve (1% of the volume, at most 64 MiB), whatever IMAGE_STORE_MAX_BYTES says: a bound
+        the volume cannot hold would never make the cleanup evict anything, and one key could
+        fill the disk for every other."""
+        volume = os.statvfs(self.root)
+        self.volume_bytes = volume.f_blocks * volume.f_frsize
+        reserve = min(self.volume_bytes // 100, 64 << 20)
+        self._room = max(0, self.used.bytes + volume.f_bavail * volume.f_frsize - reserve)
 
     def keep(
         self, sha256: str, original: bytes, thumbnail: bytes, owner: str | None = None
@@ -194,7 +223,9 @@ class ImageStore:
                 return None
             need = Usage(self._allocated(len(original)) + self._allocated(len(thumbnail)), 3)
             if self._over(self.used, need, 1.0):
-                return NotKept.STORE_FULL
+                self._measure_volume()  # files removed meanwhile may have made room
+                if self._over(self.used, need, 1.0):
+                    return NotKept.DISK_FULL if self.volume_binds else NotKept.STORE_FULL
             if owner != ANONYMOUS and self._over(
                 self.used_by.get(owner, Usage()), need, self.key_share
             ):
@@ -210,11 +241,12 @@ class ImageStore:
                 paths[1].unlink(missing_ok=True)
                 raise
         except OSError as exc:
-            return (
-                NotKept.DISK_FULL
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                else (NotKept.WRITE_FAILED)
-            )
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # Over the bound, whatever it was: nothing more is kept until the cleanup has
+                # measured the volume again and made room (a key over its share first).
+                self._room = self.used.bytes
+                return NotKept.DISK_FULL
+            return NotKept.WRITE_FAILED
         self.used.add(need)
         self.used_by.setdefault(owner, Usage()).add(need)
         return None
@@ -224,7 +256,7 @@ class ImageStore:
 
     def _over(self, usage: Usage, need: Usage, share: float) -> bool:
         return bool(
-            (self.max_bytes and usage.bytes + need.bytes > self.max_bytes * share)
+            (self.bound_bytes is not None and usage.bytes + need.bytes > self.bound_bytes * share)
             or (self.max_files and usage.files + need.files > self.max_files * share)
         )
 
@@ -253,6 +285,8 @@ class ImageStore:
         report = CleanupReport()
         with self._cleanup_lock():
             census = self._count(now, report)
+            self.used = census.total()
+            self._measure_volume()
             cutoffs = self._cutoffs(census)
             if cutoffs:
                 self._evict(now, cutoffs, census, report)
@@ -303,12 +337,11 @@ class ImageStore:
             total.add(usage)
         if not self._over(total, Usage(), share):
             return None
-        byte_goal, file_goal = (
-            bound * share * _LOW_WATER for bound in (self.max_bytes, self.max_files)
-        )
+        byte_goal = (self.bound_bytes or 0) * share * _LOW_WATER
+        file_goal = self.max_files * share * _LOW_WATER
         for index in range(len(buckets) - 1, -1, -1):
             total.add(buckets[index], -1)
-            if (not self.max_bytes or total.bytes <= byte_goal) and (
+            if (self.bound_bytes is None or total.bytes <= byte_goal) and (
                 not self.max_files or total.files <= file_goal
             ):
                 return index
@@ -409,6 +442,15 @@ def open_image_store(settings: Settings) -> ImageStore | None:
             "mount a writable volume there (the container runs as uid 10001), or unset "
             "IMAGE_STORE_DIR to not keep images",
         ) from exc
+    if settings.image_store_max_bytes > store.volume_bytes:
+        log.warning(
+            "images.bound_exceeds_volume",
+            max_bytes=settings.image_store_max_bytes,
+            volume_bytes=store.volume_bytes,
+            bound_bytes=store.bound_bytes,
+            hint="IMAGE_STORE_MAX_BYTES is larger than the volume: the store is bounded by "
+            "the volume's free space instead; set it below the volume's size",
+        )
     return store
 
 
