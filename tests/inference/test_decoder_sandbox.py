@@ -1,15 +1,18 @@
 """A decoder holds no secret and can do little besides decoding: it starts from a scrubbed
-environment, and its seccomp filter refuses the network, programs, forks and signals."""
+environment, and its confinement refuses the network, programs, forks, files, and signals to or
+limits of other processes; the serving process is not dumpable."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import resource
 import subprocess
 import sys
 from multiprocessing.connection import Connection
 
-from visinspect.inference.decoders import _sandbox
+from visinspect.inference.decoders import NOBODY_UID, _resident_bytes, confine
 
 # Run in a fresh interpreter: the forkserver is started once per process, and this one's may
 # have been started by another test.
@@ -67,43 +70,127 @@ def test_a_decoder_sees_none_of_the_services_secrets() -> None:
     assert seen["service_still_has"]  # the service's own environment is untouched
 
 
-def _probe(connection: Connection) -> None:
-    """In a decoder-like process: load the filter, then try what a taken-over codec would."""
+def _probe(connection: Connection, server: int, budget: int) -> None:
+    """In a decoder-like process: confine it as a decoder is, then try what a taken-over codec
+    would against `server` (the test's process, which plays the serving process: the probe's
+    parent is the forkserver, as a decoder's is)."""
+    import ctypes
     import os
+    import resource
     import socket
     import threading
 
-    applied = _sandbox()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def syscall(number: int, *args: int) -> None:
+        if libc.syscall(number, *[ctypes.c_long(a) for a in args]) < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+
+    nice = os.getpriority(os.PRIO_PROCESS, server)  # what the attempts below set again
+    cpus = os.sched_getaffinity(server)
+    files = resource.prlimit(server, resource.RLIMIT_NOFILE)
+    applied = confine(budget)
+    params = ctypes.create_string_buffer(120)
+    unlimited = (ctypes.c_uint64 * 2)(2**64 - 1, 2**64 - 1)
+    unlimited_address = ctypes.addressof(unlimited)
     tried: dict[str, str] = {}
     for name, attempt in {
-        "socket": lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM),
+        "socket inet": lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM),
+        "socket unix": lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM),
+        "io_uring": lambda: syscall(425, 8, ctypes.addressof(params)),
         "fork": os.fork,
         "exec": lambda: os.execv("/bin/true", ["/bin/true"]),
-        "kill": lambda: os.kill(os.getppid(), 0),
+        "kill": lambda: os.kill(server, 0),
+        "tkill": lambda: syscall(200, server, 0),
+        "tgkill": lambda: syscall(234, server, server, 0),
+        "pidfd_open": lambda: syscall(434, server, 0),
+        "pidfd_send_signal": lambda: syscall(424, 0, 0, 0, 0),
+        "rt_sigqueueinfo": lambda: syscall(129, server, 0, 0),
+        "environ": lambda: open(f"/proc/{server}/environ", "rb").close(),
+        "mem": lambda: open(f"/proc/{server}/mem", "rb").close(),
+        "server limits": lambda: resource.prlimit(server, resource.RLIMIT_NOFILE, files),
+        # prlimit64(0, RLIMIT_AS, {infinity, infinity}, NULL), past Python's own check
+        "own address space": lambda: syscall(302, 0, resource.RLIMIT_AS, unlimited_address, 0),
+        "server priority": lambda: os.setpriority(os.PRIO_PROCESS, server, nice),
+        "server cpus": lambda: os.sched_setaffinity(server, cpus),
+        "a file": lambda: open("/etc/hostname", "rb").close(),
+        "remove a file": lambda: os.unlink("/nonexistent-visinspect-probe"),
     }.items():
         try:
             attempt()
             tried[name] = "allowed"
-        except OSError as exc:
-            tried[name] = f"refused: {exc.errno}"
+        except (OSError, ValueError) as exc:
+            tried[name] = f"refused: {getattr(exc, 'errno', None)}"
     thread = threading.Thread(target=lambda: None)  # threads still start
     thread.start()
     thread.join()
-    with open("/proc/self/status") as status:
-        no_new_privs = [line.split()[1] for line in status if line.startswith("NoNewPrivs")]
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     connection.send_bytes(
-        json.dumps({"applied": applied, "tried": tried, "nnp": no_new_privs}).encode()
+        json.dumps(
+            {
+                "applied": applied,
+                "tried": tried,
+                "limits": [soft, hard],
+                "uid": os.geteuid(),
+                "rss": _resident_bytes(),
+            }
+        ).encode()
     )
 
 
-def test_the_filter_refuses_network_programs_forks_and_signals() -> None:
+def test_a_decoder_can_neither_signal_read_limit_nor_reach_out() -> None:
+    """The review's probe, as each attempt: under the decoders' confinement, as the same user
+    (or as nobody, where the service runs as root), a process could kill the server
+    (tgkill/tkill/pidfd_send_signal), read its /proc environ (API_KEYS, DATABASE_URL) and mem,
+    change its limits, raise its own RLIMIT_AS, and open a socket through io_uring."""
     context = multiprocessing.get_context("forkserver")
     ours, theirs = context.Pipe()
-    process = context.Process(target=_probe, args=(theirs,))
+    budget = 256 << 20
+    process = context.Process(target=_probe, args=(theirs, os.getpid(), budget))
     process.start()
+    assert ours.poll(60), f"the probe died (exit code {process.exitcode})"
     report = json.loads(ours.recv_bytes())
     process.join(10)
     assert report["applied"].startswith("seccomp: "), report
-    assert report["tried"] == dict.fromkeys(("socket", "fork", "exec", "kill"), "refused: 1")
-    assert report["nnp"] == ["1"]
+    refused = report["tried"]
+    assert refused == dict.fromkeys(refused, "refused: 1"), refused  # EPERM, each one
+    assert len(refused) == 19
+    soft, hard = report["limits"]
+    assert soft == hard != resource.RLIM_INFINITY  # a hard address space: no way back up
+    if os.geteuid() == 0:
+        assert report["uid"] == NOBODY_UID
+    assert report["rss"] > 0  # its own memory is still measured (a descriptor opened before)
     assert process.exitcode == 0
+
+
+def test_the_serving_process_is_not_dumpable_once_decoders_start() -> None:
+    """/proc/PID/environ and mem of a non-dumpable process are closed to every other process of
+    its user: started here in a fresh interpreter, as the service starts its decoders."""
+    run = subprocess.run(
+        [sys.executable, "-c", _DUMPABLE_AFTER_START],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    printed = [line for line in run.stdout.splitlines() if line in ("0", "1")]
+    assert printed == ["1", "0"], run.stdout  # dumpable before, not after
+
+
+_DUMPABLE_AFTER_START = """
+import asyncio, ctypes
+from tests.inference.test_decoders import LIMITS
+from visinspect.inference.decoders import DecoderPool
+
+libc = ctypes.CDLL(None)
+print(libc.prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+
+async def main():
+    pool = DecoderPool(LIMITS, 1)
+    await pool.start()
+    print(libc.prctl(3, 0, 0, 0, 0))
+    await pool.close()
+
+asyncio.run(main())
+"""

@@ -22,6 +22,7 @@ torch; a worker holds NumPy, Pillow and the preprocessing code only.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import hashlib
 import json
@@ -161,6 +162,7 @@ class DecoderPool:
         self.replaced = 0  # workers killed or recycled, for the logs and the tests
 
     async def start(self) -> None:
+        make_undumpable()  # before any decoder exists: none can read this process's /proc
         started = time.perf_counter()
         for _ in range(self.size):  # `_spawn` starts the forkserver, scrubbed, if it is not running
             worker = await anyio.to_thread.run_sync(self._spawn)
@@ -352,8 +354,7 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
     """The worker's loop: bytes in, (DecodedImage and digest, or the error) out."""
     Image.core.set_blocks_max(CACHED_IMAGE_BLOCKS)  # type: ignore[attr-defined]
     run_in_background()  # the server's event loop goes first (capacity.BACKGROUND_NICENESS)
-    _cap_address_space(limits.max_decode_bytes + ADDRESS_SPACE_MARGIN)
-    sandbox = _sandbox()
+    sandbox = confine(limits.max_decode_bytes + ADDRESS_SPACE_MARGIN)
     _write_header(connection, {"rss": _resident_bytes(), "sandbox": sandbox})
     while True:
         try:
@@ -390,33 +391,125 @@ class _Warnings:
             self.more += 1
 
 
+def confine(address_space_extra: int) -> str:
+    """What a decoder does before it reads its first upload, so that a codec taken over by a
+    hostile file can do nothing but decode: what it needs later is loaded now (every Pillow
+    plugin, a descriptor of its own /proc/self/statm), its address space is capped for good
+    (soft and hard RLIMIT_AS), it leaves root for NOBODY_UID when it runs as root (the
+    container can; a test run as root does), it is made non-dumpable (no sibling reads it), and
+    the seccomp filter is loaded (`_seccomp_filter`). Returns what was applied."""
+    Image.init()  # plugins are imported on first use otherwise, and files cannot be opened later
+    global _STATM
+    _STATM = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    _cap_address_space(address_space_extra)
+    seccomp_filter = _seccomp_filter()  # built while its library can still be read and loaded
+    user = _leave_root()
+    _set_dumpable(False)
+    if isinstance(seccomp_filter, str):
+        return f"{seccomp_filter}; {user}"
+    try:
+        seccomp_filter.load()
+    except (OSError, RuntimeError) as exc:  # no seccomp in this kernel
+        return f"none: {type(exc).__name__}: {exc}; {user}"
+    return f"{_APPLIED}; {user}"
+
+
+# The user a decoder started as root becomes: nobody, who owns nothing.
+NOBODY_UID = 65534
+
+
+def _leave_root() -> str:
+    """As root: become NOBODY_UID (no capability is kept: no signal to, no /proc of, no limit
+    of a process of another user). Otherwise nothing changes: the filter does the rest."""
+    if os.geteuid() != 0:
+        return f"uid {os.geteuid()}"
+    os.setgroups([])
+    os.setresgid(NOBODY_UID, NOBODY_UID, NOBODY_UID)
+    os.setresuid(NOBODY_UID, NOBODY_UID, NOBODY_UID)
+    return f"uid {NOBODY_UID} (was root)"
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def _set_dumpable(dumpable: bool) -> None:
+    """prctl(PR_SET_DUMPABLE): a process that is not dumpable has its /proc/PID/environ, mem,
+    maps, fd ... closed to every other process of its user, its own children included."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, int(dumpable), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+
+
+def make_undumpable() -> None:
+    """The serving process's own protection: a decoder (or anything else of its user) cannot
+    read its environment (API_KEYS, DATABASE_URL) or memory through /proc, or attach to it."""
+    _set_dumpable(False)
+
+
 # System calls a decoder has no use for once it has started: it reads bytes from its pipe and
 # writes arrays back. Refused (EPERM), so that a codec taken over by a hostile file cannot reach
-# the network, start a program, fork, read or signal another process of the service's user.
+# the network (directly or through io_uring), start a program, fork, open a file (another
+# process's /proc/PID/environ or mem, the image store), change the file system, signal another
+# process or change its limits, priority or CPUs, or raise its own limits.
 _REFUSED_CALLS = (
-    "socket", "socketpair", "execve", "execveat", "fork", "vfork", "ptrace",
-    "process_vm_readv", "process_vm_writev", "kill",
+    # the network, programs, processes
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+    "execve", "execveat", "fork", "vfork", "ptrace", "process_vm_readv", "process_vm_writev",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    # signals and handles of other processes
+    "kill", "tkill", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "process_madvise",
+    "process_mrelease", "kcmp",
+    # limits, priorities, CPUs: its own included (they were set before the filter)
+    "setrlimit", "setpriority", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
+    "sched_setattr", "ioprio_set", "migrate_pages", "move_pages",
+    # files: opened, made, changed, removed
+    "open", "openat", "openat2", "creat", "open_by_handle_at", "name_to_handle_at",
+    "open_tree", "fsopen", "fsmount", "move_mount", "mount", "umount2", "pivot_root", "chroot",
+    "unlink", "unlinkat", "rename", "renameat", "renameat2", "link", "linkat", "symlink",
+    "symlinkat", "mkdir", "mkdirat", "rmdir", "mknod", "mknodat", "chmod", "fchmod",
+    "fchmodat", "chown", "fchown", "fchownat", "lchown", "truncate", "utime", "utimes",
+    "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr", "removexattr",
+    "lremovexattr", "fremovexattr",
+    # the kernel's other doors
+    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "unshare",
+    "setns", "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "reboot", "swapon", "swapoff", "acct", "quotactl", "syslog", "personality",
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
+    "setfsuid", "setfsgid", "capset", "landlock_create_ruleset",
 )  # fmt: skip
 _CLONE_THREAD = 0x00010000
 
 
-def _sandbox() -> str:
-    """Load the decoder's seccomp filter (`_REFUSED_CALLS`; `clone` only for threads, as glibc's
-    fork is a clone without CLONE_THREAD; `clone3` answered ENOSYS, so that threads fall back
-    to `clone`). With it comes no-new-privileges. Returns what was applied, or why not."""
+def _seccomp_filter() -> Any:
+    """The decoder's seccomp filter, built, not loaded (`_REFUSED_CALLS`; `clone` only for
+    threads, as glibc's fork is a clone without CLONE_THREAD; `clone3` answered ENOSYS, so that
+    threads fall back to `clone`; `tgkill` and `rt_(tg)sigqueueinfo` to this process only, as
+    glibc's `raise` and `abort` use them; `prlimit64` only to read a limit). Loading it brings
+    no-new-privileges. A string says why there is none."""
     try:
         import pyseccomp as seccomp  # type: ignore[import-untyped]
 
+        own = os.getpid()
         refused = seccomp.SyscallFilter(seccomp.ALLOW)
         for name in _REFUSED_CALLS:
             refused.add_rule(seccomp.ERRNO(errno.EPERM), name)
         not_a_thread = seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0)
         refused.add_rule(seccomp.ERRNO(errno.EPERM), "clone", not_a_thread)
         refused.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
-        refused.load()
-    except (ImportError, OSError, RuntimeError) as exc:  # no libseccomp, or no seccomp here
+        for name in ("tgkill", "rt_tgsigqueueinfo", "rt_sigqueueinfo"):
+            refused.add_rule(seccomp.ERRNO(errno.EPERM), name, seccomp.Arg(0, seccomp.NE, own))
+        setting = seccomp.Arg(2, seccomp.NE, 0)  # prlimit64(pid, resource, new, old): new != NULL
+        refused.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", setting)
+    except (ImportError, OSError, RuntimeError) as exc:  # no libseccomp here
         return f"none: {type(exc).__name__}: {exc}"
-    return "seccomp: " + ", ".join([*_REFUSED_CALLS, "clone (but threads)", "clone3"])
+    return refused
+
+
+_APPLIED = (
+    f"seccomp: {len(_REFUSED_CALLS)} calls refused (network, io_uring, programs, forks, files, "
+    "signals and limits of other processes, its own limits); clone for threads only; tgkill "
+    "and sigqueueinfo to itself only; prlimit64 to read only"
+)
 
 
 def _send_outcome(
@@ -485,22 +578,29 @@ def _grow_send_buffer(connection: multiprocessing.connection.Connection) -> int:
 
 
 def _cap_address_space(extra: int) -> None:
-    """RLIMIT_AS = what this process maps now + `extra`: allocations beyond fail (MemoryError)."""
+    """RLIMIT_AS = what this process maps now + `extra`, soft and hard: allocations beyond fail
+    (MemoryError), and the limit cannot be raised again (the hard one was unlimited)."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = _status_kib("VmSize") * 1024 + extra
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
+# /proc/self/statm, opened by `confine` before the filter refuses opening files.
+_STATM: int | None = None
+
+
 def _resident_bytes() -> int:
     """VmRSS, from /proc/self/statm's one line (a tenth of the time /proc/PID/status takes to
-    read and parse; it is read after every decode)."""
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * _PAGE_BYTES
+    read and parse; it is read after every decode), through the descriptor `confine` opened."""
+    if _STATM is None:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_BYTES
+    return int(os.pread(_STATM, 256, 0).split()[1]) * _PAGE_BYTES
 
 
 def _status_kib(field: str) -> int:
