@@ -4,12 +4,14 @@ the decoder pool's supervision (timeouts kill, crashes and bloated workers are r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,20 @@ def test_each_bomb_stays_within_the_budgets(bomb: object) -> None:
     assert cost.seconds <= LIMITS.timeout_s + SLACK_S, cost
     assert cost.peak_mb is not None
     assert cost.peak_mb <= BUDGET_MB, cost
+
+
+def test_two_bombs_in_flight_stay_within_600_mb() -> None:
+    """Two 7000 x 7000 files in flight at once (a 16-bit RGB PNG; a 43-byte GIF with a
+    transparent canvas), each in its own fresh worker, decoded to the end (no timeout cuts
+    them short): their peak resident memory above idle, together, within 600 MB. It was 731."""
+    patient = dataclasses.replace(LIMITS, timeout_s=30.0)
+    names = ["depth-7000x7000-RGB16.png", "canvas-7000x7000.gif"]
+    with ThreadPoolExecutor(2) as pool:
+        costs = list(pool.map(lambda name: measure(bomb_bytes(name), patient), names))
+    assert [c.outcome for c in costs] == ["ok", "image_too_large_to_decode"], costs
+    assert all(c.peak_mb is not None for c in costs)
+    assert sum(c.peak_mb or 0 for c in costs) <= 600, costs
+    assert (costs[0].peak_mb or 0) <= 300, costs  # 196 MB of pixels, no copy of them
 
 
 @pytest.fixture
