@@ -27,7 +27,10 @@ def _workers(supervisor: int) -> set[int]:
     found = set()
     for task in Path(f"/proc/{supervisor}/task").iterdir():
         for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:  # exited (and was reaped) since the list was read
+                continue
             if b"spawn_main" in cmdline:
                 found.add(int(child))
     return found

@@ -41,7 +41,7 @@ from visinspect.main import FORM_MAX_FIELD_BYTES, FORM_MAX_FIELDS
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0
-KEY = "limits-test-key"
+KEY = "limits-test-key-0123"
 
 
 @pytest.fixture(scope="module")

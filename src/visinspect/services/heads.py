@@ -260,7 +260,7 @@ class HeadService:
         """The child's output; the child is killed on a timeout, a client gone or any error."""
         environment = {**os.environ, **self.training_settings}
         output: dict[int, bytes] = {}
-        gone = anyio.Event()
+        gone, finished = anyio.Event(), anyio.Event()
         try:
             with anyio.fail_after(self.train_timeout_s):
                 process = await anyio.open_process(command, env=environment)
@@ -276,9 +276,11 @@ class HeadService:
                         group.start_soon(read, process.stdout, 1)
                         group.start_soon(read, process.stderr, 2)
                         if client_gone is not None:
-                            group.start_soon(_watch, client_gone, gone, group.cancel_scope)
+                            group.start_soon(
+                                _watch, client_gone, gone, finished, group.cancel_scope
+                            )
                         await process.wait()
-                        group.cancel_scope.cancel()  # the watch; the output has been read
+                        finished.set()  # the readers end at their pipes' end, the watch now
                 finally:
                     if process.returncode is None:  # timed out, client gone, cancelled
                         process.kill()
@@ -465,13 +467,20 @@ _TRAINING_ERRORS: dict[str, type[VisinspectError]] = {
 
 
 async def _watch(
-    client_gone: Callable[[], Awaitable[bool]], gone: anyio.Event, scope: anyio.CancelScope
+    client_gone: Callable[[], Awaitable[bool]],
+    gone: anyio.Event,
+    finished: anyio.Event,
+    scope: anyio.CancelScope,
 ) -> None:
-    """Cancel `scope` (and so stop the training) once the client has gone."""
-    while not await client_gone():  # noqa: ASYNC110 (a question to poll, not an event to await)
-        await anyio.sleep(0.5)
-    gone.set()
-    scope.cancel()
+    """Until `finished`: every half second, whether the client has gone; if so, cancel `scope`
+    (and so stop the training)."""
+    while not finished.is_set():
+        if await client_gone():
+            gone.set()
+            scope.cancel()
+            return
+        with anyio.move_on_after(0.5):
+            await finished.wait()
 
 
 def _cap_address_space(pid: int, limit: int) -> None:
