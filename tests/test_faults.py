@@ -156,14 +156,21 @@ def test_postgres_stopped_and_started_under_a_running_service(
 
 
 def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> None:
-    with fresh_postgres_database() as url:
-        process, base = _serve(url, tmp_path)
-        try:
-            result = drain(base, 8, url, f"kill -TERM {process.pid}")
-            assert process.wait(timeout=60) in {0, -15}
-        finally:
-            if process.poll() is None:
-                process.kill()
+    # The signal must find requests in flight to show anything; on a fast moment every one had
+    # finished within the 50 ms the clients give their last requests to be accepted (seen once
+    # in CI: 122 requests, none in flight). Then the run says nothing, and is made again.
+    for attempt in range(3):
+        (tmp_path / str(attempt)).mkdir()
+        with fresh_postgres_database() as url:
+            process, base = _serve(url, tmp_path / str(attempt))
+            try:
+                result = drain(base, 8, url, f"kill -TERM {process.pid}")
+                assert process.wait(timeout=60) in {0, -15}
+            finally:
+                if process.poll() is None:
+                    process.kill()
+        if result["in_flight_at_sigterm"] > 0:
+            break
     assert result["passed"], result
     assert result["lost"] == []
     assert result["in_flight_at_sigterm"] > 0
