@@ -81,12 +81,20 @@ def test_two_workers_share_a_port_one_scrape_counts_all_and_a_dead_worker_is_rep
 
 
 def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
-    with (
-        fresh_postgres_database() as url,
-        serving(url, tmp_path / "server.log", WORKERS="2", LOG_LEVEL="WARNING") as (process, base),
-    ):
-        result = drain(base, 8, url, f"kill -TERM {process.pid}")
-        assert process.wait(timeout=60) == 0
+    # As in test_faults: a SIGTERM that found no request in flight shows nothing (seen in CI:
+    # 111 requests, none in flight 50 ms after the clients stopped); the run is made again.
+    for attempt in range(3):
+        with (
+            fresh_postgres_database() as url,
+            serving(url, tmp_path / f"server-{attempt}.log", WORKERS="2", LOG_LEVEL="WARNING") as (
+                process,
+                base,
+            ),
+        ):
+            result = drain(base, 8, url, f"kill -TERM {process.pid}")
+            assert process.wait(timeout=60) == 0
+        if result["in_flight_at_sigterm"] > 0:
+            break
     assert result["passed"], result
     assert result["lost"] == []
     assert result["in_flight_at_sigterm"] > 0
