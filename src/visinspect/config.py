@@ -99,8 +99,8 @@ def parse_api_key(entry: str, position: int) -> ApiKeyEntry:
     if found is None:
         raise ValueError(
             f"{where} does not parse: write `key`, `name:key`, `name@scope+scope:key` or "
-            f"`name@scopes:sha256:<64 hex digits>`; a name is {API_KEY_NAME} but not 'sha256', a key has no "
-            "spaces, ':', '@' or ','"
+            f"`name@scopes:sha256:<64 hex digits>`; a name is {API_KEY_NAME} but not 'sha256', "
+            "a key has no spaces, ':', '@' or ','"
         )
     scopes = frozenset(found["scopes"].split("+")) if found["scopes"] else API_KEY_SCOPES
     if unknown := scopes - API_KEY_SCOPES:

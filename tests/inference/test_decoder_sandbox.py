@@ -49,17 +49,18 @@ asyncio.run(main())
 """
 
 
+def _in_a_fresh_interpreter(script: str) -> str:
+    """What `script` printed, run by a new Python (its own forkserver, its own dumpable flag)."""
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    return run.stdout.strip()
+
+
 def test_a_decoder_sees_none_of_the_services_secrets() -> None:
     """What the kernel shows of a real decoder's environment (its initial block, which no later
     change inside the process can hide), before and after its forkserver was killed."""
-    run = subprocess.run(
-        [sys.executable, "-c", _ENVIRONMENT_OF_A_DECODER],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen = json.loads(_in_a_fresh_interpreter(_ENVIRONMENT_OF_A_DECODER).splitlines()[-1])
     assert "LANG" in seen["names"]  # what decoding may need is kept
     assert not {"DATABASE_URL", "API_KEYS"} & set(seen["names"]), seen["names"]
     # A forkserver that died is started again scrubbed (multiprocessing alone would restart it
@@ -167,15 +168,9 @@ def test_a_decoder_can_neither_signal_read_limit_nor_reach_out() -> None:
 def test_the_serving_process_is_not_dumpable_once_decoders_start() -> None:
     """/proc/PID/environ and mem of a non-dumpable process are closed to every other process of
     its user: started here in a fresh interpreter, as the service starts its decoders."""
-    run = subprocess.run(
-        [sys.executable, "-c", _DUMPABLE_AFTER_START],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    printed = [line for line in run.stdout.splitlines() if line in ("0", "1")]
-    assert printed == ["1", "0"], run.stdout  # dumpable before, not after
+    output = _in_a_fresh_interpreter(_DUMPABLE_AFTER_START)
+    printed = [line for line in output.splitlines() if line in ("0", "1")]
+    assert printed == ["1", "0"], output  # dumpable before, not after
 
 
 _DUMPABLE_AFTER_START = """

@@ -102,15 +102,6 @@ def add_classes(
     return record
 
 
-def label_counts(session: Session, label_set_id: int) -> dict[str, int]:
-    """Predictions per class by their latest label in the set."""
-    latest = _latest_labels(label_set_id).subquery()
-    rows = session.execute(
-        select(latest.c.class_name, func.count()).group_by(latest.c.class_name)
-    ).all()
-    return {str(name): int(n) for name, n in rows}
-
-
 def labelled_classes(session: Session, label_set_id: int) -> set[str]:
     """Classes that any label of the set names (the latest or not): these are never dropped."""
     rows = session.scalars(
@@ -165,6 +156,11 @@ def _latest_labels(label_set_id: int) -> Select[LabelRecord]:
     return _latest_labels_of([label_set_id])
 
 
+def _latest_labels_after(label_set_id: int, label_id: int) -> Select[LabelRecord]:
+    """The latest labels of a set given after label `label_id` (what a version is judged on)."""
+    return _latest_labels(label_set_id).where(LabelRecord.id > label_id)
+
+
 def _latest_labels_of(label_set_ids: list[int]) -> Select[LabelRecord]:
     later = aliased(LabelRecord)
     replaced = exists().where(
@@ -172,11 +168,7 @@ def _latest_labels_of(label_set_ids: list[int]) -> Select[LabelRecord]:
         later.prediction_id == LabelRecord.prediction_id,
         later.id > LabelRecord.id,
     )
-    if len(label_set_ids) == 1:
-        of_sets = LabelRecord.label_set_id == label_set_ids[0]
-    else:
-        of_sets = LabelRecord.label_set_id.in_(label_set_ids)
-    return select(LabelRecord).where(of_sets, ~replaced)
+    return select(LabelRecord).where(LabelRecord.label_set_id.in_(label_set_ids), ~replaced)
 
 
 def latest_label_id(session: Session, label_set_id: int) -> int:
@@ -322,7 +314,7 @@ def answer_counts(
     """(truth, answer, decided, count): the head's answers to the predictions whose latest label
     in the set came after label `after_label_id`, counted by the database (quality). At most
     classes x classes x 2 rows, however many labels there are."""
-    latest = _latest_labels(label_set_id).where(LabelRecord.id > after_label_id).subquery()
+    latest = _latest_labels_after(label_set_id, after_label_id).subquery()
     answer = HeadAnswerRecord
     statement = (
         select(latest.c.class_name, answer.class_name, answer.decided, func.count())
@@ -338,7 +330,7 @@ def shared_correct(
 ) -> tuple[int, int, int]:
     """(labels both heads answered, correct of the first, correct of the second), on the latest
     labels after label `after_label_id` (a shadow against the active head)."""
-    latest = _latest_labels(label_set_id).where(LabelRecord.id > after_label_id).subquery()
+    latest = _latest_labels_after(label_set_id, after_label_id).subquery()
     mine, theirs = aliased(HeadAnswerRecord), aliased(HeadAnswerRecord)
     statement = (
         select(

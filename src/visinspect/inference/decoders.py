@@ -404,7 +404,7 @@ def confine(address_space_extra: int) -> str:
     _cap_address_space(address_space_extra)
     seccomp_filter = _seccomp_filter()  # built while its library can still be read and loaded
     user = _leave_root()
-    _set_dumpable(False)
+    make_undumpable()
     if isinstance(seccomp_filter, str):
         return f"{seccomp_filter}; {user}"
     try:
@@ -432,18 +432,13 @@ def _leave_root() -> str:
 _PR_SET_DUMPABLE = 4
 
 
-def _set_dumpable(dumpable: bool) -> None:
-    """prctl(PR_SET_DUMPABLE): a process that is not dumpable has its /proc/PID/environ, mem,
-    maps, fd ... closed to every other process of its user, its own children included."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_DUMPABLE, int(dumpable), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
-
-
 def make_undumpable() -> None:
-    """The serving process's own protection: a decoder (or anything else of its user) cannot
-    read its environment (API_KEYS, DATABASE_URL) or memory through /proc, or attach to it."""
-    _set_dumpable(False)
+    """prctl(PR_SET_DUMPABLE, 0): a process that is not dumpable has its /proc/PID/environ, mem,
+    maps, fd ... closed to every other process of its user, its own children included. The
+    serving process's environment (API_KEYS, DATABASE_URL) and memory, and each decoder's."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
 
 
 # System calls a decoder has no use for once it has started: it reads bytes from its pipe and
