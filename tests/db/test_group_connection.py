@@ -98,8 +98,11 @@ def test_a_connection_the_server_closed_is_replaced_before_the_group(engine: Eng
     try:
         group.insert([synthetic_record("before")], [], [[]])
         first = _backend_pid(engine)
-        with engine.connect() as conn:
-            assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        with engine.connect() as conn:  # waits (up to 10 s) until the backend has exited, as
+            # a restart would have finished before the next group: without the wait its goodbye
+            # was not always on the socket yet (CI, once in many runs)
+            ended = conn.scalar(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": first})
+            assert ended
         records = [synthetic_record("after")]
         group.insert(records, [], [[]])  # no DatabaseUnavailable
         assert records[0].id is not None
