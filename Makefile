@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch's CPU wheel instead of PyPI's CUDA build. (On these machines $PIP_FIND_LINKS holds it.)
 PIP_ARGS ?=
 
-.PHONY: run model test imports docs docs-build audit install-check chromium containers bench bench-heads bench-teach bench-quality bench-smoke bench-history bench-history-smoke footprint photos quantization openvino reliability lock axe lint typecheck pytest postgres hey clean
+.PHONY: run model test imports docs docs-build audit install-check chromium containers bench bench-heads bench-teach bench-quality bench-anomaly bench-smoke bench-history bench-history-smoke footprint photos quantization openvino reliability lock axe lint typecheck pytest postgres hey clean
 
 # The first run builds the model artifact (MODEL_DIR, default ~/.cache/visinspect/model); later runs
 # find it up to date and start at once.
@@ -44,6 +44,10 @@ bench-heads: $(VENV)/.installed-dev photos model postgres hey
 # Teaching from few photos on the tuxpaint stamps, and training time (docs/teaching.md).
 bench-teach: $(VENV)/.installed-dev model photos
 	$(BIN)/python -m bench.teach
+
+# Detectors trained from good shots of real products, scored on drawn defects (docs/anomaly.md).
+bench-anomaly: $(VENV)/.installed-dev model photos
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m bench.anomaly
 
 # /health/live while four quality requests run on 1,000 classes x 20,000 answers (docs/reliability.md);
 # BEFORE=<another checkout's src> measures it too, side by side.

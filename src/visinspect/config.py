@@ -220,6 +220,15 @@ class Settings(BaseSettings):
         default=False,
         description="Serve a precision whose measured agreement with fp32 is below its bar.",
     )
+    anomaly_frame_px: int = Field(
+        default=224,
+        ge=96,
+        le=512,
+        multiple_of=32,
+        description="Side of the square a detector sees the whole uploaded image at (no crop: a "
+        "defect at the border counts); read by `visinspect model build`, which records it. 224 "
+        "measured best for cost against accuracy (docs/anomaly.md).",
+    )
     max_batch_size: int = Field(
         default=8,
         ge=1,

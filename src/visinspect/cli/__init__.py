@@ -140,6 +140,38 @@ def _parser() -> argparse.ArgumentParser:
     for command in server_commands:
         command.add_argument("--url", help="server URL (default: http://HOST:PORT)")
         command.add_argument("--api-key", help="API key for the server; its name is the labeller")
+    detector = commands.add_parser(
+        "detector", help="anomaly detectors learned from good images only"
+    ).add_subparsers(required=True, metavar="ACTION")
+    trained = detector.add_parser(
+        "train",
+        help="train a detector on a folder of good images of one product, in this process",
+        description="Writes OUT.npz (the detector) and OUT.json (its manifest and sha256). Exit "
+        "codes: 0 written, 1 failed (too few readable images, no patch graph in MODEL_DIR), "
+        "2 no image matched.",
+    )
+    trained.add_argument("paths", nargs="+", metavar="PATH", help="good images: files, folders")
+    trained.add_argument("--out", required=True, help="the detector's path (.npz, .json beside)")
+    trained.add_argument(
+        "--bank-size", type=int, default=1024, help="good patches kept (default 1024)"
+    )
+    trained.add_argument(
+        "--false-reject",
+        type=float,
+        default=0.01,
+        help="share of good images the threshold may call anomalous (default 0.01)",
+    )
+    trained.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    trained.set_defaults(command="visinspect.cli.detector:train")
+    scored = detector.add_parser(
+        "score",
+        help="score images with a detector: score (1.0 = the threshold), verdict, region",
+        description="Exit codes: 0 every image scored, 1 some refused, 2 no image matched.",
+    )
+    scored.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs")
+    scored.add_argument("--detector", required=True, help="a detector written by `train`")
+    scored.add_argument("--maps", help="a folder to write each heat map into (NAME.anomaly.png)")
+    scored.set_defaults(command="visinspect.cli.detector:score")
     serve = commands.add_parser(
         "serve", help="check the weights, migrate the database, load the model, serve HTTP"
     )

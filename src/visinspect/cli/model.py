@@ -66,6 +66,8 @@ def is_up_to_date(
         check_manifest(manifest, settings.model_arch, expected_sha256(settings), load_labels())
     except (ArtifactError, ModelLoadError):
         return False
+    if manifest.patches is None or manifest.patches.frame != settings.anomaly_frame_px:
+        return False  # built before detectors, or for another ANOMALY_FRAME_PX
     offered = set(manifest.graphs) | {c.precision for c in manifest.selection.candidates}
     if Precision.AUTO in precisions and Precision.INT8 not in offered:
         return False  # auto tries int8: built, or recorded as not built with its reason

@@ -10,6 +10,7 @@ ask for is refused with a `ModelLoadError` that says how to rebuild it, never se
       manifest.json
       model.fp32.onnx
       model.int8.onnx        (visinspect model build --precision int8)
+      patches.fp32.onnx      (the detectors' patch features over the whole frame)
 """
 
 from __future__ import annotations
@@ -105,6 +106,21 @@ class Embedding(_Strict):
     max_abs_difference: float
 
 
+class Patches(_Strict):
+    """The detectors' graph: every patch's mid-level features over the whole frame, checked
+    against PyTorch's when built (as the embedding is)."""
+
+    file: str
+    sha256: str
+    bytes: int
+    frame: int  # the whole image is resized to frame x frame pixels (ANOMALY_FRAME_PX)
+    grid: int  # patches along a side
+    channels: int  # features per patch
+    stages: str  # which of the network's feature maps, in words
+    # Largest |difference| from PyTorch's features on the photographs' frames.
+    max_abs_difference: float
+
+
 class Candidate(_Strict):
     """One precision as measured on one CPU: milliseconds per image, all candidates alternating
     in the same seconds (a ratio, not numbers from different hours)."""
@@ -160,6 +176,7 @@ class Manifest(_Strict):
     embedding: Embedding
     graphs: dict[Precision, Graph]
     selection: Selection  # what MODEL_PRECISION=auto serves on the build's CPU
+    patches: Patches | None = None  # absent from artifacts built before detectors existed
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +262,24 @@ def read_graph(
             f"{path} has sha256 {actual}, the manifest says {graph.sha256}: the graph was changed"
         )
     return data
+
+
+def read_patches(directory: Path, manifest: Manifest) -> tuple[Patches, bytes]:
+    """The detectors' graph, verified; refused when the artifact predates it or was changed."""
+    patches = manifest.patches
+    if patches is None:
+        raise ArtifactError(f"{directory} was built before detectors existed (no patch graph)")
+    path = directory / patches.file
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read the patch graph {path}: {exc}") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != patches.sha256:
+        raise ArtifactError(
+            f"{path} has sha256 {actual}, the manifest says {patches.sha256}: the graph was changed"
+        )
+    return patches, data
 
 
 def check_manifest(

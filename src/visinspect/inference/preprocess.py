@@ -411,6 +411,13 @@ def to_crop(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     return np.asarray(cropped, dtype=np.uint8)
 
 
+def to_frame(image: Image.Image, side: int) -> np.ndarray:
+    """The whole image squeezed to side x side, uint8 side x side x 3: what a detector sees.
+    No crop, so a defect at the border counts; the aspect ratio is not kept (a detector learns
+    its product as the camera frames it, and the frame is the same shape every time)."""
+    return np.asarray(image.resize((side, side), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
 def normalize(crops: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """ToTensor + Normalize of N x H x W x 3 uint8 crops: float32 N x 3 x H x W, C-contiguous.
 
@@ -454,6 +461,12 @@ def preprocess(
         spec=spec,
         thumbnail=make_thumbnail(rgb, thumbnail_px) if thumbnail_px else None,
     )
+
+
+def frame_of(data: bytes, side: int, max_pixels: int) -> np.ndarray:
+    """An upload's whole frame for a detector (`to_frame`), decoded at a reduced scale where that
+    still leaves `side` pixels; raises InvalidImage subclasses as `preprocess` does."""
+    return to_frame(decode_rgb(open_image(data, max_pixels), side, data), side)
 
 
 def make_thumbnail(rgb: Image.Image, side: int) -> bytes:

@@ -146,3 +146,43 @@ class WithEmbedding(nn.Module):
             return net.classifier(pooled), pooled
         pooled = torch.flatten(net._avg_pooling(net.extract_features(x)), 1)
         return net._fc(net._dropout(pooled)), pooled
+
+
+# Where a detector reads the network: the ends of the stride-8 and stride-16 stages (40 and 112
+# channels), as PatchCore reads a ResNet's layer2 and layer3. Mid-level features see a scratch
+# that the pooled embedding averages away, and are still general enough for any product.
+PATCH_STAGES = "stride-8 (40 channels) and stride-16 (112 channels) stage outputs"
+
+
+class PatchFeatures(nn.Module):
+    """Each patch's local features, for the anomaly detectors: the two mid-level stage outputs,
+    each averaged over its 3 x 3 neighbourhood (a patch's context, not one pixel), the coarser
+    one upsampled to the finer grid, concatenated: batch x grid x grid x 152, channels last (a
+    row per patch, as the nearest-neighbour search reads them)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.train(network.training)  # see WithEmbedding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fine, coarse = self._stages(x)
+        fine = nn.functional.avg_pool2d(fine, 3, 1, 1)
+        coarse = nn.functional.avg_pool2d(coarse, 3, 1, 1)
+        coarse = nn.functional.interpolate(
+            coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return torch.cat([fine, coarse], 1).permute(0, 2, 3, 1)
+
+    def _stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net: Any = self.network
+        if isinstance(net, EfficientNetB0):
+            x = net.features[3](net.features[2](net.features[1](net.features[0](x))))
+            return x, net.features[5](net.features[4](x))
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        fine = x
+        for index, block in enumerate(net._blocks[:11]):
+            x = block(x)  # drop-connect is off in eval mode
+            if index == 4:
+                fine = x
+        return fine, x

@@ -36,6 +36,7 @@ from visinspect.inference.artifact import (
     Embedding,
     Graph,
     Manifest,
+    Patches,
     PreprocessingContract,
     Selection,
     labels_sha256,
@@ -45,15 +46,23 @@ from visinspect.inference.artifact import (
 from visinspect.inference.backends import EQUIVALENCE_TOLERANCE, OnnxRuntimeBackend, softmax
 from visinspect.inference.classifier import load_labels
 from visinspect.inference.cpu import Int8Kernels, this_cpu
-from visinspect.inference.preprocess import PREPROCESSING, Preprocessing, preprocess
+from visinspect.inference.preprocess import (
+    PREPROCESSING,
+    Preprocessing,
+    frame_of,
+    normalize,
+    preprocess,
+)
 from visinspect.inference.selection import below_bar, choose, measure, untimed
 from visinspect.inference.weights import verified_weights
+from visinspect.offline.architectures import PATCH_STAGES, PatchFeatures
 from visinspect.offline.photos import INT8_MIN_EVALUATION_PHOTOS, TOO_FEW_PHOTOS, PhotoSets
 from visinspect.offline.quantize import quantize_int8
 from visinspect.offline.reference import (
     ONNX_OPSET,
     TorchBackend,
     export_onnx,
+    export_patches_onnx,
     load_network,
     torch_version,
 )
@@ -128,6 +137,7 @@ def build_artifact(
     }
     _check(Precision.FP32, graphs[Precision.FP32].agreement, accept=False)
     embedding = _embedding(reference, fp32_backend, everything.tensors)
+    patches, files["patches.fp32.onnx"] = _patches(settings, network, photos.all)
     skipped: list[Candidate] = []
     if Precision.INT8 in precisions or Precision.AUTO in precisions:
         explicit = Precision.INT8 in precisions
@@ -158,6 +168,7 @@ def build_artifact(
         embedding=embedding,
         graphs=graphs,
         selection=selection,
+        patches=patches,
     )
     write_artifact(settings.model_dir, manifest, files)
     log.info(
@@ -254,6 +265,40 @@ def _embedding(
             "report this: the exported graph does not compute the pooled features",
         )
     return Embedding(output="embedding", size=int(expected.shape[1]), max_abs_difference=difference)
+
+
+def _patches(settings: Settings, network: object, paths: list[Path]) -> tuple[Patches, bytes]:
+    """The detectors' graph, exported and checked against PyTorch's patch features on the
+    photographs' whole frames (at most 16 of them)."""
+    import torch
+
+    side = settings.anomaly_frame_px
+    spec = PREPROCESSING[settings.model_arch]
+    frames = np.stack([frame_of(p.read_bytes(), side, _MAX_PHOTO_PIXELS) for p in paths[:16]])
+    tensors = normalize(frames, spec)
+    graph = export_patches_onnx(network, side)  # type: ignore[arg-type]
+    with torch.no_grad():
+        expected = PatchFeatures(network)(torch.from_numpy(tensors)).numpy()  # type: ignore[arg-type]
+    actual = OnnxRuntimeBackend(graph, settings.torch_threads).forward(tensors)[0]
+    difference = float(np.max(np.abs(actual - expected)))
+    if actual.shape != expected.shape or difference > EMBEDDING_TOLERANCE * max(
+        float(np.max(np.abs(expected))), 1.0
+    ):
+        raise BuildFailed(
+            f"the patch graph's features differ from PyTorch's by up to {difference:.2e}",
+            "report this: the exported graph does not compute the patch features",
+        )
+    patches = Patches(
+        file="patches.fp32.onnx",
+        sha256=hashlib.sha256(graph).hexdigest(),
+        bytes=len(graph),
+        frame=side,
+        grid=int(expected.shape[1]),
+        channels=int(expected.shape[3]),
+        stages=PATCH_STAGES,
+        max_abs_difference=difference,
+    )
+    return patches, graph
 
 
 def _fp32_agreement(candidate: np.ndarray, photos: Photos, sets: PhotoSets) -> Agreement:

@@ -15,7 +15,7 @@ from torch import nn
 
 from visinspect.config import Architecture
 from visinspect.inference.weights import ModelLoadError, WeightsInfo
-from visinspect.offline.architectures import WithEmbedding, build_network
+from visinspect.offline.architectures import PatchFeatures, WithEmbedding, build_network
 
 ONNX_OPSET = 17
 
@@ -83,6 +83,25 @@ def export_onnx(network: nn.Module, crop: int) -> bytes:
             input_names=["input"],
             output_names=["logits", "embedding"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def export_patches_onnx(network: nn.Module, frame: int) -> bytes:
+    """The detectors' graph: the whole frame (frame x frame) in, each patch's features out
+    (`patches`, batch x grid x grid x channels); a dynamic batch axis."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            PatchFeatures(network),
+            (torch.zeros(1, 3, frame, frame),),
+            buffer,  # type: ignore[arg-type]
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["patches"],
+            dynamic_axes={"input": {0: "batch"}, "patches": {0: "batch"}},
         )
     return buffer.getvalue()
 

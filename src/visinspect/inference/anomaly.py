@@ -1,0 +1,269 @@
+"""Anomaly detectors: "is this part good, and where is the defect?", learned from good images only.
+
+PatchCore's method on the served network (docs/anomaly.md): every 8 x 8-pixel patch of the whole
+frame is described by the network's mid-level features (the artifact's patch graph); a detector
+keeps a fixed-size memory bank of good patches, chosen by greedy k-centre coreset so that it
+covers all of them; a photo's heat map is each patch's distance to its nearest good patch and its
+score is the worst patch's. The threshold is set on good images the bank did not see, for a target
+false-reject rate, and scores are divided by it: 1.0 is the threshold, whatever the product.
+
+The bank's size, and so the artifact's size and a photo's cost, do not grow with the number of
+good images. The artifact is an `.npz` read with `allow_pickle=False` and checked by sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from visinspect.inference.artifact import Patches
+from visinspect.inference.backends import OnnxRuntimeBackend
+from visinspect.inference.preprocess import Preprocessing, normalize
+
+METHOD = "patchcore-greedy-coreset/v1"
+DEFAULT_BANK_SIZE = 1024
+DEFAULT_FALSE_REJECT = 0.01
+MIN_GOOD_IMAGES = 4  # two to build each half's bank, two to be scored
+_PROJECTION = 64  # the coreset's distances are measured in a random projection this wide
+
+
+class DetectorArtifactError(ValueError):
+    """A detector artifact that cannot be used (corrupt, tampered, or for another graph)."""
+
+
+class TooFewGoodImages(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyAnswer:
+    """A detector's answer on one image. `score` and `heat` are in units of the threshold."""
+
+    score: float
+    verdict: str  # "ok" | "anomalous"
+    region: tuple[int, int, int, int] | None  # [x0, y0, x1, y1) in the image's pixels
+    heat: np.ndarray  # grid x grid float32
+
+
+class PatchExtractor:
+    """The artifact's patch graph on ONNX Runtime: whole frames in, patch features out."""
+
+    def __init__(self, graph: bytes, patches: Patches, spec: Preprocessing, threads: int) -> None:
+        self.backend = OnnxRuntimeBackend(graph, threads)
+        self.patches = patches
+        self.spec = spec
+
+    def features(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 N x frame x frame x 3 -> float32 N x grid x grid x channels."""
+        out: np.ndarray = self.backend.forward(normalize(frames, self.spec))[0]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    """A trained detector: its bank of good patches and its threshold."""
+
+    bank: np.ndarray  # float32 M x channels
+    threshold: float  # the raw distance a score of 1.0 stands for
+    grid: int
+    frame: int
+    stats: dict[str, float]  # how it was trained, for the manifest
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Each patch's distance to its nearest good patch: grid x grid."""
+        rows = features.reshape(-1, features.shape[-1])
+        return _nearest(rows, self.bank, _squares(self.bank)).reshape(self.grid, self.grid)
+
+    def answer(self, features: np.ndarray, width: int, height: int) -> AnomalyAnswer:
+        heat = (self.distances(features) / self.threshold).astype(np.float32)
+        score = float(heat.max())
+        anomalous = score >= 1.0
+        return AnomalyAnswer(
+            score=score,
+            verdict="anomalous" if anomalous else "ok",
+            region=region(heat, width, height) if anomalous else None,
+            heat=heat,
+        )
+
+
+def _squares(bank: np.ndarray) -> np.ndarray:
+    squares: np.ndarray = np.einsum("ij,ij->i", bank, bank)
+    return squares
+
+
+def _nearest(rows: np.ndarray, bank: np.ndarray, bank_squares: np.ndarray) -> np.ndarray:
+    """Euclidean distance from each row to its nearest bank row: one matrix product."""
+    products = rows @ bank.T
+    products *= -2.0
+    products += bank_squares[None, :]
+    closest = products.min(axis=1) + np.einsum("ij,ij->i", rows, rows)
+    distances: np.ndarray = np.sqrt(np.maximum(closest, 0.0))
+    return distances
+
+
+def region(heat: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box, in the image's pixels, around the worst patch and every patch over the threshold
+    connected to it (8-neighbours): the defect the score came from, not every warm patch."""
+    grid = heat.shape[0]
+    start = np.unravel_index(int(heat.argmax()), heat.shape)
+    seen = {(int(start[0]), int(start[1]))}
+    todo = deque(seen)
+    while todo:
+        y, x = todo.popleft()
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                n = (y + dy, x + dx)
+                if 0 <= n[0] < grid and 0 <= n[1] < grid and n not in seen and heat[n] >= 1.0:
+                    seen.add(n)
+                    todo.append(n)
+    ys = [y for y, _ in seen]
+    xs = [x for _, x in seen]
+    return (
+        math.floor(min(xs) * width / grid),
+        math.floor(min(ys) * height / grid),
+        math.ceil((max(xs) + 1) * width / grid),
+        math.ceil((max(ys) + 1) * height / grid),
+    )
+
+
+def heat_png(heat: np.ndarray, width: int, height: int) -> bytes:
+    """The heat map as an RGBA PNG of `width` x `height` pixels, to lay over the image (a page
+    stretches it to the image's size): transparent where the patch is as good as the good
+    images, through yellow to opaque red at twice the threshold."""
+    level = np.clip(heat / 2.0, 0.0, 1.0)
+    rgba = np.zeros((*heat.shape, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[..., 1] = np.round(255 * (1.0 - level)).astype(np.uint8)
+    rgba[..., 3] = np.round(220 * np.clip((heat - 0.5) / 1.0, 0.0, 1.0)).astype(np.uint8)
+    image = Image.fromarray(rgba, "RGBA").resize((width, height), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)  # a few smooth blobs: level 6 is 10x the CPU
+    return buffer.getvalue()
+
+
+def train(
+    features: np.ndarray,
+    frame: int,
+    bank_size: int = DEFAULT_BANK_SIZE,
+    false_reject: float = DEFAULT_FALSE_REJECT,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> Detector:
+    """A detector from good images' patch features (N x grid x grid x channels, seen at
+    `frame` pixels a side).
+
+    The threshold comes from cross-fitting: each half's bank scores the other half's images, so
+    every good image is scored by a bank that never saw it; the threshold is the (1 -
+    false_reject) point of a normal fitted to those scores, and never below the worst of them.
+    Then the final bank is chosen from every image.
+    """
+    count, grid, _, channels = features.shape
+    if count < MIN_GOOD_IMAGES:
+        raise TooFewGoodImages(
+            f"a detector needs at least {MIN_GOOD_IMAGES} good images, got {count}"
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(count)
+    halves = (order[: count // 2], order[count // 2 :])
+    held_out: list[float] = []
+    for fit, score in (halves, halves[::-1]):
+        if progress:
+            progress(f"scoring {len(score)} good images on a bank of the other {len(fit)}")
+        bank = coreset(features[fit].reshape(-1, channels), bank_size, rng)
+        squares = _squares(bank)
+        held_out += [
+            float(_nearest(features[i].reshape(-1, channels), bank, squares).max()) for i in score
+        ]
+    if progress:
+        progress(f"choosing the bank from all {count} good images")
+    bank = coreset(features.reshape(-1, channels), bank_size, rng)
+    threshold = _threshold(held_out, false_reject)
+    stats = {
+        "good_images": float(count),
+        "bank_patches": float(len(bank)),
+        "patches_seen": float(count * grid * grid),
+        "held_out_mean": statistics.fmean(held_out),
+        "held_out_max": max(held_out),
+        "false_reject_target": false_reject,
+    }
+    return Detector(bank, threshold, grid, frame, stats)
+
+
+def _threshold(scores: list[float], false_reject: float) -> float:
+    z = statistics.NormalDist().inv_cdf(1.0 - false_reject)
+    fitted = statistics.fmean(scores) + z * statistics.stdev(scores)
+    return max(fitted, max(scores))
+
+
+def coreset(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` rows chosen by greedy k-centre (each next row the one farthest from those chosen),
+    distances measured in a random projection: a bank that covers every good patch, rare ones
+    included, which a random sample of the same size would miss (docs/anomaly.md)."""
+    if len(rows) <= size:
+        return np.ascontiguousarray(rows, dtype=np.float32)
+    scale = 1.0 / math.sqrt(_PROJECTION)
+    matrix = (rng.standard_normal((rows.shape[1], _PROJECTION)) * scale).astype(np.float32)
+    projected = rows @ matrix
+    squares = _squares(projected)
+    chosen = np.empty(size, dtype=np.int64)
+    chosen[0] = int(rng.integers(len(rows)))
+    farthest = np.full(len(rows), np.inf, dtype=np.float32)
+    for i in range(1, size):
+        centre = projected[chosen[i - 1]]
+        distance = squares - 2.0 * (projected @ centre) + squares[chosen[i - 1]]
+        np.minimum(farthest, distance, out=farthest)
+        chosen[i] = int(farthest.argmax())
+    return np.ascontiguousarray(rows[chosen], dtype=np.float32)
+
+
+def pack(detector: Detector) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        method=np.array(METHOD),
+        bank=detector.bank.astype(np.float32),
+        threshold=np.array(detector.threshold, dtype=np.float64),
+        grid=np.array(detector.grid, dtype=np.int64),
+        frame=np.array(detector.frame, dtype=np.int64),
+    )
+    return buffer.getvalue()
+
+
+def unpack(data: bytes, sha256: str, patches: Patches) -> Detector:
+    """The detector whose artifact digest is `sha256`, for the served patch graph `patches`;
+    DetectorArtifactError otherwise."""
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise DetectorArtifactError("the detector artifact does not match its recorded sha256")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            method = str(arrays["method"])
+            bank = np.ascontiguousarray(arrays["bank"], dtype=np.float32)
+            threshold = float(arrays["threshold"])
+            grid, frame = int(arrays["grid"]), int(arrays["frame"])
+    except Exception as exc:  # a corrupt zip, a missing member, an object array, ...
+        raise DetectorArtifactError(
+            f"the detector artifact cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
+    if method != METHOD:
+        raise DetectorArtifactError(f"the detector uses {method!r}; this release knows {METHOD!r}")
+    if bank.ndim != 2 or bank.shape[1] != patches.channels or not len(bank):
+        raise DetectorArtifactError(
+            f"the detector's bank {bank.shape} does not fit the patch graph's "
+            f"{patches.channels} channels"
+        )
+    if (grid, frame) != (patches.grid, patches.frame):
+        raise DetectorArtifactError(
+            f"the detector was trained on {frame}-pixel frames ({grid} patches a side); the "
+            f"served graph reads {patches.frame} ({patches.grid}): train it again"
+        )
+    if not (np.isfinite(bank).all() and math.isfinite(threshold) and threshold > 0):
+        raise DetectorArtifactError("the detector's bank or threshold is not finite")
+    return Detector(bank, threshold, grid, frame, {})
