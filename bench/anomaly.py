@@ -65,39 +65,34 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     return float(roc_auc_score(truth, np.concatenate([negatives, positives])))
 
 
-def frames(extractor: PatchExtractor, batch: list[Shot]) -> np.ndarray:
-    side = extractor.patches.frame
-    return np.stack([frame_of(shot.jpeg, side, _MAX_PIXELS) for shot in batch])
-
-
 def features(extractor: PatchExtractor, batch: list[Shot]) -> np.ndarray:
-    stacked = frames(extractor, batch)
-    return np.concatenate(
-        [extractor.features(stacked[i : i + 16]) for i in range(0, len(stacked), 16)]
+    side = extractor.patches.frame
+    return extractor.features(
+        np.stack([frame_of(shot.jpeg, side, _MAX_PIXELS).pixels for shot in batch])
     )
 
 
 def measure_product(
     extractor: PatchExtractor,
     index: int,
-    path_photo: Image.Image,
+    photo: Image.Image,
     goods: int,
     bank_size: int,
     row: Row,
 ) -> None:
     started = time.perf_counter()
-    good = list(shots(path_photo, "good", goods, seed=1000 + index))
+    good = list(shots(photo, "good", goods, seed=1000 + index))
     detector = anomaly.train(features(extractor, good), extractor.patches.frame, bank_size)
     row.train_s.append(time.perf_counter() - started)
     row.bank.append(len(detector.bank))
     row.artifact_bytes.append(len(anomaly.pack(detector)))
-    new_good = list(shots(path_photo, "good", TESTS_PER_KIND, seed=2000 + index))
+    new_good = list(shots(photo, "good", TESTS_PER_KIND, seed=2000 + index))
     good_scores, good_heat = score(extractor, detector, new_good, row)
     row.goods += len(new_good)
     row.false_rejects += int((good_scores >= 1.0).sum())
     pixel_scores, pixel_truth = [good_heat], [np.zeros(good_heat.shape, bool)]
     for k, kind in enumerate(KINDS):
-        bad = list(shots(path_photo, kind, TESTS_PER_KIND, seed=3000 + index * 7 + k))
+        bad = list(shots(photo, kind, TESTS_PER_KIND, seed=3000 + index * 7 + k))
         bad_scores, bad_heat = score(extractor, detector, bad, row)
         row.auroc[kind].append(auroc(good_scores, bad_scores))
         pixel_scores.append(bad_heat)
@@ -116,33 +111,26 @@ def score(
     """Each shot scored as the service scores an upload, one at a time; CPU time counted for the
     patch graph, the search, the region and the heat map PNG (not the JPEG decode)."""
     scores, heats = [], []
+    side = extractor.patches.frame
     for shot in batch:
-        frame = frames(extractor, [shot])
-        height, width = shot.mask.shape if shot.mask is not None else _size(shot)
+        frame = frame_of(shot.jpeg, side, _MAX_PIXELS)
         cpu = time.process_time()
-        patch_features = extractor.features(frame)[0]
+        patch_features = extractor.features(frame.pixels[None])[0]
         graph = time.process_time()
-        answer = detector.answer(patch_features, width, height)
+        answer = detector.answer(patch_features, frame.width, frame.height)
         searched = time.process_time()
-        anomaly.heat_png(answer.heat, *frame.shape[1:3])  # the frame's size, stretched by a page
+        anomaly.heat_png(answer.heat, side, side)  # the frame's size, stretched by a page
         row.graph_ms.append((graph - cpu) * 1000)
         row.search_ms.append((searched - graph) * 1000)
         row.png_ms.append((time.process_time() - searched) * 1000)
         scores.append(answer.score)
-        heats.append(_small_heat(answer.heat, width, height))
+        heats.append(_small_heat(answer.heat))
         if shot.mask is not None:
             row.defects += 1
             if answer.verdict == "anomalous":
                 row.caught += 1
                 row.region_hits += _hits(answer.region, shot.mask)
     return np.array(scores), np.stack(heats)
-
-
-def _size(shot: Shot) -> tuple[int, int]:
-    import io
-
-    with Image.open(io.BytesIO(shot.jpeg)) as image:
-        return image.height, image.width
 
 
 _PIXEL_GRID = (60, 80)  # masks and heat maps compared at this (height, width)
@@ -154,7 +142,7 @@ def _small(mask: np.ndarray | None) -> np.ndarray:
     return np.asarray(image) >= 128
 
 
-def _small_heat(heat: np.ndarray, width: int, height: int) -> np.ndarray:
+def _small_heat(heat: np.ndarray) -> np.ndarray:
     image = Image.fromarray(heat).resize(_PIXEL_GRID[::-1], Image.Resampling.BILINEAR)
     return np.asarray(image, np.float32)
 

@@ -166,16 +166,12 @@ def test_label_train_shadow_promote_rollback(
     assert client.post(f"/heads/{v2['id']}/shadow", headers=KEY).json()["status"] == "shadow"
     answered_by_v1 = predict(client, crops(photos / "rocket.jpg")[4])
     assert [a["version"] for a in answered_by_v1["heads"]] == [1]
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        recorded = connection.execute(
-            text(
-                "SELECT h.version, a.shadow FROM head_answers a JOIN heads h ON h.id = a.head_id "
-                "WHERE a.prediction_id = :p ORDER BY h.version"
-            ),
-            {"p": answered_by_v1["id"]},
-        ).all()
-    engine.dispose()
+    recorded = _rows(
+        url,
+        "SELECT h.version, a.shadow FROM head_answers a JOIN heads h ON h.id = a.head_id "
+        "WHERE a.prediction_id = :p ORDER BY h.version",
+        p=answered_by_v1["id"],
+    )
     assert [tuple(r) for r in recorded] == [(1, False), (2, True)]
 
     # Labels given after both were trained measure both.
@@ -418,15 +414,11 @@ def training_child(set_name: str) -> int | None:
 
 def copy_of_surfaces(client: TestClient, url: str, name: str) -> None:
     """A second trainable set: the same predictions, labelled alike."""
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        labelled = connection.execute(
-            text(
-                "SELECT l.prediction_id, l.class_name FROM labels l JOIN label_sets s "
-                "ON s.id = l.label_set_id WHERE s.name = 'surfaces' ORDER BY l.id"
-            )
-        ).all()
-    engine.dispose()
+    labelled = _rows(
+        url,
+        "SELECT l.prediction_id, l.class_name FROM labels l JOIN label_sets s "
+        "ON s.id = l.label_set_id WHERE s.name = 'surfaces' ORDER BY l.id",
+    )
     made = client.post(
         "/label-sets", json={"name": name, "classes": ["texture", "object"]}, headers=KEY
     )
@@ -505,3 +497,13 @@ def test_concurrent_trainings_get_their_own_versions(teaching: tuple[TestClient,
     assert [child.returncode for child in children] == [0, 0, 0], [e[-500:] for _, e in answers]
     versions = [json.loads(out.strip().splitlines()[-1])["version"] for out, _ in answers]
     assert len(set(versions)) == 3
+
+
+def _rows(url: str, sql: str, **parameters: object) -> list[Any]:
+    """What a query reads, on a connection of its own."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(text(sql), parameters).all())
+    finally:
+        engine.dispose()

@@ -59,6 +59,18 @@ def expand(paths: list[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def progress_bar(console: Console, disable: bool) -> Progress:
+    """The CLI's one progress bar: what it does, the bar, done of total, time left."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+    )
+
+
 def classify_paths(settings: Settings, args: argparse.Namespace) -> int:
     files = expand(args.paths)
     err = Console(stderr=True)
@@ -73,14 +85,7 @@ def classify_paths(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     outcomes: list[FileResult] = []
     try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            disable=args.no_progress,
-        ) as progress:
+        with progress_bar(err, args.no_progress) as progress:
             task = progress.add_task("classifying", total=len(files))
             for path in files:
                 outcomes.append(classify_one(path))

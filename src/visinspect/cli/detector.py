@@ -17,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from visinspect.cli.classify import expand
+from visinspect.cli.classify import expand, progress_bar
 from visinspect.config import Settings
 from visinspect.errors import InvalidImage
 from visinspect.inference import anomaly
 from visinspect.inference.anomaly import Detector, DetectorArtifactError, PatchExtractor
 from visinspect.inference.artifact import ArtifactError, read_manifest, read_patches
-from visinspect.inference.preprocess import PREPROCESSING, frame_of, open_image
+from visinspect.inference.preprocess import PREPROCESSING, frame_of
 
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING_MATCHED = 0, 1, 2
 
@@ -40,14 +39,11 @@ class _Loaded:
 
 def train(settings: Settings, args: argparse.Namespace) -> int:
     err = Console(stderr=True)
-    files = expand(args.paths)
-    if not files:
-        err.print("visinspect: no image matched " + " ".join(args.paths))
-        return EXIT_NOTHING_MATCHED
-    loaded = _extractor(settings, err)
-    if loaded is None:
-        return EXIT_FAILED
-    started = time.perf_counter()
+    started = _start(settings, args, err)
+    if isinstance(started, int):
+        return started
+    files, loaded = started
+    began = time.perf_counter()
     frames, refused = _frames(settings, loaded.extractor, files, err, args.no_progress)
     if len(frames) < anomaly.MIN_GOOD_IMAGES:
         err.print(
@@ -55,12 +51,9 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
             f"{anomaly.MIN_GOOD_IMAGES}"
         )
         return EXIT_FAILED
-    features = np.concatenate(
-        [loaded.extractor.features(frames[i : i + 16]) for i in range(0, len(frames), 16)]
-    )
     with err.status("choosing the bank") as status:
         detector = anomaly.train(
-            features,
+            loaded.extractor.features(frames),
             loaded.extractor.patches.frame,
             bank_size=args.bank_size,
             false_reject=args.false_reject,
@@ -71,6 +64,7 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
+    seconds = round(time.perf_counter() - began, 2)
     manifest = {
         "method": anomaly.METHOD,
         "sha256": digest,
@@ -81,29 +75,26 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         "threshold": detector.threshold,
         "trained_from": [str(f) for f in files if str(f) not in refused],
         "refused": refused,
-        "seconds": round(time.perf_counter() - started, 2),
-    } | dict(detector.stats.items())
+        "seconds": seconds,
+    } | detector.stats
     out.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
     err.print(
         f"detector {out} ({len(data) // 1024} KB, sha256 {digest[:16]}): "
         f"{len(frames)} good images, bank of {len(detector.bank)} patches, "
-        f"{manifest['seconds']} s; {len(refused)} files refused"
+        f"{seconds} s; {len(refused)} files refused"
     )
     return EXIT_OK
 
 
 def score(settings: Settings, args: argparse.Namespace) -> int:
     err = Console(stderr=True)
-    files = expand(args.paths)
-    if not files:
-        err.print("visinspect: no image matched " + " ".join(args.paths))
-        return EXIT_NOTHING_MATCHED
-    loaded = _extractor(settings, err)
-    if loaded is None:
-        return EXIT_FAILED
+    started = _start(settings, args, err)
+    if isinstance(started, int):
+        return started
+    files, loaded = started
     try:
         detector = _detector(Path(args.detector), loaded)
-    except (OSError, ValueError, DetectorArtifactError) as exc:
+    except (OSError, ValueError, KeyError, DetectorArtifactError) as exc:
         err.print(f"visinspect: cannot use the detector {args.detector}: {exc}")
         return EXIT_FAILED
     maps = Path(args.maps) if args.maps else None
@@ -113,35 +104,45 @@ def score(settings: Settings, args: argparse.Namespace) -> int:
     failed = False
     for path in files:
         try:
-            data = path.read_bytes()
-            width, height = _size(settings, data)
-            frame = frame_of(data, detector.frame, settings.max_image_pixels)
+            frame = frame_of(path.read_bytes(), detector.frame, settings.max_image_pixels)
         except (OSError, InvalidImage) as exc:
             table.add_row(str(path), "", "refused", str(exc))
             failed = True
             continue
-        answer = detector.answer(loaded.extractor.features(frame[None])[0], width, height)
+        features = loaded.extractor.features(frame.pixels[None])[0]
+        answer = detector.answer(features, frame.width, frame.height)
         table.add_row(
-            str(path), f"{answer.score:.3f}", answer.verdict, str(list(answer.region or [])) or "-"
+            str(path),
+            f"{answer.score:.3f}",
+            answer.verdict,
+            str(list(answer.region)) if answer.region else "-",
         )
         if maps is not None:
             (maps / f"{path.stem}.anomaly.png").write_bytes(
-                anomaly.heat_png(answer.heat, width, height)
+                anomaly.heat_png(answer.heat, frame.width, frame.height)
             )
     Console().print(table)
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _extractor(settings: Settings, err: Console) -> _Loaded | None:
+def _start(
+    settings: Settings, args: argparse.Namespace, err: Console
+) -> tuple[list[Path], _Loaded] | int:
+    """The images the arguments name and MODEL_DIR's patch graph, or the exit code saying why
+    there is nothing to do."""
+    files = expand(args.paths)
+    if not files:
+        err.print("visinspect: no image matched " + " ".join(args.paths))
+        return EXIT_NOTHING_MATCHED
     try:
         manifest = read_manifest(settings.model_dir)
         patches, graph = read_patches(settings.model_dir, manifest)
     except ArtifactError as exc:
         err.print(f"visinspect: {exc}; {exc.action}")
-        return None
+        return EXIT_FAILED
     spec = PREPROCESSING[settings.model_arch]
     extractor = PatchExtractor(graph, patches, spec, settings.torch_threads)
-    return _Loaded(extractor, patches.sha256, manifest.model_name)
+    return files, _Loaded(extractor, patches.sha256, manifest.model_name)
 
 
 def _detector(path: Path, loaded: _Loaded) -> Detector:
@@ -166,29 +167,14 @@ def _frames(
 ) -> tuple[np.ndarray, dict[str, str]]:
     side = extractor.patches.frame
     frames, refused = [], {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-    ) as progress:
+    with progress_bar(err, quiet) as progress:
         task = progress.add_task("reading good images", total=len(files))
         for path in files:
             try:
-                frames.append(frame_of(path.read_bytes(), side, settings.max_image_pixels))
+                frames.append(frame_of(path.read_bytes(), side, settings.max_image_pixels).pixels)
             except (OSError, InvalidImage) as exc:
                 refused[str(path)] = str(exc)
             progress.advance(task)
     if not frames:
         return np.empty((0, side, side, 3), np.uint8), refused
     return np.stack(frames), refused
-
-
-def _size(settings: Settings, data: bytes) -> tuple[int, int]:
-    """The image's size as displayed (EXIF orientation applied), which a region is in."""
-    with open_image(data, settings.max_image_pixels) as image:
-        width, height = image.size
-        orientation = image.getexif().get(0x0112, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

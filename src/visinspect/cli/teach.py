@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from visinspect.cli.classify import IMAGE_SUFFIXES
+from visinspect.cli.classify import IMAGE_SUFFIXES, progress_bar
 from visinspect.cli.review import EXIT_OK, EXIT_REFUSED, _call, _pct
 from visinspect.client import Client, ServiceError
 from visinspect.config import Settings
@@ -66,13 +65,7 @@ def _import(client: Client, args: argparse.Namespace, found: dict[str, list[Path
         client.create_label_set(name, list(found), args.description)
     failed: list[tuple[Path, str]] = []
     total = sum(len(paths) for paths in found.values())
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=args.no_progress, console=Console(stderr=True)) as progress:
+    with progress_bar(Console(stderr=True), args.no_progress) as progress:
         task = progress.add_task(f"labelling into {name}", total=total)
         for class_name, paths in found.items():
             for path in paths:

@@ -20,6 +20,7 @@ import statistics
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -31,6 +32,7 @@ from visinspect.inference.preprocess import Preprocessing, normalize
 METHOD = "patchcore-greedy-coreset/v1"
 DEFAULT_BANK_SIZE = 1024
 DEFAULT_FALSE_REJECT = 0.01
+BATCH = 16  # frames per pass of the patch graph
 MIN_GOOD_IMAGES = 4  # two to build each half's bank, two to be scored
 _PROJECTION = 64  # the coreset's distances are measured in a random projection this wide
 
@@ -62,12 +64,19 @@ class PatchExtractor:
         self.spec = spec
 
     def features(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 N x frame x frame x 3 -> float32 N x grid x grid x channels."""
-        out: np.ndarray = self.backend.forward(normalize(frames, self.spec))[0]
-        return out
+        """uint8 N x frame x frame x 3 -> float32 N x grid x grid x channels, in passes of at
+        most BATCH frames (a hundred good images at once would hold 60 MB of floats twice)."""
+        passes = [
+            self.backend.forward(normalize(frames[i : i + BATCH], self.spec))[0]
+            for i in range(0, len(frames), BATCH)
+        ]
+        if not passes:
+            grid, channels = self.patches.grid, self.patches.channels
+            return np.empty((0, grid, grid, channels), np.float32)
+        return np.concatenate(passes)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Detector:
     """A trained detector: its bank of good patches and its threshold."""
 
@@ -77,10 +86,15 @@ class Detector:
     frame: int
     stats: dict[str, float]  # how it was trained, for the manifest
 
+    @cached_property
+    def bank_squares(self) -> np.ndarray:
+        """The bank rows' squared norms: computed once, read by every photo's search."""
+        return _squares(self.bank)
+
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Each patch's distance to its nearest good patch: grid x grid."""
         rows = features.reshape(-1, features.shape[-1])
-        return _nearest(rows, self.bank, _squares(self.bank)).reshape(self.grid, self.grid)
+        return _nearest(rows, self.bank, self.bank_squares).reshape(self.grid, self.grid)
 
     def answer(self, features: np.ndarray, width: int, height: int) -> AnomalyAnswer:
         heat = (self.distances(features) / self.threshold).astype(np.float32)

@@ -251,17 +251,7 @@ def read_graph(
             "serve MODEL_PRECISION=auto or fp32, or set MODEL_ACCEPT_LOW_AGREEMENT=true to serve "
             "it anyway",
         )
-    path = directory / graph.file
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"cannot read the {precision.value} graph {path}: {exc}") from exc
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != graph.sha256:
-        raise ArtifactError(
-            f"{path} has sha256 {actual}, the manifest says {graph.sha256}: the graph was changed"
-        )
-    return data
+    return _verified(directory / graph.file, graph.sha256, f"the {precision.value} graph")
 
 
 def read_patches(directory: Path, manifest: Manifest) -> tuple[Patches, bytes]:
@@ -269,17 +259,21 @@ def read_patches(directory: Path, manifest: Manifest) -> tuple[Patches, bytes]:
     patches = manifest.patches
     if patches is None:
         raise ArtifactError(f"{directory} was built before detectors existed (no patch graph)")
-    path = directory / patches.file
+    return patches, _verified(directory / patches.file, patches.sha256, "the patch graph")
+
+
+def _verified(path: Path, sha256: str, what: str) -> bytes:
+    """A graph file's bytes, refused unless they are the ones the manifest measured."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ArtifactError(f"cannot read the patch graph {path}: {exc}") from exc
+        raise ArtifactError(f"cannot read {what} {path}: {exc}") from exc
     actual = hashlib.sha256(data).hexdigest()
-    if actual != patches.sha256:
+    if actual != sha256:
         raise ArtifactError(
-            f"{path} has sha256 {actual}, the manifest says {patches.sha256}: the graph was changed"
+            f"{path} has sha256 {actual}, the manifest says {sha256}: the graph was changed"
         )
-    return patches, data
+    return data
 
 
 def check_manifest(

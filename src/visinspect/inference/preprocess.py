@@ -449,10 +449,8 @@ def preprocess(
     """
     image = open_image(data, max_pixels, max_decode_bytes)
     image_format = image.format or "unknown"
-    width, height = image.size  # before a JPEG's reduced-scale decode changes it
+    width, height = displayed_size(image)  # before a JPEG's reduced-scale decode changes it
     rgb = decode_rgb(image, spec.resize_size if reduced_decode else None, data)
-    if _orientation(image) in (5, 6, 7, 8):  # as displayed: these orientations swap the sides
-        width, height = height, width
     return DecodedImage(
         crop=to_crop(rgb, spec),
         width=width,
@@ -463,10 +461,27 @@ def preprocess(
     )
 
 
-def frame_of(data: bytes, side: int, max_pixels: int) -> np.ndarray:
-    """An upload's whole frame for a detector (`to_frame`), decoded at a reduced scale where that
-    still leaves `side` pixels; raises InvalidImage subclasses as `preprocess` does."""
-    return to_frame(decode_rgb(open_image(data, max_pixels), side, data), side)
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """An upload's whole frame for a detector, and the size a detector's region is given in."""
+
+    pixels: np.ndarray  # uint8 side x side x 3 (`to_frame`)
+    width: int  # as uploaded, after EXIF orientation
+    height: int
+
+
+def frame_of(data: bytes, side: int, max_pixels: int) -> Frame:
+    """An upload's whole frame for a detector, decoded at a reduced scale where that still
+    leaves `side` pixels; raises InvalidImage subclasses as `preprocess` does."""
+    image = open_image(data, max_pixels)
+    width, height = displayed_size(image)
+    return Frame(to_frame(decode_rgb(image, side, data), side), width, height)
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height as displayed, from the header: orientations 5-8 swap the sides."""
+    width, height = image.size
+    return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
 
 
 def make_thumbnail(rgb: Image.Image, side: int) -> bytes:

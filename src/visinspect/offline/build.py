@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
@@ -66,6 +67,9 @@ from visinspect.offline.reference import (
     load_network,
     torch_version,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = structlog.get_logger("visinspect.model")
 
@@ -267,18 +271,18 @@ def _embedding(
     return Embedding(output="embedding", size=int(expected.shape[1]), max_abs_difference=difference)
 
 
-def _patches(settings: Settings, network: object, paths: list[Path]) -> tuple[Patches, bytes]:
+def _patches(settings: Settings, network: nn.Module, paths: list[Path]) -> tuple[Patches, bytes]:
     """The detectors' graph, exported and checked against PyTorch's patch features on the
     photographs' whole frames (at most 16 of them)."""
     import torch
 
     side = settings.anomaly_frame_px
     spec = PREPROCESSING[settings.model_arch]
-    frames = np.stack([frame_of(p.read_bytes(), side, _MAX_PHOTO_PIXELS) for p in paths[:16]])
-    tensors = normalize(frames, spec)
-    graph = export_patches_onnx(network, side)  # type: ignore[arg-type]
+    frames = [frame_of(p.read_bytes(), side, _MAX_PHOTO_PIXELS).pixels for p in paths[:16]]
+    tensors = normalize(np.stack(frames), spec)
+    graph = export_patches_onnx(network, side)
     with torch.no_grad():
-        expected = PatchFeatures(network)(torch.from_numpy(tensors)).numpy()  # type: ignore[arg-type]
+        expected = PatchFeatures(network)(torch.from_numpy(tensors)).numpy()
     actual = OnnxRuntimeBackend(graph, settings.torch_threads).forward(tensors)[0]
     difference = float(np.max(np.abs(actual - expected)))
     if actual.shape != expected.shape or difference > EMBEDDING_TOLERANCE * max(
