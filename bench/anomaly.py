@@ -68,7 +68,7 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 def features(extractor: PatchExtractor, batch: list[Shot]) -> np.ndarray:
     side = extractor.patches.frame
     return extractor.features(
-        np.stack([frame_of(shot.jpeg, side, _MAX_PIXELS).pixels for shot in batch])
+        np.stack([frame_of(shot.jpeg, side, _MAX_PIXELS, extractor.spec).pixels for shot in batch])
     )
 
 
@@ -113,7 +113,7 @@ def score(
     scores, heats = [], []
     side = extractor.patches.frame
     for shot in batch:
-        frame = frame_of(shot.jpeg, side, _MAX_PIXELS)
+        frame = frame_of(shot.jpeg, side, _MAX_PIXELS, extractor.spec)
         cpu = time.process_time()
         patch_features = extractor.features(frame.pixels[None])[0]
         graph = time.process_time()

@@ -138,6 +138,13 @@ class TooFewLabels(InvalidRequest):
     code = "too_few_labels"
 
 
+class TooFewGoodImages(InvalidRequest):
+    """A detector needs more readable good images (kept, or in the folder) than it was given
+    (422)."""
+
+    code = "too_few_good_images"
+
+
 class BaseModelDiffers(InvalidRequest):
     """The head was trained on another base model's embeddings than the serving one's (422)."""
 
@@ -187,6 +194,12 @@ class LabelSetNotFound(VisinspectError):
 
 class HeadNotFound(VisinspectError):
     code = "head_not_found"
+
+
+class AnomalyMapNotFound(VisinspectError):
+    """The prediction exists; no active detector kept a heat map of it (404)."""
+
+    code = "anomaly_map_not_found"
 
 
 class TrainingUnavailable(VisinspectError):

@@ -15,7 +15,7 @@ writer) and builds the services; leaving it drains and stops them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -28,6 +28,7 @@ from visinspect.db.schema import prepare_schema
 from visinspect.db.session import Database, create_db_engine, wait_for_database
 from visinspect.db.writer import PredictionWriter
 from visinspect.errors import DatabaseUnavailable, StartupFailed
+from visinspect.inference.anomaly import PatchExtractor, load_patch_extractor
 from visinspect.inference.batcher import MicroBatcher
 from visinspect.inference.classifier import Classifier, ModelLoadError, check_model, load_classifier
 from visinspect.inference.decoders import DecoderLimits, DecoderPool, start_forkserver
@@ -57,6 +58,7 @@ class Prepared:
     database: Database
     classifier: Classifier
     image_store: ImageStore | None = None
+    patches: PatchExtractor | None = None  # the detectors' patch graph, when the artifact has it
 
     def close(self) -> None:
         self.database.dispose()
@@ -68,8 +70,9 @@ def prepare(settings: Settings) -> Prepared:
     start_forkserver()  # the decoders' process server starts while the model loads
     with _model_failure():
         classifier = load_classifier(settings)  # the artifact's checks are cheap: first
+    patches = load_patch_extractor(settings)
     image_store = open_image_store(settings)
-    return Prepared(prepare_database(settings), classifier, image_store)
+    return Prepared(prepare_database(settings), classifier, image_store, patches)
 
 
 def prepare_shared(settings: Settings) -> None:
@@ -138,6 +141,13 @@ class Services:
     decoders: DecoderPool
 
 
+def _detector_failure(metrics: Metrics | None) -> Callable[[int, str, str], None] | None:
+    """A detector skipped at answer time counts where a head's does."""
+    if metrics is None:
+        return None
+    return lambda _head_id, reason, _detail: metrics.observe_head_failure(reason)
+
+
 @asynccontextmanager
 async def open_services(
     settings: Settings,
@@ -156,6 +166,8 @@ async def open_services(
         on_batch=metrics.observe_batch if metrics else None,
         on_queue=metrics.queue_depth.set if metrics else None,
         lanes=settings.inference_lanes,
+        patches=prepared.patches,
+        on_detector_failure=_detector_failure(metrics),
     )
     writer = PredictionWriter(prepared.database)
     decoders = DecoderPool(
@@ -165,6 +177,7 @@ async def open_services(
             settings.decode_max_memory_mb << 20,
             settings.decode_timeout_s,
             settings.image_thumbnail_px if prepared.image_store is not None else 0,
+            prepared.patches.patches.frame if prepared.patches is not None else 0,
         ),
         settings.decode_workers,
         on_replaced=metrics.decoder_replacements.inc if metrics else None,
@@ -183,6 +196,7 @@ async def open_services(
         prepared.database,
         prepared.classifier.identity.version,
         on_failure=metrics.observe_head_failure if metrics else None,
+        patches=prepared.patches.patches if prepared.patches is not None else None,
     )
     try:
         await head_registry.refresh()
@@ -270,17 +284,23 @@ async def open_services(
 
 
 def _training_settings(settings: Settings) -> dict[str, str]:
-    """The settings `visinspect head train` must share with the server that starts it."""
+    """The settings `visinspect head train` and `detector train` must share with the server
+    that starts them."""
     shared = {
         "DATABASE_URL": settings.database_url,
         "MODEL_ARCH": settings.model_arch.value,
         "MODEL_DIR": str(settings.model_dir),
         "HEADS_DIR": str(settings.heads_dir),
+        "ANOMALY_FRAME_PX": str(settings.anomaly_frame_px),
+        "MAX_IMAGE_PIXELS": str(settings.max_image_pixels),
+        "MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "WARNING",
     }
     if settings.model_weights is not None:
         shared["MODEL_WEIGHTS"] = str(settings.model_weights)
+    if settings.image_store_dir is not None:  # a detector's good images are kept uploads
+        shared["IMAGE_STORE_DIR"] = str(settings.image_store_dir)
     return shared
 
 

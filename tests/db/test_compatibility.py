@@ -43,9 +43,9 @@ from visinspect.db.schema import (
 from visinspect.db.tables import PredictionRecord, SchemaCompatibility
 from visinspect.errors import StartupFailed
 
-# The newest contract migration this release ships (partition_predictions: the table is
-# rebuilt), and the oldest release it lets serve (0.1.0's head: the columns did not change).
-NEWEST_CONTRACT = "4b7e9a2c6d18"
+# The newest contract migration this release ships (detectors: the heads' unique indexes gain
+# the kind), and the oldest release it lets serve (0.1.0's head: what it reads did not change).
+NEWEST_CONTRACT = "9d4c1e7b3a52"
 OLDEST_SERVING = "5b8f0c2e7a14"
 
 NEWER_EXPAND = '''"""a newer release: a nullable column"""
@@ -148,6 +148,7 @@ def test_every_migration_declares_its_phase_and_the_schema_begins_with_a_contrac
     phases = {script.revision: phase_of(script) for script in scripts}
     assert phases[scripts[-1].revision] == "contract"  # the first migration creates the schema
     assert phases[NEWEST_CONTRACT] == "contract"
+    assert phases["4b7e9a2c6d18"] == "contract"  # partition_predictions: the table is rebuilt
     assert phases["da2284f84b07"] == "contract"  # inference_backend: a NOT NULL column
     assert phases["8c2a5e7d1f43"] == "expand"  # the rollups
 

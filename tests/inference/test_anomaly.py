@@ -36,7 +36,9 @@ def coffee() -> Image.Image:
 
 def _features(extractor: PatchExtractor, batch: list[Shot]) -> np.ndarray:
     side = extractor.patches.frame
-    return extractor.features(np.stack([frame_of(s.jpeg, side, 10**8).pixels for s in batch]))
+    return extractor.features(
+        np.stack([frame_of(s.jpeg, side, 10**8, extractor.spec).pixels for s in batch])
+    )
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ STATUS_BY_ERROR: dict[type[errors.VisinspectError], int] = {
     errors.ImageNotKept: 404,
     errors.LabelSetNotFound: 404,
     errors.HeadNotFound: 404,
+    errors.AnomalyMapNotFound: 404,
     errors.TrainingUnavailable: 501,
     errors.Conflict: 409,
     errors.MissingApiKey: 401,

@@ -8,7 +8,7 @@ stored review too, with the model's labels in the validation context to name its
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -171,6 +171,17 @@ class PredictionOut(BaseModel):
         description="The active heads' answers (a team's own classes), in POST /predict's "
         "answer; `?label_set=` asks for one set's only",
     )
+    anomaly: AnomalyOut | None = Field(
+        default=None,
+        description="An active detector's answer: is the part good, and where is the defect? "
+        "The detector of `?label_set=`, or without it the most anomalous answer of the active "
+        "detectors; null when no detector is active. The heat map: GET "
+        "/predictions/{id}/anomaly-map",
+    )
+    anomalies: list[AnomalyOut] = Field(
+        default_factory=list,
+        description="Every active detector's answer (several label sets may have one)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -197,6 +208,29 @@ class HeadAnswerOut(BaseModel):
     )
     confidence: float = Field(ge=0.0, le=1.0, description="Softmax over the set's classes")
     decided: bool = Field(description="confidence reached the class's threshold")
+
+
+class AnomalyOut(BaseModel):
+    """A label set's active detector on this image, learned from good images only."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    detector: str = Field(description="The label set whose detector answered")
+    detector_id: int = Field(description="The detector version's id (POST /heads/{id}/...)")
+    version: int
+    score: float = Field(
+        ge=0.0,
+        description="The worst patch's distance to the good patches, in units of the "
+        "threshold: 1.0 is the threshold, whatever the product",
+    )
+    threshold: float = Field(
+        default=1.0, description="The score at and above which it is anomalous"
+    )
+    verdict: Literal["ok", "anomalous"]
+    region: list[int] | None = Field(
+        description="[x0, y0, x1, y1): the box around the defect, in the uploaded image's own "
+        "pixels (after EXIF orientation); null when the verdict is ok"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -495,12 +529,17 @@ class LabelOut(BaseModel):
 
 
 class HeadOut(BaseModel):
-    """One trained version of a label set's head."""
+    """One trained version of a label set's head: a classifier, or a detector."""
 
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     label_set: str
+    kind: Literal["classifier", "detector"] = Field(
+        default="classifier",
+        description="classifier: the set's classes from the embedding; detector: good or "
+        "anomalous from the whole frame's patches, learned from good images only",
+    )
     version: int
     status: Literal["candidate", "shadow", "active", "retired"]
     classes: list[str]
@@ -510,11 +549,16 @@ class HeadOut(BaseModel):
     trained_at: datetime
     trained_by: str | None
     metrics: dict[str, Any] = Field(
-        description="Cross-validated: accuracy, macro_f1, per_class (precision, recall, "
-        "threshold), confusion, decided_share and decided_precision at the target precision"
+        description="A classifier's, cross-validated: accuracy, macro_f1, per_class "
+        "(precision, recall, threshold), confusion, decided_share and decided_precision at the "
+        "target precision. A detector's: method, frame, grid, threshold (the raw distance a "
+        "score of 1.0 stands for), patch_graph_sha256"
     )
-    training: dict[str, Any] = Field(description="Rows, their ids' sha256, seconds")
-    libraries: dict[str, str]
+    training: dict[str, Any] = Field(
+        description="A classifier's rows, their ids' sha256, seconds; a detector's good "
+        "images, refused files, bank size, held-out scores, seconds"
+    )
+    libraries: dict[str, str] = Field(default_factory=dict)
 
 
 class HeadEventOut(BaseModel):
@@ -522,6 +566,7 @@ class HeadEventOut(BaseModel):
 
     id: int
     head_id: int
+    kind: Literal["classifier", "detector"] = "classifier"
     action: str
     from_status: str | None
     to_status: str
@@ -549,10 +594,46 @@ class VersionQualityOut(BaseModel):
     )
 
 
+class DetectorQualityOut(BaseModel):
+    """A detector version on the labels given after it was trained (that it answered): a label
+    of its good class is a good part, any other class a defective one."""
+
+    head_id: int
+    version: int
+    status: str
+    good: int = Field(description="Labelled good parts it answered")
+    false_rejects: int = Field(description="Of which it called anomalous")
+    false_reject_rate: float | None
+    defective: int = Field(description="Labelled defective parts it answered")
+    escapes: int = Field(description="Of which it called ok")
+    escape_rate: float | None
+
+
 class LabelSetQualityOut(BaseModel):
     label_set: str
     compare_min_labels: int
     versions: list[VersionQualityOut]
+    detectors: list[DetectorQualityOut] = Field(default_factory=list)
+
+
+class DetectorTrainIn(BaseModel):
+    """What a detector learns as good: the kept images of the predictions named, or (without
+    them) of the newest predictions whose latest label in the set is `good_class`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    good_class: str = Field(
+        default="ok",
+        min_length=1,
+        max_length=64,
+        description="The set's class of good parts: its labels are the good images, and "
+        "quality counts every other class as defective",
+    )
+    prediction_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Train on these predictions' kept images instead (all of them good parts)",
+    )
 
 
 class QueueItemOut(BaseModel):

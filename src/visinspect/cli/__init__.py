@@ -145,13 +145,28 @@ def _parser() -> argparse.ArgumentParser:
     ).add_subparsers(required=True, metavar="ACTION")
     trained = detector.add_parser(
         "train",
-        help="train a detector on a folder of good images of one product, in this process",
-        description="Writes OUT.npz (the detector) and OUT.json (its manifest and sha256). Exit "
-        "codes: 0 written, 1 failed (too few readable images, no patch graph in MODEL_DIR), "
-        "2 no image matched.",
+        help="train a detector on good images of one product, in this process",
+        description="With --out: from the files and folders named, writes OUT.npz (the "
+        "detector) and OUT.json (its manifest and sha256). With --label-set: registers the "
+        "set's next detector version as a candidate on DATABASE_URL, trained on the files "
+        "named, or on the kept images of --predictions, or of the predictions labelled --good. "
+        "Exit codes: 0 done, 1 failed (too few readable images, no patch graph in MODEL_DIR, "
+        "refused), 2 no image matched.",
     )
-    trained.add_argument("paths", nargs="+", metavar="PATH", help="good images: files, folders")
-    trained.add_argument("--out", required=True, help="the detector's path (.npz, .json beside)")
+    trained.add_argument("paths", nargs="*", metavar="PATH", help="good images: files, folders")
+    where = trained.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="the detector's path (.npz, .json beside)")
+    where.add_argument("--label-set", metavar="NAME", help="register it as the set's next version")
+    trained.add_argument(
+        "--good", default="ok", metavar="CLASS", help="the set's good class (default ok)"
+    )
+    trained.add_argument(
+        "--predictions",
+        metavar="IDS",
+        help="comma-separated prediction ids whose kept images are the good ones",
+    )
+    trained.add_argument("--by", help="who trained it, for the audit trail")
+    trained.add_argument("--json", action="store_true", help="one JSON line: the id or error")
     trained.add_argument(
         "--bank-size", type=int, default=1024, help="good patches kept (default 1024)"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from rich.table import Table
 
 from visinspect.cli.classify import expand, progress_bar
 from visinspect.config import Settings
-from visinspect.errors import InvalidImage
+from visinspect.db.session import create_db_engine, wait_for_database
+from visinspect.errors import InvalidImage, VisinspectError
 from visinspect.inference import anomaly
 from visinspect.inference.anomaly import Detector, DetectorArtifactError, PatchExtractor
 from visinspect.inference.artifact import ArtifactError, read_manifest, read_patches
 from visinspect.inference.preprocess import PREPROCESSING, frame_of
+from visinspect.offline.detectors import GoodImages, train_detector
 
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING_MATCHED = 0, 1, 2
 
@@ -38,7 +41,12 @@ class _Loaded:
 
 
 def train(settings: Settings, args: argparse.Namespace) -> int:
+    if args.label_set:
+        return _train_registered(settings, args)
     err = Console(stderr=True)
+    if not args.paths:
+        err.print("visinspect: name the good images (files, folders) to train on")
+        return EXIT_NOTHING_MATCHED
     started = _start(settings, args, err)
     if isinstance(started, int):
         return started
@@ -86,6 +94,72 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_registered(settings: Settings, args: argparse.Namespace) -> int:
+    """On DATABASE_URL, in this process; with --json, one JSON line (what the server reads)."""
+    err = Console(stderr=True)
+    try:
+        source = _good_images(args)
+    except ValueError as exc:
+        return _refused(args, "invalid_request", str(exc))
+    if args.paths and not source.paths:
+        err.print("visinspect: no image matched " + " ".join(args.paths))
+        return EXIT_NOTHING_MATCHED
+    engine = create_db_engine(settings)
+    try:
+        wait_for_database(engine, settings.database_wait_s)
+        quiet = Console(stderr=True, quiet=args.json or args.no_progress)
+        with quiet.status("training") as status:
+            head_id, version = train_detector(
+                settings,
+                engine,
+                args.label_set,
+                args.good,
+                source,
+                args.by,
+                bank_size=args.bank_size,
+                false_reject=args.false_reject,
+                progress=lambda step: status.update(step),
+            )
+    except MemoryError:  # RLIMIT_AS, as the server sets it (HEAD_TRAIN_MAX_MEMORY_MB)
+        return _refused(
+            args,
+            "training_too_large",
+            "training needs more memory than this process may use (HEAD_TRAIN_MAX_MEMORY_MB "
+            "for the server's trainings)",
+        )
+    except VisinspectError as exc:
+        return _refused(args, exc.code, exc.message)
+    except ArtifactError as exc:
+        return _refused(args, "model_not_ready", f"{exc}; {exc.action}")
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({"head_id": head_id, "version": version}))
+    else:
+        print(f"{args.label_set} detector v{version} (head {head_id}, candidate)")
+    return EXIT_OK
+
+
+def _good_images(args: argparse.Namespace) -> GoodImages:
+    ids = []
+    if args.predictions:
+        try:
+            ids = [int(part) for part in args.predictions.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("--predictions takes comma-separated prediction ids") from None
+    if args.paths and ids:
+        raise ValueError("name good images either as files or as --predictions, not both")
+    return GoodImages(paths=expand(args.paths) if args.paths else [], prediction_ids=ids)
+
+
+def _refused(args: argparse.Namespace, code: str, message: str) -> int:
+    if args.json:
+        print(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        print(f"visinspect: {code}: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def score(settings: Settings, args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     started = _start(settings, args, err)
@@ -104,7 +178,9 @@ def score(settings: Settings, args: argparse.Namespace) -> int:
     failed = False
     for path in files:
         try:
-            frame = frame_of(path.read_bytes(), detector.frame, settings.max_image_pixels)
+            frame = frame_of(
+                path.read_bytes(), detector.frame, settings.max_image_pixels, loaded.extractor.spec
+            )
         except (OSError, InvalidImage) as exc:
             table.add_row(str(path), "", "refused", str(exc))
             failed = True
@@ -171,7 +247,10 @@ def _frames(
         task = progress.add_task("reading good images", total=len(files))
         for path in files:
             try:
-                frames.append(frame_of(path.read_bytes(), side, settings.max_image_pixels).pixels)
+                data = path.read_bytes()
+                frames.append(
+                    frame_of(data, side, settings.max_image_pixels, extractor.spec).pixels
+                )
             except (OSError, InvalidImage) as exc:
                 refused[str(path)] = str(exc)
             progress.advance(task)

@@ -219,6 +219,8 @@ def _head_answers(
                 "decided": answer.decided,
                 "shadow": answer.shadow,
                 "created_at": record.created_at,
+                "region": answer.region,
+                "heat": answer.heat,
             },
         )
         for position, (record, rows) in enumerate(zip(records, answers, strict=False), 1)
@@ -235,15 +237,17 @@ def _array_parameters(
     An array of `bytea` or `jsonb` travels as text that the server parses element by element:
     256 kept embeddings took 23 ms that way, 256 top-k lists 11 ms. So a binary column goes in
     as one value, all rows' bytes joined, with arrays of where each row's starts and how long
-    it is (6 ms), and a JSON column as one JSON array of all rows' documents (2 ms)."""
+    it is (6 ms), and a JSON column as one JSON array of all rows' documents (2 ms). A NULL
+    goes in as a length of -1, or as JSON's null."""
     names = tuple(columns)
     processed: dict[str, Any] = {}
     for name, process in zip(names, _bind_processors(table, names, dialect), strict=True):
         values, kind, key = columns[name], _kind(table, name, dialect), f"{table.name}__{name}"
         if kind == "binary":
-            lengths = [len(value) for value in values]
-            processed[key] = b"".join(values)
-            processed[f"{key}__at"] = list(itertools.accumulate([1, *lengths[:-1]]))
+            lengths = [-1 if value is None else len(value) for value in values]
+            processed[key] = b"".join(value for value in values if value is not None)
+            starts = itertools.accumulate([1, *(max(n, 0) for n in lengths[:-1])])
+            processed[f"{key}__at"] = list(starts)
             processed[f"{key}__length"] = lengths
         elif kind == "json":
             processed[key] = values if process is None else process(values)
@@ -316,14 +320,15 @@ def _unnested(
             arrays += [f"CAST(:{key}__at AS INTEGER[])", f"CAST(:{key}__length AS INTEGER[])"]
             aliases += [f"{name}__at", f"{name}__length"]
             selected.append(
-                f"substring(CAST(:{key} AS BYTEA) FROM {rows}.{name}__at FOR {rows}.{name}__length)"
+                f"CASE WHEN {rows}.{name}__length < 0 THEN NULL ELSE substring(CAST(:{key} AS "
+                f"BYTEA) FROM {rows}.{name}__at FOR {rows}.{name}__length) END"
             )
         elif kind == "json":
             joins.append(
                 f"JOIN jsonb_array_elements(CAST(:{key} AS JSONB)) WITH ORDINALITY "
                 f"AS {key}__rows (value, n) ON {key}__rows.n = {rows}.n__"
             )
-            selected.append(f"{key}__rows.value")
+            selected.append(f"NULLIF({key}__rows.value, 'null'::jsonb)")
         else:
             arrays.append(f"CAST(:{key} AS {_element_type(table.c[name].type, dialect)}[])")
             aliases.append(name)

@@ -99,6 +99,10 @@ class PredictionRecord(Base):
     # Not a column: the active heads' answers of a prediction just made, for its response
     # (`inference.heads.HeadAnswer`); they are stored in head_answers.
     heads: tuple[Any, ...] = ()
+    # Not a column either: the active detectors' answers (`inference.anomaly.DetectorAnswer`),
+    # stored in head_answers too.
+    anomalies: tuple[Any, ...] = ()
+    anomaly: Any = None  # the one of them POST /predict answers with
     # Not a column: all the top-k a prediction just made answers with, when more were asked for
     # than a row keeps (`top_k` holds the first STORED_TOP_K).
     answered: list[dict[str, Any]] | None = None
@@ -275,14 +279,17 @@ HEAD_STATUSES = ("candidate", "shadow", "active", "retired")
 
 
 class HeadRecord(Base):
-    """One trained version of a label set's head: a linear layer on the base model's embedding,
-    its artifact (weights and manifest, as written to HEADS_DIR) and its status. At most one
-    version of a set is active."""
+    """One trained version of something a label set serves on the base model, its artifact and
+    its status. `kind` says what: a "classifier" (a linear layer on the embedding: the set's
+    classes) or a "detector" (a bank of good patches: whether the part is good, and where it
+    is not). Each kind has its own versions, and at most one active version per set; both
+    share one lifecycle (`services/heads.py`)."""
 
     __tablename__ = "heads"
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     label_set_id: Mapped[int] = mapped_column(ForeignKey("label_sets.id"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, server_default="classifier")
     version: Mapped[int] = mapped_column(Integer, nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     classes: Mapped[list[str]] = mapped_column(JsonDocument, nullable=False)
@@ -296,15 +303,17 @@ class HeadRecord(Base):
     trained_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
-        Index("ix_heads_label_set_id_version", "label_set_id", "version", unique=True),
+        Index("ix_heads_label_set_id_kind_version", "label_set_id", "kind", "version", unique=True),
         Index(
-            "ix_heads_one_active",
+            "ix_heads_one_active_per_kind",
             "label_set_id",
+            "kind",
             unique=True,
             postgresql_where=text("status = 'active'"),
             sqlite_where=text("status = 'active'"),
         ),
         CheckConstraint("status IN ('candidate', 'shadow', 'active', 'retired')", name="status"),
+        CheckConstraint("kind IN ('classifier', 'detector')", name="kind"),
     )
 
 
@@ -327,7 +336,12 @@ class HeadEventRecord(Base):
 
 class HeadAnswerRecord(Base):
     """What an active or shadow head answered for one prediction, with its version: written in
-    the prediction's transaction. `decided` false: below its class's threshold, a person's turn."""
+    the prediction's transaction. `decided` false: below its class's threshold, a person's turn.
+
+    A detector's answer: `class_name` is its verdict ("ok" or "anomalous"), `confidence` its
+    score (1.0 = the threshold), `region` the box around the defect in the image's pixels, and
+    `heat` its heat map (grid x grid, one byte a patch: score x 100, at most 255), from which
+    GET /predictions/{id}/anomaly-map draws the PNG."""
 
     __tablename__ = "head_answers"
 
@@ -340,6 +354,8 @@ class HeadAnswerRecord(Base):
     decided: Mapped[bool] = mapped_column(Boolean, nullable=False)
     shadow: Mapped[bool] = mapped_column(Boolean, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    region: Mapped[list[int] | None] = mapped_column(JsonDocument, nullable=True)
+    heat: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
     __table_args__ = (
         Index("ix_head_answers_head_id_prediction_id", "head_id", "prediction_id"),

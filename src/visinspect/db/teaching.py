@@ -176,6 +176,30 @@ def latest_label_id(session: Session, label_set_id: int) -> int:
     return int(session.scalar(newest) or 0)
 
 
+def image_digests(session: Session, prediction_ids: list[int]) -> dict[int, str]:
+    """The image sha256 of each prediction found among `prediction_ids`."""
+    statement = select(PredictionRecord.id, PredictionRecord.image_sha256).where(
+        PredictionRecord.id.in_(prediction_ids)
+    )
+    return {int(i): str(sha) for i, sha in session.execute(statement)}
+
+
+def labelled_images(
+    session: Session, label_set_id: int, class_name: str, limit: int
+) -> list[tuple[int, str]]:
+    """(prediction id, image sha256) of the newest `limit` predictions whose latest label in
+    the set is `class_name` (a detector's good images)."""
+    latest = _latest_labels(label_set_id).subquery()
+    statement = (
+        select(PredictionRecord.id, PredictionRecord.image_sha256)
+        .join(latest, latest.c.prediction_id == PredictionRecord.id)
+        .where(latest.c.class_name == class_name)
+        .order_by(latest.c.id.desc())
+        .limit(limit)
+    )
+    return [(int(i), str(sha)) for i, sha in session.execute(statement)]
+
+
 def prediction_exists(session: Session, prediction_id: int) -> bool:
     return session.get(PredictionRecord, prediction_id) is not None
 
@@ -187,18 +211,22 @@ def head(session: Session, head_id: int) -> HeadRecord | None:
     return session.get(HeadRecord, head_id)
 
 
-def heads_of(session: Session, label_set_id: int, limit: int | None = None) -> list[HeadRecord]:
+def heads_of(
+    session: Session, label_set_id: int, kind: str, limit: int | None = None
+) -> list[HeadRecord]:
     statement = (
         select(HeadRecord)
-        .where(HeadRecord.label_set_id == label_set_id)
+        .where(HeadRecord.label_set_id == label_set_id, HeadRecord.kind == kind)
         .order_by(HeadRecord.version.desc())
         .limit(limit)
     )
     return list(session.scalars(statement))
 
 
-def next_version(session: Session, label_set_id: int) -> int:
-    newest = select(func.max(HeadRecord.version)).where(HeadRecord.label_set_id == label_set_id)
+def next_version(session: Session, label_set_id: int, kind: str) -> int:
+    newest = select(func.max(HeadRecord.version)).where(
+        HeadRecord.label_set_id == label_set_id, HeadRecord.kind == kind
+    )
     return int(session.scalar(newest) or 0) + 1
 
 
@@ -218,29 +246,37 @@ def generation(session: Session) -> int:
     return int(session.scalar(select(func.max(HeadEventRecord.id))) or 0)
 
 
-def active_head(session: Session, label_set_id: int) -> HeadRecord | None:
+def active_head(session: Session, label_set_id: int, kind: str) -> HeadRecord | None:
     statement = select(HeadRecord).where(
-        HeadRecord.label_set_id == label_set_id, HeadRecord.status == "active"
+        HeadRecord.label_set_id == label_set_id,
+        HeadRecord.kind == kind,
+        HeadRecord.status == "active",
     )
     return session.scalars(statement).first()
 
 
-def events_of(session: Session, label_set_id: int, limit: int = 200) -> list[HeadEventRecord]:
+def events_of(
+    session: Session, label_set_id: int, limit: int = 200
+) -> list[tuple[HeadEventRecord, str]]:
+    """The set's newest events, each with its version's kind: one audit trail for the set."""
     statement = (
-        select(HeadEventRecord)
+        select(HeadEventRecord, HeadRecord.kind)
+        .join(HeadRecord, HeadRecord.id == HeadEventRecord.head_id)
         .where(HeadEventRecord.label_set_id == label_set_id)
         .order_by(HeadEventRecord.id.desc())
         .limit(limit)
     )
-    return list(session.scalars(statement))
+    return [(event, str(kind)) for event, kind in session.execute(statement)]
 
 
-def last_promotion(session: Session, label_set_id: int) -> HeadEventRecord | None:
-    """The latest promotion of the set: what a rollback undoes."""
+def last_promotion(session: Session, label_set_id: int, kind: str) -> HeadEventRecord | None:
+    """The latest promotion of the set's `kind`: what a rollback undoes."""
     statement = (
         select(HeadEventRecord)
+        .join(HeadRecord, HeadRecord.id == HeadEventRecord.head_id)
         .where(
             HeadEventRecord.label_set_id == label_set_id,
+            HeadRecord.kind == kind,
             HeadEventRecord.action.in_(("promote", "rollback")),
         )
         .order_by(HeadEventRecord.id.desc())
@@ -290,7 +326,7 @@ def change_status(
             .execution_options(populate_existing=True)
         )
     }
-    active = active_head(session, row.label_set_id)
+    active = active_head(session, row.label_set_id, row.kind)
     if fresh != expected or (active.id if active else None) != expected_active:
         raise HeadChangedMeanwhile(
             f"head {head_id}'s set changed while this request was decided (another promotion, "
@@ -357,9 +393,9 @@ class VersionCounts:
     shared: tuple[int, int, int] | None  # a shadow's `shared_correct` against the active head
 
 
-def quality_counts(session: Session, label_set_id: int) -> list[VersionCounts]:
-    """Every version of the set, newest first, with its counts on the labels after it."""
-    versions = heads_of(session, label_set_id)
+def quality_counts(session: Session, label_set_id: int, kind: str) -> list[VersionCounts]:
+    """Every version of the set's `kind`, newest first, with its counts on the labels after it."""
+    versions = heads_of(session, label_set_id, kind)
     active = next((h for h in versions if h.status == "active"), None)
     counted = []
     for head in versions:
@@ -408,6 +444,25 @@ def undecided(
         select(answers).where(*filters).order_by(answers.confidence, answers.id).limit(limit)
     )
     return list(session.scalars(statement))
+
+
+def kept_heat_map(
+    session: Session, prediction_id: int, head_id: int | None
+) -> tuple[HeadAnswerRecord, int, int] | None:
+    """A detector's kept answer with its heat map on the prediction (the one of `head_id`, or
+    the newest), with the image's width and height; None without one."""
+    answers = HeadAnswerRecord
+    statement = (
+        select(answers, PredictionRecord.image_width, PredictionRecord.image_height)
+        .join(PredictionRecord, PredictionRecord.id == answers.prediction_id)
+        .where(answers.prediction_id == prediction_id, answers.heat.is_not(None))
+        .order_by(answers.id.desc())
+        .limit(1)
+    )
+    if head_id is not None:
+        statement = statement.where(answers.head_id == head_id)
+    found = session.execute(statement).first()
+    return None if found is None else (found[0], int(found[1]), int(found[2]))
 
 
 def answered_since(session: Session, head_id: int) -> datetime | None:

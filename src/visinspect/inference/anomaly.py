@@ -23,11 +23,15 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import structlog
 from PIL import Image
 
-from visinspect.inference.artifact import Patches
+from visinspect.config import Backend, Settings
+from visinspect.inference.artifact import ArtifactError, Patches, read_manifest, read_patches
 from visinspect.inference.backends import OnnxRuntimeBackend
-from visinspect.inference.preprocess import Preprocessing, normalize
+from visinspect.inference.preprocess import PREPROCESSING, Preprocessing, normalize
+
+log = structlog.get_logger("visinspect.anomaly")
 
 METHOD = "patchcore-greedy-coreset/v1"
 DEFAULT_BANK_SIZE = 1024
@@ -53,6 +57,21 @@ class AnomalyAnswer:
     verdict: str  # "ok" | "anomalous"
     region: tuple[int, int, int, int] | None  # [x0, y0, x1, y1) in the image's pixels
     heat: np.ndarray  # grid x grid float32
+
+
+def load_patch_extractor(settings: Settings) -> PatchExtractor | None:
+    """MODEL_DIR's patch graph, checked against its manifest; None (one log line: detectors
+    are not served, the classifier is) when the artifact has none or it fails its checks."""
+    if settings.inference_backend is not Backend.ONNXRUNTIME:
+        return None
+    try:
+        manifest = read_manifest(settings.model_dir)
+        patches, graph = read_patches(settings.model_dir, manifest)
+    except ArtifactError as exc:
+        log.warning("detectors.unavailable", reason=str(exc), action=exc.action)
+        return None
+    spec = PREPROCESSING[settings.model_arch]
+    return PatchExtractor(graph, patches, spec, settings.torch_threads)
 
 
 class PatchExtractor:
@@ -106,6 +125,65 @@ class Detector:
             region=region(heat, width, height) if anomalous else None,
             heat=heat,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedDetector:
+    """A label set's detector version as a process serves it (active or shadow)."""
+
+    head_id: int
+    label_set: str
+    label_set_id: int
+    version: int
+    good_class: str
+    shadow: bool
+    detector: Detector
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorAnswer:
+    """A serving detector's answer on one upload: what POST /predict returns and records."""
+
+    served: LoadedDetector
+    answer: AnomalyAnswer
+
+    @property
+    def detector(self) -> str:
+        """The label set whose detector answered: what `?label_set=` names."""
+        return self.served.label_set
+
+    @property
+    def detector_id(self) -> int:
+        return self.served.head_id
+
+    @property
+    def version(self) -> int:
+        return self.served.version
+
+    @property
+    def score(self) -> float:
+        return self.answer.score
+
+    @property
+    def verdict(self) -> str:
+        return self.answer.verdict
+
+    @property
+    def region(self) -> tuple[int, int, int, int] | None:
+        return self.answer.region
+
+    def heat_bytes(self) -> bytes:
+        """The heat map as it is kept: one byte a patch, the score x 100 (255: 2.55 or more)."""
+        return np.clip(np.rint(self.answer.heat * 100.0), 0, 255).astype(np.uint8).tobytes()
+
+
+def heat_from_bytes(data: bytes) -> np.ndarray:
+    """A kept heat map (`DetectorAnswer.heat_bytes`) as grid x grid scores; ValueError when its
+    length is not a square."""
+    grid = math.isqrt(len(data))
+    if grid * grid != len(data) or not grid:
+        raise ValueError(f"a kept heat map of {len(data)} bytes is not a square grid")
+    return np.frombuffer(data, np.uint8).reshape(grid, grid).astype(np.float32) / 100.0
 
 
 def _squares(bank: np.ndarray) -> np.ndarray:

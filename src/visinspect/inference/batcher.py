@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ import structlog
 
 from visinspect.capacity import run_in_background
 from visinspect.errors import DeadlineUnreachable, Overloaded
+from visinspect.inference.anomaly import DetectorAnswer, LoadedDetector, PatchExtractor
 from visinspect.inference.classifier import Classified, Classifier
 from visinspect.inference.preprocess import normalize
 from visinspect.tracing import Timeline
@@ -43,6 +45,18 @@ class _Job:
     top_k: int
     future: asyncio.Future[Classified] = field(repr=False)
     timeline: Timeline  # the batch's start and end go here (for the trace)
+    scan: Scan | None = None  # the detectors to answer, on the whole frame
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What a detector needs of an upload: its whole frame, the size its region is given in,
+    and the detectors that answer for it."""
+
+    frame: np.ndarray  # uint8 frame x frame x 3 (preprocess.DecodedImage.frame)
+    width: int
+    height: int
+    detectors: tuple[LoadedDetector, ...]
 
 
 @dataclass(slots=True)
@@ -67,8 +81,12 @@ class MicroBatcher:
         on_batch: Callable[[int, float], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
         lanes: int = 1,
+        patches: PatchExtractor | None = None,
+        on_detector_failure: Callable[[int, str, str], None] | None = None,
     ) -> None:
         self.classifier = classifier
+        self.patches = patches  # the patch graph detectors read; None: no detector answers
+        self.on_detector_failure = on_detector_failure  # (head id, reason, detail)
         self.on_batch = on_batch  # (batch size, seconds): for metrics
         self.on_queue = on_queue  # images waiting, whenever it changes: for metrics
         self.max_batch_size = max_batch_size
@@ -126,12 +144,14 @@ class MicroBatcher:
         top_k: int,
         deadline: float | None = None,
         timeline: Timeline | None = None,
+        scan: Scan | None = None,
     ) -> Classified:
-        """The image's top-k and embedding. `timeline` receives when the image's batch entered and left the model."""
+        """The image's top-k and embedding, and with a `scan` its detectors' answers.
+        `timeline` receives when the image's batch entered and left the model."""
         self.check_deadline(deadline)
         future: asyncio.Future[Classified] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(crop, top_k, future, timeline or Timeline()))
+            self._queue.put_nowait(_Job(crop, top_k, future, timeline or Timeline(), scan))
         except asyncio.QueueFull:
             raise Overloaded(
                 f"{self._queue.maxsize} images are already waiting for the model (MAX_QUEUE); "
@@ -180,7 +200,42 @@ class MicroBatcher:
         """In a model thread: the batch is assembled and normalised there too, off the event
         loop, in one vectorised pass."""
         batch = normalize(np.stack([job.crop for job in jobs]), self.classifier.preprocessing)
-        return self.classifier.classify(batch, [job.top_k for job in jobs])
+        classified = self.classifier.classify(batch, [job.top_k for job in jobs])
+        scanned = [i for i, job in enumerate(jobs) if job.scan is not None]
+        if scanned and self.patches is not None:
+            answers = self._detect([jobs[i].scan for i in scanned])  # type: ignore[misc]
+            for i, found in zip(scanned, answers, strict=True):
+                classified[i] = dataclasses.replace(classified[i], anomalies=found)
+        return classified
+
+    def _detect(self, scans: list[Scan]) -> list[tuple[DetectorAnswer, ...]]:
+        """Each scan's detectors' answers, from one pass of the patch graph over the batch's
+        frames. A detector that fails is skipped (reported), and so are all of them when the
+        graph fails: a detector never fails a classification."""
+        assert self.patches is not None
+        try:
+            features = self.patches.features(np.stack([scan.frame for scan in scans]))
+        except Exception as exc:
+            for detector in {d.head_id for scan in scans for d in scan.detectors}:
+                self._detector_failed(detector, "patch_graph_failed", str(exc))
+            return [() for _ in scans]
+        answers = []
+        for scan, patches in zip(scans, features, strict=True):
+            found = []
+            for served in scan.detectors:
+                try:
+                    answer = served.detector.answer(patches, scan.width, scan.height)
+                except Exception as exc:
+                    self._detector_failed(served.head_id, "apply_failed", str(exc))
+                    continue
+                found.append(DetectorAnswer(served, answer))
+            answers.append(tuple(found))
+        return answers
+
+    def _detector_failed(self, head_id: int, reason: str, detail: str) -> None:
+        log.error("detector.skipped", head_id=head_id, reason=reason, detail=detail)
+        if self.on_detector_failure is not None:
+            self.on_detector_failure(head_id, reason, detail)
 
     def _learn(self, seconds_per_image: float) -> None:
         """Exponential moving average over recent batches (weight 0.2 on the newest)."""

@@ -18,6 +18,7 @@ import numpy as np
 import structlog
 
 from visinspect.config import Architecture, Backend, Precision, Settings
+from visinspect.inference.anomaly import DetectorAnswer
 from visinspect.inference.artifact import (
     ArtifactError,
     LoadedGraph,
@@ -61,6 +62,7 @@ class Classified:
 
     predictions: list[Prediction]
     embedding: np.ndarray | None
+    anomalies: tuple[DetectorAnswer, ...] = ()  # the detectors' answers, when it was scanned
 
 
 @dataclass(frozen=True, slots=True)

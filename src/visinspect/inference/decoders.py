@@ -87,6 +87,7 @@ class DecoderLimits:
     max_decode_bytes: int  # per upload: the estimate's bound and the address-space budget
     timeout_s: float
     thumbnail_px: int = 0  # > 0: make thumbnails and hand back the upload (images are kept)
+    frame_px: int = 0  # > 0: make a detector's whole frame, for uploads that ask for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,8 @@ class Decoded:
 
 
 _PRELOAD = ["visinspect.inference.decoders"]
+# Before each upload, one byte: whether the server wants its detector frame too.
+_FRAME, _NO_FRAME = b"F", b"-"
 
 
 # What the decoders see of the service's environment: locale, paths, Python's and the math
@@ -179,9 +182,10 @@ class DecoderPool:
         if not sandbox.startswith("seccomp"):
             log.warning("decoders.unsandboxed", reason=sandbox)
 
-    async def decode(self, read: Callable[[], Awaitable[bytes]]) -> Decoded:
+    async def decode(self, read: Callable[[], Awaitable[bytes]], frame: bool = False) -> Decoded:
         """Decode and preprocess one upload in a worker; raises InvalidImage subclasses. The
-        upload is read (`read`) only once a worker is free for it."""
+        upload is read (`read`) only once a worker is free for it. `frame`: also the whole
+        frame a detector reads (when the limits have a `frame_px`)."""
         worker = await self._idle.get()
         while not worker.process.is_alive():  # died while idle (e.g. the OOM killer): replace
             self._replace(worker)
@@ -193,7 +197,8 @@ class DecoderPool:
             raise
         reusable = False
         try:
-            outcome, reusable = await worker.decode(data, self.limits.timeout_s)
+            wanted = frame and self.limits.frame_px > 0
+            outcome, reusable = await worker.decode(data, self.limits.timeout_s, wanted)
         finally:
             if reusable:
                 self._idle.put_nowait(worker)
@@ -256,13 +261,16 @@ class _Worker:
         self.idle_rss: int = _whole(hello, "rss")
         self.sandbox = _text(hello, "sandbox", 400)
 
-    async def decode(self, data: bytes, timeout_s: float) -> tuple[Decoded | VisinspectError, bool]:
+    async def decode(
+        self, data: bytes, timeout_s: float, frame: bool = False
+    ) -> tuple[Decoded | VisinspectError, bool]:
         """The decoded upload or why it was refused, and whether this worker may be used again.
         Raises (and the worker must go) when it overran its time or died. The reply is awaited
         on the event loop (no thread hand-off); an upload larger than a pipe's buffer is sent
         from a thread, since writing it blocks until the worker has read most of it."""
         started = time.perf_counter()
         try:
+            self.connection.send_bytes(_FRAME if frame else _NO_FRAME)
             if len(data) <= self.inline_send_bytes:
                 self.connection.send_bytes(data)
             else:
@@ -313,11 +321,18 @@ class _Worker:
         pixels = self.connection.recv_bytes(maxlength=side * side * 3)
         if len(pixels) != side * side * 3:
             raise _Garbled("pixels")
+        frame = None
+        if header.get("frame") is True:
+            frame_px = self.limits.frame_px
+            data = self.connection.recv_bytes(maxlength=frame_px * frame_px * 3)
+            if not frame_px or len(data) != frame_px * frame_px * 3:
+                raise _Garbled("frame")
+            frame = np.frombuffer(data, dtype=np.uint8).reshape(frame_px, frame_px, 3)
         thumbnail = None
         if header.get("thumbnail") is True:
             thumbnail = self.connection.recv_bytes(maxlength=_THUMBNAIL_BYTES)
         crop = np.frombuffer(pixels, dtype=np.uint8).reshape(side, side, 3)
-        image = DecodedImage(crop, width, height, image_format, spec, thumbnail)
+        image = DecodedImage(crop, width, height, image_format, spec, thumbnail, frame)
         return _Reply((image, sha256), kept, more, rss)
 
     async def _readable(self) -> None:
@@ -358,6 +373,7 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
     _write_header(connection, {"rss": _resident_bytes(), "sandbox": sandbox})
     while True:
         try:
+            frame = connection.recv_bytes(maxlength=1) == _FRAME
             data = connection.recv_bytes()
         except (EOFError, ConnectionResetError):  # the server closed the pipe: stop
             return  # (a reset when it closed with a reply of ours unread)
@@ -365,7 +381,7 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = seen.add
-            outcome = _decode(data, limits)
+            outcome = _decode(data, limits, frame)
         del data
         try:
             _send_outcome(connection, outcome, seen)
@@ -530,14 +546,19 @@ def _send_outcome(
         "format": image.format,
         "sha256": sha256,
         "thumbnail": image.thumbnail is not None,
+        "frame": image.frame is not None,
     }
     _write_header(connection, header)
     connection.send_bytes(np.ascontiguousarray(image.crop, dtype=np.uint8).tobytes())
+    if image.frame is not None:
+        connection.send_bytes(np.ascontiguousarray(image.frame, dtype=np.uint8).tobytes())
     if image.thumbnail is not None:
         connection.send_bytes(image.thumbnail)
 
 
-def _decode(data: bytes, limits: DecoderLimits) -> tuple[DecodedImage, str] | VisinspectError:
+def _decode(
+    data: bytes, limits: DecoderLimits, frame: bool = False
+) -> tuple[DecodedImage, str] | VisinspectError:
     try:
         image = preprocess(
             data,
@@ -545,6 +566,7 @@ def _decode(data: bytes, limits: DecoderLimits) -> tuple[DecodedImage, str] | Vi
             limits.max_pixels,
             max_decode_bytes=limits.max_decode_bytes,
             thumbnail_px=limits.thumbnail_px,
+            frame_px=limits.frame_px if frame else 0,
         )
     except VisinspectError as exc:
         return exc

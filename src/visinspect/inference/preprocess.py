@@ -73,6 +73,7 @@ class DecodedImage:
     format: str
     spec: Preprocessing
     thumbnail: bytes | None = None  # JPEG, when asked for (the image store keeps it)
+    frame: np.ndarray | None = None  # uint8 side x side x 3, when asked for (`to_frame`)
 
     @property
     def pixels(self) -> np.ndarray:
@@ -440,17 +441,19 @@ def preprocess(
     reduced_decode: bool = True,
     max_decode_bytes: int | None = None,
     thumbnail_px: int = 0,
+    frame_px: int = 0,
 ) -> DecodedImage:
     """The whole path from upload bytes to the network's input; raises InvalidImage subclasses.
 
     `reduced_decode=False` decodes every pixel: the reference transform, for equivalence tests.
     `max_decode_bytes` refuses (413) an image whose decoding would take more memory.
     `thumbnail_px` > 0 also makes a JPEG thumbnail that fits a square of that side.
+    `frame_px` > 0 also makes the whole frame a detector reads (`frame_of` makes the same).
     """
     image = open_image(data, max_pixels, max_decode_bytes)
     image_format = image.format or "unknown"
     width, height = displayed_size(image)  # before a JPEG's reduced-scale decode changes it
-    rgb = decode_rgb(image, spec.resize_size if reduced_decode else None, data)
+    rgb = decode_rgb(image, decode_side(spec, frame_px) if reduced_decode else None, data)
     return DecodedImage(
         crop=to_crop(rgb, spec),
         width=width,
@@ -458,7 +461,15 @@ def preprocess(
         format=image_format,
         spec=spec,
         thumbnail=make_thumbnail(rgb, thumbnail_px) if thumbnail_px else None,
+        frame=to_frame(rgb, frame_px) if frame_px else None,
     )
+
+
+def decode_side(spec: Preprocessing, frame_px: int = 0) -> int:
+    """The shorter side a reduced-scale decode must leave: the model's resize, or a detector's
+    frame when that is larger. Serving and training decode alike, so that a detector sees at
+    serving time the pixels it was trained on."""
+    return max(spec.resize_size, frame_px)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,12 +481,12 @@ class Frame:
     height: int
 
 
-def frame_of(data: bytes, side: int, max_pixels: int) -> Frame:
-    """An upload's whole frame for a detector, decoded at a reduced scale where that still
-    leaves `side` pixels; raises InvalidImage subclasses as `preprocess` does."""
+def frame_of(data: bytes, side: int, max_pixels: int, spec: Preprocessing) -> Frame:
+    """An upload's whole frame for a detector, decoded as `preprocess` decodes it for the
+    model (`decode_side`); raises InvalidImage subclasses as `preprocess` does."""
     image = open_image(data, max_pixels)
     width, height = displayed_size(image)
-    return Frame(to_frame(decode_rgb(image, side, data), side), width, height)
+    return Frame(to_frame(decode_rgb(image, decode_side(spec, side), data), side), width, height)
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from visinspect.errors import ClientGone
-from visinspect.inference.batcher import MicroBatcher
+from visinspect.inference.anomaly import DetectorAnswer, LoadedDetector
+from visinspect.inference.batcher import MicroBatcher, Scan
 from visinspect.inference.classifier import Classifier, ModelIdentity, Prediction
 from visinspect.inference.decoders import DecoderPool
 from visinspect.tracing import Timeline
@@ -37,6 +38,8 @@ class Classification:
     # The upload and its thumbnail when the decoders make them (images are kept), else None.
     original: bytes | None = None
     thumbnail: bytes | None = None
+    # The detectors' answers on the whole frame, when detectors were asked to answer.
+    anomalies: tuple[DetectorAnswer, ...] = ()
 
 
 class InferenceRunner:
@@ -54,20 +57,26 @@ class InferenceRunner:
         deadline: float | None,
         gone: Callable[[], Awaitable[bool]],
         timeline: Timeline,
+        detectors: tuple[LoadedDetector, ...] = (),
     ) -> Classification:
         """Top-k classes of one uploaded image (read when a decoder is free); raises InvalidImage
         subclasses for bad input, Overloaded when the model's queue is full, DeadlineUnreachable
         when the work ahead outlasts `deadline` (event-loop time; checked before decoding and
         again before queueing) and ClientGone when `gone()` says the client left meanwhile.
-        `timeline` receives when each phase began and ended (for the trace, when traced)."""
+        `timeline` receives when each phase began and ended (for the trace, when traced).
+        `detectors` answer on the upload's whole frame, in the same batch as the model."""
         self.batcher.check_deadline(deadline)
         timeline.decode_started = time.time_ns()
-        decoded = await self.decoders.decode(read)
+        decoded = await self.decoders.decode(read, frame=bool(detectors))
         timeline.decoded = time.time_ns()
         if await gone():
             raise ClientGone("the client closed the connection before its image reached the model")
         decoded_at = time.perf_counter()
-        classified = await self.batcher.classify(decoded.image.crop, top_k, deadline, timeline)
+        image = decoded.image
+        scan = None
+        if detectors and image.frame is not None:
+            scan = Scan(image.frame, image.width, image.height, detectors)
+        classified = await self.batcher.classify(image.crop, top_k, deadline, timeline, scan)
         return Classification(
             model=self.classifier.identity,
             predictions=classified.predictions,
@@ -81,4 +90,5 @@ class InferenceRunner:
             inference_ms=(time.perf_counter() - decoded_at) * 1000,
             original=decoded.original,
             thumbnail=decoded.image.thumbnail,
+            anomalies=classified.anomalies,
         )

@@ -278,7 +278,7 @@ def _patches(settings: Settings, network: nn.Module, paths: list[Path]) -> tuple
 
     side = settings.anomaly_frame_px
     spec = PREPROCESSING[settings.model_arch]
-    frames = [frame_of(p.read_bytes(), side, _MAX_PHOTO_PIXELS).pixels for p in paths[:16]]
+    frames = [frame_of(p.read_bytes(), side, _MAX_PHOTO_PIXELS, spec).pixels for p in paths[:16]]
     tensors = normalize(np.stack(frames), spec)
     graph = export_patches_onnx(network, side)
     with torch.no_grad():

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,54 +106,30 @@ def _register(
     training: dict[str, Any],
     trained_by: str | None,
 ) -> HeadRecord:
-    artifact = trained.artifact()
-    now = datetime.now(UTC)
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        teaching.lock_label_set(session, label_set_id)  # two trainings' versions take turns
-        version = teaching.next_version(session, label_set_id)
-        manifest = {
-            "label_set": name,
-            "version": version,
-            "classes": trained.classes,
-            "base_model_version": model_version,
-            "embedding_size": int(trained.weights.shape[1]),
-            "training": training,
-            "metrics": trained.metrics,
-            "libraries": library_versions(),
-            "trained_at": now.isoformat(timespec="seconds"),
-        }
-        digest = hashlib.sha256(artifact).hexdigest()
-        write_head(settings.heads_dir / name / f"v{version}", artifact, manifest)
-        head = HeadRecord(
+    head = register_version(
+        settings,
+        engine,
+        Version(
             label_set_id=label_set_id,
-            version=version,
-            status="candidate",
+            label_set=name,
+            kind="classifier",
             classes=trained.classes,
             base_model_version=model_version,
-            artifact=artifact,
-            artifact_sha256=digest,
-            manifest=manifest,
+            artifact=trained.artifact(),
+            manifest={
+                "embedding_size": int(trained.weights.shape[1]),
+                "training": training,
+                "metrics": trained.metrics,
+                "libraries": library_versions(),
+            },
             labels_until=int(training["labels_until"]),
-            trained_at=now,
             trained_by=trained_by,
-        )
-        teaching.add(session, head)
-        teaching.add(
-            session,
-            HeadEventRecord(
-                head_id=head.id,
-                label_set_id=label_set_id,
-                action="trained",
-                from_status=None,
-                to_status="candidate",
-                actor=trained_by,
-                created_at=now,
-            ),
-        )
+        ),
+    )
     log.info(
         "head.trained",
         label_set=name,
-        version=version,
+        version=head.version,
         head_id=head.id,
         accuracy=round(trained.metrics["accuracy"], 4),
         rows=training["rows"],
@@ -161,8 +138,82 @@ def _register(
     return head
 
 
-def write_head(directory: Path, artifact: bytes, manifest: dict[str, Any]) -> None:
-    """head.npz and manifest.json into a fresh sibling directory, then renamed into place: a
+@dataclass(frozen=True, slots=True)
+class Version:
+    """A trained version of a set's classifier or detector, as it is registered."""
+
+    label_set_id: int
+    label_set: str
+    kind: str  # "classifier" | "detector"
+    classes: list[str]  # a detector: its good class
+    base_model_version: str
+    artifact: bytes
+    manifest: dict[str, Any]  # what the kind records; the version's identity is added
+    labels_until: int  # the newest label it read (or that existed): quality counts those after
+    trained_by: str | None
+
+
+ARTIFACT_NAMES = {"classifier": "head.npz", "detector": "detector.npz"}
+
+
+def register_version(settings: Settings, engine: Engine, trained: Version) -> HeadRecord:
+    """The set's next version of its kind, written to HEADS_DIR and registered as a candidate
+    with its "trained" event: one path for classifiers and detectors."""
+    now = datetime.now(UTC)
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        teaching.lock_label_set(session, trained.label_set_id)  # two trainings take turns
+        version = teaching.next_version(session, trained.label_set_id, trained.kind)
+        manifest = {
+            "label_set": trained.label_set,
+            "kind": trained.kind,
+            "version": version,
+            "classes": trained.classes,
+            "base_model_version": trained.base_model_version,
+            **trained.manifest,
+            "trained_at": now.isoformat(timespec="seconds"),
+        }
+        digest = hashlib.sha256(trained.artifact).hexdigest()
+        folder = f"v{version}" if trained.kind == "classifier" else f"{trained.kind}-v{version}"
+        write_head(
+            settings.heads_dir / trained.label_set / folder,
+            trained.artifact,
+            manifest,
+            ARTIFACT_NAMES[trained.kind],
+        )
+        head = HeadRecord(
+            label_set_id=trained.label_set_id,
+            kind=trained.kind,
+            version=version,
+            status="candidate",
+            classes=trained.classes,
+            base_model_version=trained.base_model_version,
+            artifact=trained.artifact,
+            artifact_sha256=digest,
+            manifest=manifest,
+            labels_until=trained.labels_until,
+            trained_at=now,
+            trained_by=trained.trained_by,
+        )
+        teaching.add(session, head)
+        teaching.add(
+            session,
+            HeadEventRecord(
+                head_id=head.id,
+                label_set_id=trained.label_set_id,
+                action="trained",
+                from_status=None,
+                to_status="candidate",
+                actor=trained.trained_by,
+                created_at=now,
+            ),
+        )
+    return head
+
+
+def write_head(
+    directory: Path, artifact: bytes, manifest: dict[str, Any], artifact_name: str = "head.npz"
+) -> None:
+    """The artifact (head.npz, detector.npz) and manifest.json into a fresh sibling directory, then renamed into place: a
     reader sees the whole version or none of it."""
     # The parent resolved, not the version itself: a link planted at v<N> is replaced, and
     # what it points to is never removed.
@@ -170,7 +221,7 @@ def write_head(directory: Path, artifact: bytes, manifest: dict[str, Any]) -> No
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        (staging / "head.npz").write_bytes(artifact)
+        (staging / artifact_name).write_bytes(artifact)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(staging, 0o755)  # noqa: S103
         if directory.is_symlink():

@@ -1,6 +1,11 @@
 """Heads: trained on request, served on live traffic (active or shadow), promoted and rolled
 back with an audit trail, and measured on the labels that came after them.
 
+A head is of one of two kinds, with one lifecycle for both (this module): a "classifier" (a
+linear layer on the embedding: the set's own classes) or a "detector" (a bank of good patches:
+whether the part is good, and where it is not; `inference/anomaly.py`). Each kind has its own
+versions and its own active version per label set.
+
 A head version is `candidate` (trained), `shadow` (answers every prediction, recorded, never
 returned), `active` (recorded and returned with every prediction; one per label set) or
 `retired`. Every process serves what the database says: `HeadRegistry.watch` asks for the
@@ -21,7 +26,7 @@ import json
 import os
 import resource
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -35,13 +40,17 @@ from visinspect.db import teaching
 from visinspect.db.session import Database
 from visinspect.db.tables import HeadAnswerRecord, HeadEventRecord, HeadRecord
 from visinspect.errors import (
+    AnomalyMapNotFound,
     BaseModelDiffers,
     ClientGone,
     HeadNotFound,
     InvalidHeadChange,
     InvalidLabelSet,
+    InvalidRequest,
     LabelSetNotFound,
+    PredictionNotFound,
     RequestTimedOut,
+    TooFewGoodImages,
     TooFewLabels,
     TrainingBusy,
     TrainingInProgress,
@@ -49,6 +58,9 @@ from visinspect.errors import (
     TrainingUnavailable,
     VisinspectError,
 )
+from visinspect.inference import anomaly
+from visinspect.inference.anomaly import DetectorAnswer, LoadedDetector
+from visinspect.inference.artifact import Patches
 from visinspect.inference.heads import (
     HeadAnswer,
     LoadedHead,
@@ -62,23 +74,35 @@ log = structlog.get_logger("visinspect.heads")
 
 
 class HeadRegistry:
-    """The active and shadow heads this process serves, as the database last said."""
+    """The active and shadow heads and detectors this process serves, as the database last
+    said. Detectors are served only with a patch graph (`patches`: the model artifact's)."""
 
     def __init__(
         self,
         database: Database,
         model_version: str,
         on_failure: Callable[[str], object] | None = None,
+        patches: Patches | None = None,
     ) -> None:
         self.database = database
         self.model_version = model_version
         self.on_failure = on_failure  # the metric: reason -> count
+        self.patches = patches
         self.heads: tuple[LoadedHead, ...] = ()
+        self.detectors: tuple[LoadedDetector, ...] = ()
         self.generation = -1
 
     @property
     def active_sets(self) -> set[str]:
-        return {h.label_set for h in self.heads if not h.shadow}
+        """The sets with an active classifier or detector: what `?label_set=` may name."""
+        sets = {h.label_set for h in self.heads if not h.shadow}
+        return sets | {d.label_set for d in self.detectors if not d.shadow}
+
+    def detectors_for(self, label_set: str | None) -> tuple[LoadedDetector, ...]:
+        """The detectors an upload is scored by: the named set's, or every set's."""
+        if label_set is None:
+            return self.detectors
+        return tuple(d for d in self.detectors if d.label_set == label_set)
 
     async def refresh(self) -> bool:
         """Reload when any head's status changed since the last look; whether it did."""
@@ -86,15 +110,17 @@ class HeadRegistry:
         if generation == self.generation:
             return False
         rows = await self.database.run(teaching.serving_heads)
-        self.heads = tuple(h for h in (self._load(row, name) for row, name in rows) if h)
+        classifiers = [(r, n) for r, n in rows if r.kind == "classifier"]
+        detectors = [(r, n) for r, n in rows if r.kind == "detector"]
+        self.heads = tuple(h for h in (self._load(row, name) for row, name in classifiers) if h)
+        loaded = [self._load_detector(row, name) for row, name in detectors]
+        self.detectors = tuple(d for d in loaded if d)
         self.generation = generation
         log.info(
             "heads.loaded",
             generation=generation,
-            heads=[
-                f"{h.label_set} v{h.version} {'shadow' if h.shadow else 'active'}"
-                for h in self.heads
-            ],
+            heads=[_named(h) for h in self.heads],
+            detectors=[_named(d) for d in self.detectors],
         )
         return True
 
@@ -127,6 +153,28 @@ class HeadRegistry:
             thresholds,
         )
 
+    def _load_detector(self, row: HeadRecord, label_set: str) -> LoadedDetector | None:
+        if row.base_model_version != self.model_version:
+            self._failed(row.id, "base_model_differs", f"trained on {row.base_model_version}")
+            return None
+        if self.patches is None:
+            self._failed(row.id, "no_patch_graph", "MODEL_DIR's artifact has no patch graph")
+            return None
+        try:
+            detector = anomaly.unpack(row.artifact, row.artifact_sha256, self.patches)
+        except Exception as exc:  # whatever is wrong with it, it is skipped, never raised
+            self._failed(row.id, "broken_artifact", f"{type(exc).__name__}: {exc}")
+            return None
+        return LoadedDetector(
+            row.id,
+            label_set,
+            row.label_set_id,
+            row.version,
+            row.classes[0] if row.classes else "ok",
+            row.status == "shadow",
+            detector,
+        )
+
     def answers(self, embedding: np.ndarray | None) -> list[tuple[LoadedHead, HeadAnswer]]:
         """Every serving head's answer for one embedding; a head that fails is skipped."""
         if embedding is None:
@@ -139,6 +187,10 @@ class HeadRegistry:
                 self._failed(head.head_id, "apply_failed", str(exc))
         return found
 
+    def failed(self, head_id: int, reason: str, detail: str) -> None:
+        """One log line and the metric for a head or detector that could not answer."""
+        self._failed(head_id, reason, detail)
+
     def _failed(self, head_id: int, reason: str, detail: str) -> None:
         log.error(
             "head.skipped",
@@ -150,10 +202,42 @@ class HeadRegistry:
             self.on_failure(reason)
 
 
+def _named(served: LoadedHead | LoadedDetector) -> str:
+    return f"{served.label_set} v{served.version} {'shadow' if served.shadow else 'active'}"
+
+
 def answer_rows(
+    answers: list[tuple[LoadedHead, HeadAnswer]],
+    created_at: datetime,
+    detected: Sequence[DetectorAnswer] = (),
+) -> list[HeadAnswerRecord]:
+    """The rows that record a prediction's head and detector answers (its id is set when it is
+    inserted). An active detector's heat map is kept with its answer; a shadow's is not."""
+    return [*_classifier_rows(answers, created_at), *_detector_rows(detected, created_at)]
+
+
+def _detector_rows(
+    detected: Sequence[DetectorAnswer], created_at: datetime
+) -> list[HeadAnswerRecord]:
+    return [
+        HeadAnswerRecord(
+            head_id=d.served.head_id,
+            label_set_id=d.served.label_set_id,
+            class_name=d.answer.verdict,
+            confidence=d.answer.score,
+            decided=True,
+            shadow=d.served.shadow,
+            created_at=created_at,
+            region=list(d.answer.region) if d.answer.region else None,
+            heat=None if d.served.shadow else d.heat_bytes(),
+        )
+        for d in detected
+    ]
+
+
+def _classifier_rows(
     answers: list[tuple[LoadedHead, HeadAnswer]], created_at: datetime
 ) -> list[HeadAnswerRecord]:
-    """The rows that record a prediction's head answers (its id is set when it is inserted)."""
     return [
         HeadAnswerRecord(
             head_id=head.head_id,
@@ -222,10 +306,8 @@ class HeadService:
         by: str | None,
         client_gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> HeadRecord:
-        """Train the set's next version in a `visinspect head train` child process: at most
-        `concurrency` at once in this process (TrainingBusy beyond), one per set
-        (TrainingInProgress), within `max_memory_bytes` of address space, killed when it
-        overruns its time or when `client_gone()` says the client left."""
+        """Train the set's next classifier version in a `visinspect head train` child process
+        (`_train_in_child`)."""
         current = await self.labels.get(set_name)  # 404 before a process is started
         check_counts(current.counts, list(current.record.classes))  # 422 before one, too
         if importlib.util.find_spec("sklearn") is None:
@@ -233,9 +315,51 @@ class HeadService:
                 "this install cannot train heads: scikit-learn (the `model` extra) is not "
                 "installed; run `visinspect head train NAME` where it is"
             )
-        if set_name in self._training:
+        command = ["head", "train", set_name, "--json"]
+        return await self._train_in_child(set_name, "classifier", command, by, client_gone)
+
+    async def train_detector(
+        self,
+        set_name: str,
+        good_class: str,
+        prediction_ids: Sequence[int],
+        by: str | None,
+        client_gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> HeadRecord:
+        """Train the set's next detector version in a `visinspect detector train` child process
+        (`_train_in_child`), on the kept images of `prediction_ids`, or of the predictions
+        whose latest label is `good_class`."""
+        current = await self.labels.get(set_name)  # 404 before a process is started
+        if good_class not in current.record.classes:
+            raise InvalidLabelSet(
+                f"{set_name!r} has no class {good_class!r}: add it (POST /label-sets/"
+                f"{set_name}/classes), or name the set's good class"
+            )
+        if self.registry.patches is None:
+            raise TrainingUnavailable(
+                "MODEL_DIR's artifact has no patch graph: rebuild it (`visinspect model build`)"
+            )
+        command = ["detector", "train", "--label-set", set_name, "--good", good_class, "--json"]
+        if prediction_ids:
+            command += ["--predictions", ",".join(str(i) for i in prediction_ids)]
+        return await self._train_in_child(set_name, "detector", command, by, client_gone)
+
+    async def _train_in_child(
+        self,
+        set_name: str,
+        kind: str,
+        command: list[str],
+        by: str | None,
+        client_gone: Callable[[], Awaitable[bool]] | None,
+    ) -> HeadRecord:
+        """Run `visinspect COMMAND` in a child process: at most `concurrency` at once in this
+        process (TrainingBusy beyond), one per set and kind (TrainingInProgress), within
+        `max_memory_bytes` of address space, killed when it overruns its time or when
+        `client_gone()` says the client left."""
+        key = f"{set_name}/{kind}"
+        if key in self._training:
             raise TrainingInProgress(
-                f"{set_name!r} is being trained by another request; wait for its answer"
+                f"{set_name!r}'s {kind} is being trained by another request; wait for its answer"
             )
         try:
             self._slots.acquire_nowait()
@@ -245,12 +369,12 @@ class HeadService:
                 "try again when one has finished",
                 retry_after_s=30,
             ) from None
-        self._training.add(set_name)
+        self._training.add(key)
         try:
-            command = [sys.executable, "-m", "visinspect.cli", "head", "train", set_name, "--json"]
-            stdout, stderr = await self._run(command + (["--by", by] if by else []), client_gone)
+            full = [sys.executable, "-m", "visinspect.cli", *command]
+            stdout, stderr = await self._run(full + (["--by", by] if by else []), client_gone)
         finally:
-            self._training.discard(set_name)
+            self._training.discard(key)
             self._slots.release()
         return await self._trained(stdout, stderr)
 
@@ -317,12 +441,15 @@ class HeadService:
     async def set_name(self, head: HeadRecord) -> str:
         return await self.database.run(teaching.label_set_name, head.label_set_id)
 
-    async def versions(self, set_name: str, limit: int | None = None) -> list[HeadRecord]:
-        """The set's versions, newest first (at most `limit`)."""
+    async def versions(
+        self, set_name: str, limit: int | None = None, kind: str = "classifier"
+    ) -> list[HeadRecord]:
+        """The set's versions of `kind`, newest first (at most `limit`)."""
         current = await self.labels.get(set_name)
-        return await self.database.run(teaching.heads_of, current.record.id, limit)
+        return await self.database.run(teaching.heads_of, current.record.id, kind, limit)
 
-    async def events(self, set_name: str) -> list[HeadEventRecord]:
+    async def events(self, set_name: str) -> list[tuple[HeadEventRecord, str]]:
+        """The set's audit trail, classifiers' and detectors' alike, each with its kind."""
         current = await self.labels.get(set_name)
         return await self.database.run(teaching.events_of, current.record.id)
 
@@ -334,7 +461,7 @@ class HeadService:
                 f"head {head_id} is {head.status}: only a candidate or a retired version can be shadowed"
             )
         self._check_base_model(head)
-        active = await self.database.run(teaching.active_head, head.label_set_id)
+        active = await self.database.run(teaching.active_head, head.label_set_id, head.kind)
         return await self._change(head, "shadow", "shadow", by, None, active)
 
     async def promote(self, head_id: int, by: str | None) -> HeadRecord:
@@ -343,7 +470,7 @@ class HeadService:
         if head.status == "active":
             raise InvalidHeadChange(f"head {head_id} is already active")
         self._check_base_model(head)
-        current = await self.database.run(teaching.active_head, head.label_set_id)
+        current = await self.database.run(teaching.active_head, head.label_set_id, head.kind)
         return await self._change(head, "active", "promote", by, current, current)
 
     async def rollback(self, head_id: int, by: str | None) -> HeadRecord:
@@ -353,7 +480,7 @@ class HeadService:
             raise InvalidHeadChange(
                 f"head {head_id} is {head.status}: only the active version can be rolled back"
             )
-        promotion = await self.database.run(teaching.last_promotion, head.label_set_id)
+        promotion = await self.database.run(teaching.last_promotion, head.label_set_id, head.kind)
         if (
             promotion is None
             or promotion.action != "promote"
@@ -372,7 +499,7 @@ class HeadService:
         head = await self.get(head_id)
         if head.status == "retired":
             raise InvalidHeadChange(f"head {head_id} is already retired")
-        active = await self.database.run(teaching.active_head, head.label_set_id)
+        active = await self.database.run(teaching.active_head, head.label_set_id, head.kind)
         return await self._change(head, "retired", "retire", by, None, active)
 
     def _check_base_model(self, head: HeadRecord) -> None:
@@ -428,15 +555,41 @@ class HeadService:
         database counts (truth, answer) pairs; the arithmetic runs on those counts in the same
         worker thread: nothing proportional to the labels runs on the event loop."""
         current = await self.labels.get(set_name)
-        counted = await self.database.run(teaching.quality_counts, current.record.id)
+        counted = await self.database.run(teaching.quality_counts, current.record.id, "classifier")
         return await anyio.to_thread.run_sync(_qualities, counted, self.compare_min_labels)
+
+    async def detector_quality(self, set_name: str) -> list[DetectorQuality]:
+        """Every detector version that has answered, on the labels given after it was trained:
+        a label of the good class is a good part, any other class a defective one."""
+        current = await self.labels.get(set_name)
+        counted = await self.database.run(teaching.quality_counts, current.record.id, "detector")
+        return [_detector_quality(c.head, c.counts) for c in counted]
+
+    async def anomaly_map(self, prediction_id: int, detector_id: int | None = None) -> bytes:
+        """The PNG of a detector's heat map on a prediction (of `detector_id`, or its newest
+        active detector's), the image's size at most MAP_MAX_PX a side (a page stretches it
+        over the image); drawn off the event loop from the kept grid."""
+        found = await self.database.run(teaching.kept_heat_map, prediction_id, detector_id)
+        if found is None:
+            if not await self.database.run(teaching.prediction_exists, prediction_id):
+                raise PredictionNotFound(f"no prediction with id {prediction_id}")
+            by = "" if detector_id is None else f" by detector {detector_id}"
+            raise AnomalyMapNotFound(
+                f"prediction {prediction_id} has no heat map{by}: no active detector answered it"
+            )
+        answer, width, height = found
+        assert answer.heat is not None
+        scale = min(1.0, MAP_MAX_PX / max(width, height, 1))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        heat = anomaly.heat_from_bytes(answer.heat)
+        return await anyio.to_thread.run_sync(anomaly.heat_png, heat, *size)
 
     async def queue(self, set_name: str, limit: int, cursor: str | None) -> NeedsAPerson:
         """The active head's "needs a person" answers not labelled yet, least confident first,
         from the start or a previous page's `next_cursor` (InvalidCursor for another)."""
         after = decode_cursor(cursor, QUEUE_ORDER) if cursor is not None else None
         current = await self.labels.get(set_name)
-        active = await self.database.run(teaching.active_head, current.record.id)
+        active = await self.database.run(teaching.active_head, current.record.id, "classifier")
         if active is None:
             raise InvalidLabelSet(f"{set_name!r} has no active head: promote a version first")
         position = None if after is None else (after.confidence or 0.0, after.id)
@@ -448,6 +601,42 @@ class HeadService:
         return NeedsAPerson(active, page, encode_cursor(page[-1], QUEUE_ORDER) if more else None)
 
 
+@dataclass(frozen=True, slots=True)
+class DetectorQuality:
+    """A detector version on the labels given after it was trained: a false reject is a good
+    part it called anomalous, an escape a defective part it let through."""
+
+    head: HeadRecord
+    good: int  # labelled good parts it answered
+    false_rejects: int
+    defective: int  # labelled defective parts it answered
+    escapes: int
+
+    @property
+    def false_reject_rate(self) -> float | None:
+        return self.false_rejects / self.good if self.good else None
+
+    @property
+    def escape_rate(self) -> float | None:
+        return self.escapes / self.defective if self.defective else None
+
+
+def _detector_quality(
+    head: HeadRecord, counts: list[tuple[str, str, bool, int]]
+) -> DetectorQuality:
+    good_class = head.classes[0] if head.classes else "ok"
+    good = [(verdict, n) for truth, verdict, _, n in counts if truth == good_class]
+    defective = [(verdict, n) for truth, verdict, _, n in counts if truth != good_class]
+    return DetectorQuality(
+        head,
+        sum(n for _, n in good),
+        sum(n for verdict, n in good if verdict == "anomalous"),
+        sum(n for _, n in defective),
+        sum(n for verdict, n in defective if verdict == "ok"),
+    )
+
+
+MAP_MAX_PX = 1024  # a heat map PNG's longer side at most (a 28 x 28 grid has no more detail)
 QUEUE_ORDER = "needs_a_person"  # what the queue's cursors name: no other page's cursor fits
 
 
@@ -460,6 +649,11 @@ class NeedsAPerson:
 
 _TRAINING_ERRORS: dict[str, type[VisinspectError]] = {
     "too_few_labels": TooFewLabels,
+    "too_few_good_images": TooFewGoodImages,
+    "invalid_label_set": InvalidLabelSet,
+    "prediction_not_found": PredictionNotFound,
+    "invalid_request": InvalidRequest,
+    "model_not_ready": TrainingUnavailable,
     "base_model_differs": BaseModelDiffers,
     "label_set_not_found": LabelSetNotFound,
     "training_too_large": TrainingTooLarge,

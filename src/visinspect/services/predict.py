@@ -158,9 +158,14 @@ class PredictService:
             for _, answer in answered
             if not answer.shadow and context.label_set in (None, answer.label_set)
         )
+        record.anomalies = tuple(a for a in classification.anomalies if not a.served.shadow)
+        # The answer: the named set's detector, or the most anomalous of the active ones.
+        record.anomaly = max(record.anomalies, key=lambda a: a.score, default=None)
         timeline.write_started = time.time_ns()
         stored = await self.writer.store(
-            record, embedding, answer_rows(answered, record.created_at)
+            record,
+            embedding,
+            answer_rows(answered, record.created_at, classification.anomalies),
         )
         timeline.written = time.time_ns()
         log.info(
@@ -181,9 +186,12 @@ class PredictService:
         limit_s = self.timeout_s if own is None else min(own, self.timeout_s)
         deadline = asyncio.get_running_loop().time() + limit_s
         top_k = context.top_k or self.default_top_k
+        detectors = self.heads.detectors_for(context.label_set) if self.heads else ()
         try:
             with anyio.fail_after(limit_s):
-                return await self.runner.classify(read, top_k, deadline, context.gone, timeline)
+                return await self.runner.classify(
+                    read, top_k, deadline, context.gone, timeline, detectors
+                )
         except TimeoutError:
             which = "REQUEST_TIMEOUT_S" if limit_s == self.timeout_s else "X-Request-Timeout-Ms"
             raise RequestTimedOut(

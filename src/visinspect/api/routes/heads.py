@@ -1,16 +1,19 @@
-"""Heads: train (POST /label-sets/{name}/heads), list, audit, quality and the "needs a person"
-queue of a label set; shadow, promote, rollback and retire a version (POST /heads/{id}/...);
+"""Heads: train (POST /label-sets/{name}/heads; a detector: .../detectors), list, audit, quality
+and the "needs a person" queue of a label set; shadow, promote, rollback and retire a version of
+either kind (POST /heads/{id}/...); a prediction's heat map (GET /predictions/{id}/anomaly-map);
 backed by `services/heads.py`."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from visinspect.api.deps import HeadServiceDep, SettingsDep
-from visinspect.api.params import HeadId, LabelSetName
+from visinspect.api.params import HeadId, LabelSetName, PredictionId
 from visinspect.api.schemas import (
+    DetectorQualityOut,
+    DetectorTrainIn,
     HeadEventOut,
     HeadOut,
     LabelSetQualityOut,
@@ -55,6 +58,47 @@ async def list_heads(
     return [head_out(h, name, matrices=False) for h in await heads.versions(name, limit)]
 
 
+@router.post(
+    "/label-sets/{name}/detectors",
+    response_model=HeadOut,
+    status_code=201,
+    summary="Train the set's next detector version on good images only (a candidate)",
+    description="The good images are the kept uploads (KEEP_IMAGES) of `prediction_ids`, or "
+    "of the newest predictions whose latest label in the set is `good_class`. Training runs "
+    "in a child process bounded like a head's (HEAD_TRAIN_TIMEOUT_S, "
+    "HEAD_TRAIN_MAX_MEMORY_MB), one at a time per set; the version then takes the heads' "
+    "lifecycle: POST /heads/{id}/shadow, promote, rollback, retire.",
+    responses=error_responses(401, 403, 404, 409, 422, 501, 503, 504),
+)
+async def train_detector(
+    heads: HeadServiceDep,
+    name: LabelSetName,
+    by: Actor,
+    request: Request,
+    body: DetectorTrainIn | None = None,
+) -> HeadOut:
+    """The training process is stopped when the client leaves before its answer."""
+    wanted = body or DetectorTrainIn()
+    trained = await heads.train_detector(
+        name, wanted.good_class, wanted.prediction_ids, by, request.is_disconnected
+    )
+    return head_out(trained, name)
+
+
+@router.get(
+    "/label-sets/{name}/detectors",
+    response_model=list[HeadOut],
+    summary="The newest versions of the set's detector, newest first",
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def list_detectors(
+    heads: HeadServiceDep,
+    name: LabelSetName,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[HeadOut]:
+    return [head_out(h, name) for h in await heads.versions(name, limit, "detector")]
+
+
 @router.get(
     "/label-sets/{name}/events",
     response_model=list[HeadEventOut],
@@ -62,7 +106,10 @@ async def list_heads(
     responses=error_responses(401, 403, 404, 503),
 )
 async def head_events(heads: HeadServiceDep, name: LabelSetName) -> list[HeadEventOut]:
-    return [HeadEventOut.model_validate(e) for e in await heads.events(name)]
+    return [
+        HeadEventOut.model_validate(event).model_copy(update={"kind": kind})
+        for event, kind in await heads.events(name)
+    ]
 
 
 @router.get(
@@ -90,8 +137,25 @@ async def label_set_quality(
         )
         for q in await heads.quality(name)
     ]
+    detectors = [
+        DetectorQualityOut(
+            head_id=q.head.id,
+            version=q.head.version,
+            status=q.head.status,
+            good=q.good,
+            false_rejects=q.false_rejects,
+            false_reject_rate=q.false_reject_rate,
+            defective=q.defective,
+            escapes=q.escapes,
+            escape_rate=q.escape_rate,
+        )
+        for q in await heads.detector_quality(name)
+    ]
     return LabelSetQualityOut(
-        label_set=name, compare_min_labels=settings.head_compare_min_labels, versions=versions
+        label_set=name,
+        compare_min_labels=settings.head_compare_min_labels,
+        versions=versions,
+        detectors=detectors,
     )
 
 
@@ -156,6 +220,9 @@ async def get_head(heads: HeadServiceDep, head_id: HeadId) -> HeadOut:
 def head_out(head: object, label_set: str, matrices: bool = True) -> HeadOut:
     manifest = getattr(head, "manifest", {})
     metrics = manifest.get("metrics", {})
+    if getattr(head, "kind", "classifier") == "detector":
+        facts = ("method", "frame", "grid", "threshold", "patch_graph_sha256")
+        metrics = {k: manifest[k] for k in facts if k in manifest}
     if not matrices:
         metrics = {k: v for k, v in metrics.items() if k != "confusion"}
     return HeadOut.model_validate(
@@ -166,4 +233,28 @@ def head_out(head: object, label_set: str, matrices: bool = True) -> HeadOut:
             "training": manifest.get("training", {}),
             "libraries": manifest.get("libraries", {}),
         }
+    )
+
+
+@router.get(
+    "/predictions/{prediction_id}/anomaly-map",
+    summary="A detector's heat map of a prediction, as a PNG to lay over its image",
+    description="Transparent where the image is as good as the good images, yellow to red "
+    "towards twice the threshold; the image's aspect ratio, at most 1,024 pixels a side (stretch "
+    "it over the image). The newest active detector's, or `detector_id`'s.",
+    response_class=Response,
+    responses={
+        200: {"description": "RGBA PNG", "content": {"image/png": {}}},
+        **error_responses(401, 403, 404, 422, 503),
+    },
+    tags=["predictions"],
+)
+async def anomaly_map(
+    heads: HeadServiceDep,
+    prediction_id: PredictionId,
+    detector_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+) -> Response:
+    png = await heads.anomaly_map(prediction_id, detector_id)
+    return Response(
+        png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
     )
