@@ -32,9 +32,9 @@ from sklearn.metrics import roc_auc_score
 from bench.defects import BENCHMARK, HELD_OUT, KINDS, Shot, product, product_paths, shots
 from visinspect.config import Settings
 from visinspect.inference import anomaly
-from visinspect.inference.anomaly import Detector, PatchExtractor
-from visinspect.inference.artifact import read_manifest, read_patches
-from visinspect.inference.preprocess import PREPROCESSING, frame_of
+from visinspect.inference.anomaly import Detector, PatchExtractor, open_patch_extractor
+from visinspect.inference.artifact import read_manifest
+from visinspect.inference.preprocess import frame_of
 
 TESTS_PER_KIND = 30
 _MAX_PIXELS = 50_000_000
@@ -82,7 +82,9 @@ def measure_product(
 ) -> None:
     started = time.perf_counter()
     good = list(shots(photo, "good", goods, seed=1000 + index))
-    detector = anomaly.train(features(extractor, good), extractor.patches.frame, bank_size)
+    detector = anomaly.train(
+        features(extractor, good), extractor.patches.frame, extractor.patches.sha256, bank_size
+    )
     row.train_s.append(time.perf_counter() - started)
     row.bank.append(len(detector.bank))
     row.artifact_bytes.append(len(anomaly.pack(detector)))
@@ -159,15 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", choices=("benchmark", "held-out", "both"), default="both")
     parser.add_argument("--goods", default="10,20,50,100", help="numbers of good images")
     parser.add_argument("--bank-size", type=int, default=anomaly.DEFAULT_BANK_SIZE)
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="the patch graph (ANOMALY_PRECISION; auto: int8 where the artifact has it)",
+    )
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = Settings(anomaly_precision=args.precision, torch_threads=1)
     manifest = read_manifest(settings.model_dir)
-    patches, graph = read_patches(settings.model_dir, manifest)
-    extractor = PatchExtractor(graph, patches, PREPROCESSING[settings.model_arch], threads=1)
+    extractor = open_patch_extractor(settings)
+    patches = extractor.patches
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
     print("\n".join(line for line in cpu if line.startswith(("Model name", "CPU(s)", "Flags"))))
     print(
-        f"{manifest.model_name}, patch graph {patches.frame} px -> {patches.grid}x{patches.grid} "
+        f"{manifest.model_name}, {patches.precision} patch graph {patches.frame} px -> {patches.grid}x{patches.grid} "
         f"patches x {patches.channels} channels; bank {args.bank_size}; target "
         f"false-reject {anomaly.DEFAULT_FALSE_REJECT:.0%}; {TESTS_PER_KIND} new good shots and "
         f"{TESTS_PER_KIND} of each defect kind per product\n"

@@ -229,6 +229,12 @@ class Settings(BaseSettings):
         "defect at the border counts); read by `visinspect model build`, which records it. 224 "
         "measured best for cost against accuracy (docs/anomaly.md).",
     )
+    anomaly_precision: Literal["auto", "fp32", "int8"] = Field(
+        default="auto",
+        description="The patch graph detectors read: `auto` serves the artifact's int8 graph "
+        "where the build made one (2.3x faster, the same detector AUROC, docs/anomaly.md), "
+        "else fp32. A detector answers only on the graph it was trained on.",
+    )
     max_batch_size: int = Field(
         default=8,
         ge=1,

@@ -644,6 +644,19 @@ class QueueItemOut(BaseModel):
     created_at: datetime
 
 
+class AnomalyItemOut(BaseModel):
+    prediction_id: int
+    detector_version: int
+    score: float = Field(description="1.0 is the threshold")
+    region: list[int] | None
+    created_at: datetime
+
+
+class AnomalyPage(BaseModel):
+    items: list[AnomalyItemOut]
+    next_cursor: str | None
+
+
 class QueuePage(BaseModel):
     items: list[QueueItemOut]
     next_cursor: str | None

@@ -25,9 +25,14 @@ from visinspect.config import Settings
 from visinspect.db.session import create_db_engine, wait_for_database
 from visinspect.errors import InvalidImage, VisinspectError
 from visinspect.inference import anomaly
-from visinspect.inference.anomaly import Detector, DetectorArtifactError, PatchExtractor
-from visinspect.inference.artifact import ArtifactError, read_manifest, read_patches
-from visinspect.inference.preprocess import PREPROCESSING, frame_of
+from visinspect.inference.anomaly import (
+    Detector,
+    DetectorArtifactError,
+    PatchExtractor,
+    open_patch_extractor,
+)
+from visinspect.inference.artifact import ArtifactError
+from visinspect.inference.preprocess import frame_of
 from visinspect.offline.detectors import GoodImages, train_detector
 
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING_MATCHED = 0, 1, 2
@@ -63,6 +68,7 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         detector = anomaly.train(
             loaded.extractor.features(frames),
             loaded.extractor.patches.frame,
+            loaded.patches_sha256,
             bank_size=args.bank_size,
             false_reject=args.false_reject,
             progress=lambda step: status.update(step),
@@ -79,6 +85,7 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         "bytes": len(data),
         "model_name": loaded.model_name,
         "patch_graph_sha256": loaded.patches_sha256,
+        "patch_graph_precision": loaded.extractor.patches.precision,
         "frame": detector.frame,
         "threshold": detector.threshold,
         "trained_from": [str(f) for f in files if str(f) not in refused],
@@ -211,14 +218,11 @@ def _start(
         err.print("visinspect: no image matched " + " ".join(args.paths))
         return EXIT_NOTHING_MATCHED
     try:
-        manifest = read_manifest(settings.model_dir)
-        patches, graph = read_patches(settings.model_dir, manifest)
+        extractor = open_patch_extractor(settings)
     except ArtifactError as exc:
         err.print(f"visinspect: {exc}; {exc.action}")
         return EXIT_FAILED
-    spec = PREPROCESSING[settings.model_arch]
-    extractor = PatchExtractor(graph, patches, spec, settings.torch_threads)
-    return files, _Loaded(extractor, patches.sha256, manifest.model_name)
+    return files, _Loaded(extractor, extractor.patches.sha256, settings.model_arch.value)
 
 
 def _detector(path: Path, loaded: _Loaded) -> Detector:

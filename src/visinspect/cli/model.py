@@ -66,8 +66,11 @@ def is_up_to_date(
         check_manifest(manifest, settings.model_arch, expected_sha256(settings), load_labels())
     except (ArtifactError, ModelLoadError):
         return False
-    if manifest.patches is None or manifest.patches.frame != settings.anomaly_frame_px:
+    patches = manifest.patches
+    if patches is None or patches.frame != settings.anomaly_frame_px:
         return False  # built before detectors, or for another ANOMALY_FRAME_PX
+    if patches.int8_similarity is None:
+        return False  # built before the int8 patch graph was tried
     offered = set(manifest.graphs) | {c.precision for c in manifest.selection.candidates}
     if Precision.AUTO in precisions and Precision.INT8 not in offered:
         return False  # auto tries int8: built, or recorded as not built with its reason

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TypeEngine
 
-from visinspect.db import partitions, rollups
+from visinspect.db import partitions, rollups, teaching
 from visinspect.db.tables import (
     EmbeddingRecord,
     HeadAnswerRecord,
@@ -460,7 +460,17 @@ def prediction_with_review(
     record = get_prediction(session, prediction_id)
     if record is None:
         return None, None
+    with_detectors(session, [record])
     return record, latest_reviews(session, [prediction_id]).get(prediction_id)
+
+
+def with_detectors(session: Session, records: list[PredictionRecord]) -> None:
+    """Each record given its active detectors' recorded answers (`anomalies`) and the most
+    anomalous of them (`anomaly`), as POST /predict answered them."""
+    found = teaching.detector_verdicts(session, [r.id for r in records])
+    for record in records:
+        record.anomalies = tuple(found.get(record.id, ()))
+        record.anomaly = max(record.anomalies, key=lambda a: a.score, default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +495,7 @@ def page_with_reviews(
     records = list_predictions(session, where, limit + 1, offset, least_confident, after)
     total, exact = count_predictions(session, where, TOTAL_COUNT_CAP)
     reviews = latest_reviews(session, [r.id for r in records[:limit]])
+    with_detectors(session, records[:limit])
     return Page(records, total, exact, reviews)
 
 

@@ -360,6 +360,16 @@ class HeadAnswerRecord(Base):
     __table_args__ = (
         Index("ix_head_answers_head_id_prediction_id", "head_id", "prediction_id"),
         Index("ix_head_answers_prediction_id", "prediction_id"),
+        # The inspection queue: a detector's anomalous answers, most anomalous first (only
+        # those rows: a detector's ok answers, the most of them, cost this index nothing).
+        Index(
+            "ix_head_answers_anomalous",
+            "head_id",
+            "confidence",
+            "id",
+            postgresql_where=text("class_name = 'anomalous'"),
+            sqlite_where=text("class_name = 'anomalous'"),
+        ),
         # The "needs a person" queue: a set's undecided answers, least confident first.
         Index(
             "ix_head_answers_label_set_id_decided_confidence_id",

@@ -446,6 +446,51 @@ def undecided(
     return list(session.scalars(statement))
 
 
+@dataclass(frozen=True, slots=True)
+class DetectorVerdict:
+    """An active detector's recorded answer on a prediction, as the history shows it."""
+
+    detector: str  # its label set's name
+    detector_id: int
+    version: int
+    score: float
+    verdict: str
+    region: list[int] | None
+
+
+def detector_verdicts(
+    session: Session, prediction_ids: list[int]
+) -> dict[int, list[DetectorVerdict]]:
+    """The active (not shadow) detectors' answers on these predictions, by prediction id."""
+    if not prediction_ids:
+        return {}
+    answers = HeadAnswerRecord
+    statement = (
+        select(answers, HeadRecord.version, LabelSetRecord.name)
+        .join(HeadRecord, HeadRecord.id == answers.head_id)
+        .join(LabelSetRecord, LabelSetRecord.id == HeadRecord.label_set_id)
+        .where(
+            answers.prediction_id.in_(prediction_ids),
+            answers.shadow.is_(False),
+            HeadRecord.kind == "detector",
+        )
+        .order_by(answers.id)
+    )
+    found: dict[int, list[DetectorVerdict]] = {}
+    for answer, version, name in session.execute(statement):
+        found.setdefault(answer.prediction_id, []).append(
+            DetectorVerdict(
+                str(name),
+                answer.head_id,
+                int(version),
+                answer.confidence,
+                answer.class_name,
+                answer.region,
+            )
+        )
+    return found
+
+
 def kept_heat_map(
     session: Session, prediction_id: int, head_id: int | None
 ) -> tuple[HeadAnswerRecord, int, int] | None:
@@ -463,6 +508,33 @@ def kept_heat_map(
         statement = statement.where(answers.head_id == head_id)
     found = session.execute(statement).first()
     return None if found is None else (found[0], int(found[1]), int(found[2]))
+
+
+def anomalous(
+    session: Session, label_set_id: int, head_id: int, limit: int, after: tuple[float, int] | None
+) -> list[HeadAnswerRecord]:
+    """The inspection queue: the detector's anomalous answers that no label of the set follows,
+    most anomalous first (keyset on (score, id), both descending: the partial index read
+    backwards)."""
+    answers = HeadAnswerRecord
+    labelled = exists().where(
+        LabelRecord.label_set_id == label_set_id,
+        LabelRecord.prediction_id == answers.prediction_id,
+    )
+    filters: list[ColumnElement[bool]] = [
+        answers.head_id == head_id,
+        answers.class_name == "anomalous",
+        ~labelled,
+    ]
+    if after is not None:
+        filters.append(
+            (answers.confidence < after[0])
+            | ((answers.confidence == after[0]) & (answers.id > after[1]))
+        )
+    statement = (
+        select(answers).where(*filters).order_by(answers.confidence.desc(), answers.id).limit(limit)
+    )
+    return list(session.scalars(statement))
 
 
 def answered_since(session: Session, head_id: int) -> datetime | None:

@@ -26,9 +26,10 @@ import numpy as np
 import structlog
 from PIL import Image
 
-from visinspect.config import Backend, Settings
+from visinspect.config import Backend, Precision, Settings
 from visinspect.inference.artifact import ArtifactError, Patches, read_manifest, read_patches
 from visinspect.inference.backends import OnnxRuntimeBackend
+from visinspect.inference.cpu import this_cpu
 from visinspect.inference.preprocess import PREPROCESSING, Preprocessing, normalize
 
 log = structlog.get_logger("visinspect.anomaly")
@@ -59,26 +60,33 @@ class AnomalyAnswer:
     heat: np.ndarray  # grid x grid float32
 
 
+def open_patch_extractor(settings: Settings) -> PatchExtractor:
+    """MODEL_DIR's patch graph of ANOMALY_PRECISION, checked against its manifest; ArtifactError
+    when the artifact has none, or not that one."""
+    manifest = read_manifest(settings.model_dir)
+    patches, graph = read_patches(settings.model_dir, manifest, settings.anomaly_precision)
+    spec = PREPROCESSING[settings.model_arch]
+    return PatchExtractor(graph, patches, spec, settings.torch_threads)
+
+
 def load_patch_extractor(settings: Settings) -> PatchExtractor | None:
-    """MODEL_DIR's patch graph, checked against its manifest; None (one log line: detectors
-    are not served, the classifier is) when the artifact has none or it fails its checks."""
+    """`open_patch_extractor` for serving: None (one log line; detectors are not served, the
+    classifier is) when it cannot be opened."""
     if settings.inference_backend is not Backend.ONNXRUNTIME:
         return None
     try:
-        manifest = read_manifest(settings.model_dir)
-        patches, graph = read_patches(settings.model_dir, manifest)
+        return open_patch_extractor(settings)
     except ArtifactError as exc:
         log.warning("detectors.unavailable", reason=str(exc), action=exc.action)
         return None
-    spec = PREPROCESSING[settings.model_arch]
-    return PatchExtractor(graph, patches, spec, settings.torch_threads)
 
 
 class PatchExtractor:
     """The artifact's patch graph on ONNX Runtime: whole frames in, patch features out."""
 
     def __init__(self, graph: bytes, patches: Patches, spec: Preprocessing, threads: int) -> None:
-        self.backend = OnnxRuntimeBackend(graph, threads)
+        precision = Precision(patches.precision)
+        self.backend = OnnxRuntimeBackend(graph, threads, precision, this_cpu().int8_kernels)
         self.patches = patches
         self.spec = spec
 
@@ -104,6 +112,7 @@ class Detector:
     grid: int
     frame: int
     stats: dict[str, float]  # how it was trained, for the manifest
+    graph_sha256: str = ""  # the patch graph it was trained on (it answers only on that one)
 
     @cached_property
     def bank_squares(self) -> np.ndarray:
@@ -244,6 +253,7 @@ def heat_png(heat: np.ndarray, width: int, height: int) -> bytes:
 def train(
     features: np.ndarray,
     frame: int,
+    graph_sha256: str = "",
     bank_size: int = DEFAULT_BANK_SIZE,
     false_reject: float = DEFAULT_FALSE_REJECT,
     seed: int = 0,
@@ -286,7 +296,7 @@ def train(
         "held_out_max": max(held_out),
         "false_reject_target": false_reject,
     }
-    return Detector(bank, threshold, grid, frame, stats)
+    return Detector(bank, threshold, grid, frame, stats, graph_sha256)
 
 
 def _threshold(scores: list[float], false_reject: float) -> float:
@@ -325,6 +335,7 @@ def pack(detector: Detector) -> bytes:
         threshold=np.array(detector.threshold, dtype=np.float64),
         grid=np.array(detector.grid, dtype=np.int64),
         frame=np.array(detector.frame, dtype=np.int64),
+        graph_sha256=np.array(detector.graph_sha256),
     )
     return buffer.getvalue()
 
@@ -340,6 +351,7 @@ def unpack(data: bytes, sha256: str, patches: Patches) -> Detector:
             bank = np.ascontiguousarray(arrays["bank"], dtype=np.float32)
             threshold = float(arrays["threshold"])
             grid, frame = int(arrays["grid"]), int(arrays["frame"])
+            graph = str(arrays["graph_sha256"]) if "graph_sha256" in arrays.files else ""
     except Exception as exc:  # a corrupt zip, a missing member, an object array, ...
         raise DetectorArtifactError(
             f"the detector artifact cannot be read: {type(exc).__name__}: {exc}"
@@ -356,6 +368,12 @@ def unpack(data: bytes, sha256: str, patches: Patches) -> Detector:
             f"the detector was trained on {frame}-pixel frames ({grid} patches a side); the "
             f"served graph reads {patches.frame} ({patches.grid}): train it again"
         )
+    if graph and graph != patches.sha256:
+        raise DetectorArtifactError(
+            f"the detector was trained on another patch graph ({graph[:16]}...) than the served "
+            f"{patches.precision} one ({patches.sha256[:16]}...): train it again, or serve that "
+            "graph (ANOMALY_PRECISION)"
+        )
     if not (np.isfinite(bank).all() and math.isfinite(threshold) and threshold > 0):
         raise DetectorArtifactError("the detector's bank or threshold is not finite")
-    return Detector(bank, threshold, grid, frame, {})
+    return Detector(bank, threshold, grid, frame, {}, graph)

@@ -119,6 +119,12 @@ class Patches(_Strict):
     stages: str  # which of the network's feature maps, in words
     # Largest |difference| from PyTorch's features on the photographs' frames.
     max_abs_difference: float
+    precision: str = "fp32"  # of the graph `file` holds
+    # The int8 graph (QDQ, calibrated on the photographs' frames), when the build made one, and
+    # its patch features' mean cosine similarity to the fp32 graph's on those frames.
+    int8_file: str | None = None
+    int8_sha256: str | None = None
+    int8_similarity: float | None = None
 
 
 class Candidate(_Strict):
@@ -254,11 +260,23 @@ def read_graph(
     return _verified(directory / graph.file, graph.sha256, f"the {precision.value} graph")
 
 
-def read_patches(directory: Path, manifest: Manifest) -> tuple[Patches, bytes]:
-    """The detectors' graph, verified; refused when the artifact predates it or was changed."""
+def read_patches(
+    directory: Path, manifest: Manifest, precision: str = "fp32"
+) -> tuple[Patches, bytes]:
+    """The detectors' graph of `precision` ("fp32", "int8", or "auto": int8 where the build
+    made one), verified, and its description (`file`, `sha256` and `precision` are the graph's
+    read); refused when the artifact predates it or was changed."""
     patches = manifest.patches
     if patches is None:
         raise ArtifactError(f"{directory} was built before detectors existed (no patch graph)")
+    if precision == "auto":
+        precision = "int8" if patches.int8_file else "fp32"
+    if precision == "int8":
+        if patches.int8_file is None or patches.int8_sha256 is None:
+            raise ArtifactError(f"{directory} has no int8 patch graph")
+        patches = patches.model_copy(
+            update={"file": patches.int8_file, "sha256": patches.int8_sha256, "precision": "int8"}
+        )
     return patches, _verified(directory / patches.file, patches.sha256, "the patch graph")
 
 

@@ -31,9 +31,8 @@ from visinspect.errors import (
     TooFewGoodImages,
 )
 from visinspect.inference import anomaly
-from visinspect.inference.anomaly import Detector, PatchExtractor
-from visinspect.inference.artifact import read_manifest, read_patches
-from visinspect.inference.preprocess import PREPROCESSING, frame_of
+from visinspect.inference.anomaly import Detector, PatchExtractor, open_patch_extractor
+from visinspect.inference.preprocess import frame_of
 from visinspect.offline.teach import Version, base_model_version, register_version
 from visinspect.storage.image_store import ImageStore, Variant, open_image_store
 
@@ -58,14 +57,6 @@ class Frames:
     refused: dict[str, str] = field(default_factory=dict)  # what -> why
 
 
-def load_extractor(settings: Settings) -> tuple[PatchExtractor, str]:
-    """MODEL_DIR's patch graph, and its sha256 (ArtifactError when it has none)."""
-    manifest = read_manifest(settings.model_dir)
-    patches, graph = read_patches(settings.model_dir, manifest)
-    spec = PREPROCESSING[settings.model_arch]
-    return PatchExtractor(graph, patches, spec, settings.torch_threads), patches.sha256
-
-
 def train_detector(
     settings: Settings,
     engine: Engine,
@@ -81,7 +72,7 @@ def train_detector(
     LabelSetNotFound, InvalidLabelSet (no such good class), PredictionNotFound or TooFewLabels
     (fewer than MIN_GOOD_IMAGES readable good images) before any training."""
     began = time.perf_counter()
-    extractor, graph_sha256 = load_extractor(settings)
+    extractor = open_patch_extractor(settings)
     with Session(engine) as session:
         label_set = teaching.label_set(session, name)
         if label_set is None:
@@ -105,6 +96,7 @@ def train_detector(
     detector = anomaly.train(
         extractor.features(np.stack(frames.pixels)),
         extractor.patches.frame,
+        extractor.patches.sha256,
         bank_size=bank_size,
         false_reject=false_reject,
         progress=progress,
@@ -120,7 +112,7 @@ def train_detector(
             classes=[good_class],
             base_model_version=base_model_version(settings),
             artifact=anomaly.pack(detector),
-            manifest=detector_manifest(detector, graph_sha256, frames, seconds, source),
+            manifest=detector_manifest(detector, extractor, frames, seconds, source),
             labels_until=labels_until,
             trained_by=trained_by,
         ),
@@ -138,11 +130,16 @@ def train_detector(
 
 
 def detector_manifest(
-    detector: Detector, graph_sha256: str, frames: Frames, seconds: float, source: GoodImages
+    detector: Detector,
+    extractor: PatchExtractor,
+    frames: Frames,
+    seconds: float,
+    source: GoodImages,
 ) -> dict[str, object]:
     return {
         "method": anomaly.METHOD,
-        "patch_graph_sha256": graph_sha256,
+        "patch_graph_sha256": extractor.patches.sha256,
+        "patch_graph_precision": extractor.patches.precision,
         "frame": detector.frame,
         "grid": detector.grid,
         "threshold": detector.threshold,

@@ -584,6 +584,23 @@ class HeadService:
         heat = anomaly.heat_from_bytes(answer.heat)
         return await anyio.to_thread.run_sync(anomaly.heat_png, heat, *size)
 
+    async def anomalies(self, set_name: str, limit: int, cursor: str | None) -> NeedsAPerson:
+        """The active detector's anomalous answers not labelled yet in the set, most anomalous
+        first: what an inspector looks at first. From the start or a previous page's
+        `next_cursor` (InvalidCursor for another)."""
+        after = decode_cursor(cursor, ANOMALY_ORDER) if cursor is not None else None
+        current = await self.labels.get(set_name)
+        active = await self.database.run(teaching.active_head, current.record.id, "detector")
+        if active is None:
+            raise InvalidLabelSet(f"{set_name!r} has no active detector: promote a version first")
+        position = None if after is None else (after.confidence or 0.0, after.id)
+        answers = await self.database.run(
+            teaching.anomalous, current.record.id, active.id, limit + 1, position
+        )
+        page = answers[:limit]
+        more = len(answers) > limit
+        return NeedsAPerson(active, page, encode_cursor(page[-1], ANOMALY_ORDER) if more else None)
+
     async def queue(self, set_name: str, limit: int, cursor: str | None) -> NeedsAPerson:
         """The active head's "needs a person" answers not labelled yet, least confident first,
         from the start or a previous page's `next_cursor` (InvalidCursor for another)."""
@@ -638,6 +655,7 @@ def _detector_quality(
 
 MAP_MAX_PX = 1024  # a heat map PNG's longer side at most (a 28 x 28 grid has no more detail)
 QUEUE_ORDER = "needs_a_person"  # what the queue's cursors name: no other page's cursor fits
+ANOMALY_ORDER = "most_anomalous"  # the inspection queue's
 
 
 @dataclass(frozen=True, slots=True)

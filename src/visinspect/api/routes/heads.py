@@ -12,6 +12,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from visinspect.api.deps import HeadServiceDep, SettingsDep
 from visinspect.api.params import HeadId, LabelSetName, PredictionId
 from visinspect.api.schemas import (
+    AnomalyItemOut,
+    AnomalyPage,
     DetectorQualityOut,
     DetectorTrainIn,
     HeadEventOut,
@@ -179,6 +181,37 @@ async def needs_a_person(
                 head_version=page.head.version,
                 class_name=a.class_name,
                 confidence=a.confidence,
+                created_at=a.created_at,
+            )
+            for a in page.answers
+        ],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get(
+    "/label-sets/{name}/anomalies",
+    response_model=AnomalyPage,
+    summary="The inspection queue: the active detector's anomalous answers, most anomalous first",
+    description="Answers no label of the set follows yet. Label one with the good class "
+    "(a false reject) or a defect class (`POST /predictions/{id}/labels`): it leaves the queue, "
+    "and the detector's quality counts it.",
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def inspection_queue(
+    heads: HeadServiceDep,
+    name: LabelSetName,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+) -> AnomalyPage:
+    page = await heads.anomalies(name, limit, cursor)
+    return AnomalyPage(
+        items=[
+            AnomalyItemOut(
+                prediction_id=a.prediction_id,
+                detector_version=page.head.version,
+                score=a.confidence,
+                region=a.region,
                 created_at=a.created_at,
             )
             for a in page.answers

@@ -59,6 +59,13 @@ def upgrade() -> None:
             )
         )
         batch_op.add_column(sa.Column("heat", sa.LargeBinary(), nullable=True))
+        batch_op.create_index(
+            "ix_head_answers_anomalous",
+            ["head_id", "confidence", "id"],
+            unique=False,
+            postgresql_where=sa.text("class_name = 'anomalous'"),
+            sqlite_where=sa.text("class_name = 'anomalous'"),
+        )
 
 
 def downgrade() -> None:
@@ -70,6 +77,7 @@ def downgrade() -> None:
     )
     op.execute("DELETE FROM heads WHERE kind = 'detector'")
     with op.batch_alter_table("head_answers", schema=None) as batch_op:
+        batch_op.drop_index("ix_head_answers_anomalous")
         batch_op.drop_column("heat")
         batch_op.drop_column("region")
     with op.batch_alter_table("heads", schema=None) as batch_op:
@@ -85,5 +93,5 @@ def downgrade() -> None:
         )
         batch_op.drop_index("ix_heads_one_active_per_kind")
         batch_op.drop_index("ix_heads_label_set_id_kind_version")
-        batch_op.drop_constraint("ck_heads_kind", type_="check")
+        batch_op.drop_constraint("kind", type_="check")
         batch_op.drop_column("kind")
