@@ -230,6 +230,57 @@ def test_label_the_queue_from_the_keyboard_then_train_and_promote(
         assert client.label_set("surfaces").counts == expected
 
 
+def test_inspect_the_anomalous_first_with_the_heat_map_then_see_the_detector(
+    page: Page, server: tuple[object, str, str]
+) -> None:
+    """Review view, anomalous first: the detector's heat map and region over the image, `h`
+    hides and shows them, `d` labels the part defective; Teach view: the detector's version,
+    measured by that label."""
+    from bench.defects import product, shots
+
+    from tests.support import PHOTOS
+    from visinspect.client import Client
+
+    _, base, _ = server
+    coffee = product(PHOTOS / "coffee.png")
+    with Client(base) as client:
+        client.create_label_set("line", ["ok", "defect"])
+        for shot in shots(coffee, "good", 8, seed=80):
+            client.label(client.predict(shot.jpeg).id, "line", "ok")
+        detector = client.train_detector("line", "ok")
+        client.change_head(detector.id, "promote")
+        broken = next(shots(coffee, "missing", 1, seed=81))
+        flagged = client.predict(broken.jpeg)
+    assert flagged.anomaly is not None
+    assert flagged.anomaly.verdict == "anomalous"
+    page.goto(base + "/")
+    page.get_by_role("tab", name="Review").click()
+    page.get_by_label("Label into").select_option("line")
+    page.get_by_label("Order").select_option("anomalous")
+    page.locator("#queue-filters").get_by_role("button", name="Apply").click()
+    expect(page.locator("#review-title")).to_contain_text(f"#{flagged.id}")
+    expect(page.locator("#review-anomaly")).to_contain_text("anomalous")
+    expect(page.locator("#review-heat")).to_be_visible()
+    expect(page.locator("#review-region")).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "inspect.png"), full_page=True)
+    page.keyboard.press("h")
+    expect(page.locator("#review-heat")).to_be_hidden()
+    expect(page.locator("#toggle-heat")).to_have_attribute("aria-pressed", "false")
+    page.keyboard.press("h")
+    expect(page.locator("#review-heat")).to_be_visible()
+    page.keyboard.press("d")
+    expect(page.locator("#review-status")).to_contain_text(
+        f"#{flagged.id} labelled defect in line (defective)"
+    )
+    page.get_by_role("tab", name="Teach").click()
+    page.locator("#teach-set").select_option("line")
+    row = page.locator("#detectors tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("active")
+    expect(row).to_contain_text("0 of 1 (0.0%)")  # escapes: the defective part was caught
+
+
 AXE = (
     Path(__file__).resolve().parent.parent
     / ".cache"

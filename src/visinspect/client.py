@@ -193,6 +193,27 @@ class Client:
             HeadOut.model_validate(h) for h in _ok(self._http.get(f"/label-sets/{label_set}/heads"))
         ]
 
+    def train_detector(
+        self, label_set: str, good_class: str = "ok", prediction_ids: list[int] | None = None
+    ) -> HeadOut:
+        """Train the set's next detector version (a candidate) on the kept images of
+        `prediction_ids`, or of the predictions labelled `good_class`; it takes seconds."""
+        body = _params(good_class=good_class, prediction_ids=prediction_ids)
+        response = self._http.post(f"/label-sets/{label_set}/detectors", json=body)
+        return HeadOut.model_validate(_ok(response))
+
+    def detectors(self, label_set: str) -> list[HeadOut]:
+        response = self._http.get(f"/label-sets/{label_set}/detectors")
+        return [HeadOut.model_validate(d) for d in _ok(response)]
+
+    def anomaly_map(self, prediction_id: int, detector_id: int | None = None) -> bytes:
+        """The PNG of a detector's heat map on the prediction."""
+        params = _params(detector_id=detector_id)
+        response = self._http.get(f"/predictions/{prediction_id}/anomaly-map", params=params)
+        if not response.is_success:
+            _ok(response)  # raises ServiceError
+        return response.content
+
     def change_head(
         self, head_id: int, action: Literal["shadow", "promote", "rollback", "retire"]
     ) -> HeadOut:

@@ -142,8 +142,28 @@ def test_a_detector_is_trained_promoted_answers_and_is_measured(
     unknown = line.get("/predictions/999999999/anomaly-map", headers=KEY)
     assert unknown.json()["error"]["code"] == "prediction_not_found"
 
+    stained = predict(line, next(shots(coffee, "stain", 1, seed=45)))
+    queue = line.get(f"/label-sets/{SET}/anomalies", params={"limit": 1}, headers=KEY).json()
+    (first,) = queue["items"]
+    assert queue["next_cursor"] is not None
+    rest = line.get(
+        f"/label-sets/{SET}/anomalies", params={"cursor": queue["next_cursor"]}, headers=KEY
+    ).json()["items"]
+    flagged_ids = [first["prediction_id"], *(i["prediction_id"] for i in rest)]
+    assert set(flagged_ids) >= {bad["id"]}
+    assert good["id"] not in flagged_ids
+    scores = [first["score"], *(i["score"] for i in rest)]
+    assert scores == sorted(scores, reverse=True)  # most anomalous first
+    assert all(s >= 1.0 for s in scores)
+    shown = line.get(f"/predictions/{bad['id']}", headers=KEY).json()
+    assert shown["anomaly"] == flagged  # the history shows what /predict answered
+    listed_rows = line.get("/predictions", params={"limit": 5}, headers=KEY).json()["items"]
+    assert next(r for r in listed_rows if r["id"] == stained["id"])["anomaly"] == stained["anomaly"]
+
     label(line, good["id"], "ok")
     label(line, bad["id"], "defect")
+    after_labels = line.get(f"/label-sets/{SET}/anomalies", headers=KEY).json()["items"]
+    assert bad["id"] not in {i["prediction_id"] for i in after_labels}  # labelled: it left
     quality = line.get(f"/label-sets/{SET}/quality", headers=KEY).json()
     (measured,) = quality["detectors"]
     assert (measured["good"], measured["false_rejects"], measured["false_reject_rate"]) == (1, 0, 0)

@@ -7,7 +7,7 @@
 // ("" for the first), so Newer goes back and Older follows the page's next_cursor.
 const state = {
   cursors: [], cursor: "", next: null, limit: 20, classIds: null, current: null, skipped: new Set(),
-  labelSets: [],
+  labelSets: [], heat: true, goodClasses: new Map(),
 };
 const $ = (selector) => document.querySelector(selector);
 
@@ -183,24 +183,37 @@ async function loadClasses() {
 // Thumbnails need the API key, which an <img src> cannot send: each is fetched once and shown
 // from a blob: URL, kept while its prediction is in the queue.
 const thumbnails = new Map();
+const heatMaps = new Map();  // the same, for the detectors' heat maps
 
-function thumbnail(item) {
-  if (!item.image_kept) return Promise.resolve(null);
-  if (!thumbnails.has(item.id)) {
+function blobOf(cache, id, path) {
+  if (!cache.has(id)) {
     const headers = new Headers();
     if (apiKey()) headers.set("Authorization", `Bearer ${apiKey()}`);
-    thumbnails.set(item.id, fetch(`/predictions/${item.id}/image?variant=thumbnail`, { headers })
+    cache.set(id, fetch(path, { headers })
       .then(async (response) => (response.ok ? URL.createObjectURL(await response.blob()) : null))
       .catch(() => null));
   }
-  return thumbnails.get(item.id);
+  return cache.get(id);
+}
+
+function thumbnail(item) {
+  if (!item.image_kept) return Promise.resolve(null);
+  return blobOf(thumbnails, item.id, `/predictions/${item.id}/image?variant=thumbnail`);
+}
+
+function heatMap(item) {
+  if (!item.anomaly) return Promise.resolve(null);
+  const detector = item.anomaly.detector_id;
+  return blobOf(heatMaps, item.id, `/predictions/${item.id}/anomaly-map?detector_id=${detector}`);
 }
 
 function forgetThumbnails(keep) {
-  for (const [id, url] of thumbnails) {
-    if (keep.has(id)) continue;
-    url.then((blobUrl) => blobUrl && URL.revokeObjectURL(blobUrl));
-    thumbnails.delete(id);
+  for (const cache of [thumbnails, heatMaps]) {
+    for (const [id, url] of cache) {
+      if (keep.has(id)) continue;
+      url.then((blobUrl) => blobUrl && URL.revokeObjectURL(blobUrl));
+      cache.delete(id);
+    }
   }
 }
 
@@ -235,20 +248,39 @@ function showStrip(items) {
   }));
 }
 
-async function loadQueue() {
+// The inspection queue: the chosen set's detector's anomalous answers not labelled yet, most
+// anomalous first, each read as the history shows it.
+async function anomalousFirst() {
+  const chosen = chosenLabelSet();
+  if (!chosen) throw { code: "no_label_set", message: "Choose the label set to label into: its detector's anomalous answers come first." };
+  const page = await api(`/label-sets/${chosen.name}/anomalies?limit=50`);
+  const items = await Promise.all(page.items.map((a) => api(`/predictions/${a.prediction_id}`)));
+  return {
+    items, total: items.length, what: `anomalous answers of ${chosen.name}'s detector not labelled yet`,
+    none: `No anomalous answer of ${chosen.name}'s detector waits for a label.`,
+  };
+}
+
+async function leastConfidentFirst() {
   const params = new URLSearchParams({ reviewed: "false", limit: "50" });
   const cap = $("#queue-filters").elements.max_confidence.value;
   if (cap) params.set("max_confidence", cap);
+  const page = await api(`/predictions?${params}`);
+  return { items: page.items, total: page.total, what: "waiting for review", none: "No predictions wait for review." };
+}
+
+async function loadQueue() {
   try {
     await loadClasses();
     if (!state.labelSets.length) await loadLabelSets();
-    const page = await api(`/predictions?${params}`);
+    const anomalous = $("#queue-filters").elements.order.value === "anomalous";
+    const page = await (anomalous ? anomalousFirst() : leastConfidentFirst());
     const waiting = page.items.filter((item) => !state.skipped.has(item.id));
     const next = waiting[0];
     state.current = next || null;
     $("#queue-info").textContent = page.total
-      ? `${page.total} waiting for review${state.skipped.size ? `, ${state.skipped.size} skipped` : ""}`
-      : "No predictions wait for review.";
+      ? `${page.total} ${page.what}${state.skipped.size ? `, ${state.skipped.size} skipped` : ""}`
+      : page.none;
     forgetThumbnails(new Set(waiting.map((item) => item.id)));
     showStrip(waiting);
     $("#review-item").hidden = !next;
@@ -278,6 +310,78 @@ function showItem(item) {
   $("#true-class").value = "";
   $("#review-note").value = "";
   $("#review-status").textContent = "";
+  showAnomaly(item);
+}
+
+// A detector's answer over the image: its heat map (h toggles it) and the region's box, in
+// the image's own pixels scaled to the picture.
+function showAnomaly(item) {
+  const answer = item.anomaly;
+  const heat = $("#review-heat");
+  const box = $("#review-region");
+  heat.hidden = true;
+  heat.removeAttribute("src");
+  box.hidden = true;
+  $("#review-anomaly").hidden = !answer;
+  $("#inspect").hidden = !answer;
+  if (!answer) return;
+  const line = $("#review-anomaly");
+  line.dataset.verdict = answer.verdict;
+  line.textContent = `Detector ${answer.detector} v${answer.version}: ${answer.verdict}, score `
+    + `${answer.score.toFixed(2)} (1.00 is the threshold)`
+    + (answer.region ? `, defect at [${answer.region.join(", ")}]` : "");
+  if (answer.region && state.heat) {
+    const [x0, y0, x1, y1] = answer.region;
+    Object.assign(box.style, {
+      left: `${(100 * x0) / item.image_width}%`, top: `${(100 * y0) / item.image_height}%`,
+      width: `${(100 * (x1 - x0)) / item.image_width}%`, height: `${(100 * (y1 - y0)) / item.image_height}%`,
+    });
+    box.hidden = false;
+  }
+  $("#toggle-heat").setAttribute("aria-pressed", String(state.heat));
+  if (!state.heat) return;
+  heatMap(item).then((url) => {
+    if (!url || state.current !== item || !state.heat) return;
+    heat.src = url;
+    heat.hidden = false;
+  });
+}
+
+function toggleHeat() {
+  state.heat = !state.heat;
+  if (state.current) showAnomaly(state.current);
+}
+
+// "Good part" and "defective" are labels in the detector's set: its good class, or the set's
+// first other class. Quality counts them as the detector's false rejects and escapes.
+async function inspect(good) {
+  const item = state.current;
+  if (!item || !item.anomaly) return;
+  const name = item.anomaly.detector;
+  try {
+    if (!state.goodClasses.has(name)) {
+      const versions = await api(`/label-sets/${name}/detectors?limit=200`);
+      const served = versions.find((d) => d.id === item.anomaly.detector_id) || versions[0];
+      state.goodClasses.set(name, served ? served.classes[0] : "ok");
+    }
+    const goodClass = state.goodClasses.get(name);
+    const set = state.labelSets.find((s) => s.name === name) || (await api(`/label-sets/${name}`));
+    const className = good ? goodClass : set.classes.find((c) => c !== goodClass);
+    if (!className) {
+      $("#review-status").textContent = `${name} has no class besides ${goodClass}: add one (a defect) in Teach first.`;
+      return;
+    }
+    await api(`/predictions/${item.id}/labels`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ label_set: name, class: className }),
+    });
+    state.skipped.add(item.id);
+    await loadQueue();
+    $("#review-status").textContent = `#${item.id} labelled ${className} in ${name} (${good ? "good part" : "defective"}).`;
+    $("#queue-info").focus();
+  } catch (error) {
+    $("#review-status").textContent = `${error.code}: ${error.message}`;
+  }
 }
 
 async function submitReview(verdict) {
@@ -317,6 +421,9 @@ function onReviewKey(event) {
     labelCurrent(chosen.classes[Number(event.key) - 1]);
     return;
   }
+  if (event.key === "h") { event.preventDefault(); toggleHeat(); }
+  if (event.key === "g") { event.preventDefault(); inspect(true); }
+  if (event.key === "d") { event.preventDefault(); inspect(false); }
   if (event.key === "c") { event.preventDefault(); submitReview("correct"); }
   if (event.key === "w") { event.preventDefault(); $("#true-class").focus(); }
   if (event.key === "s" && state.current) {
@@ -467,6 +574,7 @@ async function loadTeach() {
       $("#teach-info").textContent = "No label set yet: create one below, then label predictions into it.";
       bars($("#chart-labels"), [], 0);
       $("#versions tbody").replaceChildren();
+      $("#detectors tbody").replaceChildren();
       return;
     }
     const counts = chosen.classes.map((name) => ({ label: name, value: chosen.counts[name], text: String(chosen.counts[name]) }));
@@ -492,7 +600,52 @@ async function loadTeach() {
       );
       return row;
     }));
+    await loadDetectors(chosen, quality);
     $("#teach-info").textContent = `${chosen.name}: ${chosen.labelled} labelled predictions, ${heads.length} versions.`;
+  } catch (error) {
+    $("#teach-info").textContent = `${error.code}: ${error.message}`;
+  }
+}
+
+async function loadDetectors(chosen, quality) {
+  const select = $("#train-detector").elements.good_class;
+  const kept = select.value;
+  select.replaceChildren(...chosen.classes.map((name) => new Option(name, name)));
+  if (chosen.classes.includes(kept)) select.value = kept;
+  const detectors = await api(`/label-sets/${chosen.name}/detectors`);
+  const measured = new Map(quality.detectors.map((d) => [d.head_id, d]));
+  const rate = (n, of, share) => (of ? `${n} of ${of} (${percent(share)})` : "-");
+  $("#detectors tbody").replaceChildren(...detectors.map((detector) => {
+    const later = measured.get(detector.id);
+    const actions = document.createElement("td");
+    if (detector.status !== "active") actions.append(changeButton(detector, "promote", "Promote"));
+    if (detector.status === "candidate" || detector.status === "retired") actions.append(changeButton(detector, "shadow", "Shadow"));
+    if (detector.status === "active") actions.append(changeButton(detector, "rollback", "Roll back"));
+    if (detector.status !== "retired") actions.append(changeButton(detector, "retire", "Retire"));
+    const row = document.createElement("tr");
+    row.append(
+      cell(`v${detector.version} (${detector.classes[0]})`), cell(detector.status),
+      cell(String(detector.training.good_images)),
+      cell(later ? rate(later.false_rejects, later.good, later.false_reject_rate) : "-"),
+      cell(later ? rate(later.escapes, later.defective, later.escape_rate) : "-"),
+      actions,
+    );
+    return row;
+  }));
+}
+
+async function trainDetector(form) {
+  const name = $("#teach-set").value;
+  if (!name) return;
+  const goodClass = form.elements.good_class.value;
+  $("#teach-info").textContent = `Training a detector on ${name}'s ${goodClass} images...`;
+  try {
+    const detector = await api(`/label-sets/${name}/detectors`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ good_class: goodClass }),
+    });
+    await loadTeach();
+    $("#teach-info").textContent = `${name} detector v${detector.version} trained on ${detector.training.good_images} good images: promote it to answer.`;
   } catch (error) {
     $("#teach-info").textContent = `${error.code}: ${error.message}`;
   }
@@ -601,6 +754,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#label-set").addEventListener("change", showLabelKeys);
   $("#teach-set").addEventListener("change", loadTeach);
   $("#train-head").addEventListener("click", trainHead);
+  $("#train-detector").addEventListener("submit", (event) => {
+    event.preventDefault();
+    trainDetector(event.target);
+  });
+  $("#mark-good").addEventListener("click", () => inspect(true));
+  $("#mark-defective").addEventListener("click", () => inspect(false));
+  $("#toggle-heat").addEventListener("click", toggleHeat);
   $("#new-label-set").addEventListener("submit", (event) => {
     event.preventDefault();
     createLabelSet(event.target);
