@@ -9,9 +9,10 @@ PIP_ARGS ?=
 .PHONY: run model test imports docs docs-build audit install-check chromium containers bench bench-heads bench-teach bench-quality bench-anomaly bench-smoke bench-history bench-history-smoke footprint photos quantization openvino reliability lock axe lint typecheck pytest postgres hey clean
 
 # The first run builds the model artifact (MODEL_DIR, default ~/.cache/visinspect/model); later runs
-# find it up to date and start at once.
+# find it up to date and start at once. Uploads are kept in ./visinspect-images (the review queue
+# shows them, detectors learn from them) unless IMAGE_STORE_DIR says otherwise (empty: not kept).
 run: model
-	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect serve
+	LOG_FORMAT=$${LOG_FORMAT:-console} IMAGE_STORE_DIR=$${IMAGE_STORE_DIR-./visinspect-images} $(BIN)/visinspect serve
 
 model: $(VENV)/.installed
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/visinspect model build --if-missing
@@ -36,6 +37,7 @@ containers: $(VENV)/.installed-dev postgres
 bench: $(VENV)/.installed-dev photos model postgres hey
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.heads
+	$(BIN)/python -m bench.detectors
 
 # What an active and a shadow head cost /predict at c=8 (docs/teaching.md).
 bench-heads: $(VENV)/.installed-dev photos model postgres hey
@@ -57,6 +59,7 @@ bench-quality: $(VENV)/.installed-dev model postgres
 bench-smoke: $(VENV)/.installed-dev model postgres hey
 	$(BIN)/python -m bench.load --smoke
 	$(BIN)/python -m bench.heads --seconds 1 --rounds 1
+	$(BIN)/python -m bench.detectors --seconds 1 --rounds 2
 
 # The history at scale (bench/history.py): 10 M realistic rows (kept between runs: the fill takes
 # minutes), then every history, statistics, quality and drift call timed through the server.

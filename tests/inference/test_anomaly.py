@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,86 @@ def test_the_cli_trains_from_a_folder_and_scores_with_maps(
     refused = run([VISINSPECT, "detector", "score", str(bad), "--detector", str(out)])
     assert refused.returncode == 1
     assert "sha256" in refused.stderr
+
+
+def test_a_detector_answers_only_on_the_graph_it_was_trained_on(
+    extractor: PatchExtractor, coffee: Image.Image
+) -> None:
+    features = _features(extractor, list(shots(coffee, "good", 6, seed=5)))
+    trained = anomaly.train(features, extractor.patches.frame, extractor.patches.sha256, 256)
+    data = anomaly.pack(trained)
+    digest = hashlib.sha256(data).hexdigest()
+    assert anomaly.unpack(data, digest, extractor.patches).graph_sha256 == trained.graph_sha256
+    int8 = extractor.patches.model_copy(update={"sha256": "f" * 64, "precision": "int8"})
+    with pytest.raises(DetectorArtifactError, match="another patch graph"):
+        anomaly.unpack(data, digest, int8)
+
+
+def test_a_kept_heat_map_round_trips_in_a_byte_a_patch() -> None:
+    heat = np.zeros((28, 28), np.float32)
+    heat[5, 6], heat[0, 0] = 1.234, 9.0  # 9.0: past what a byte keeps, kept as 2.55
+    served = anomaly.LoadedDetector(1, "line", 1, 1, "ok", False, None)  # type: ignore[arg-type]
+    kept = anomaly.DetectorAnswer(served, anomaly.AnomalyAnswer(9.0, "anomalous", None, heat))
+    back = anomaly.heat_from_bytes(kept.heat_bytes())
+    assert back.shape == (28, 28)
+    assert back[5, 6] == pytest.approx(1.23)
+    assert back[0, 0] == pytest.approx(2.55)
+    with pytest.raises(ValueError, match="not a square"):
+        anomaly.heat_from_bytes(b"\x00" * 10)
+
+
+def test_the_cli_registers_a_detector_in_a_label_set(tmp_path: Path, coffee: Image.Image) -> None:
+    """`visinspect detector train DIR --label-set NAME`: the set's next detector version, a
+    candidate with its "trained" event, its artifact in HEADS_DIR; a set without the good class
+    is refused as the server would refuse it."""
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    from visinspect.db.tables import HeadEventRecord, HeadRecord, LabelSetRecord
+
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    env = {"DATABASE_URL": url, "HEADS_DIR": str(tmp_path / "heads")}
+    good = tmp_path / "good"
+    good.mkdir()
+    for i, shot in enumerate(shots(coffee, "good", 6, seed=6)):
+        (good / f"{i}.jpg").write_bytes(shot.jpeg)
+    migrated = subprocess.run(
+        [VISINSPECT, "db", "upgrade"], capture_output=True, text=True, env=environment(**env)
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    engine = create_engine(url)
+    with Session(engine) as session:
+        session.add(
+            LabelSetRecord(name="line", classes=["ok", "defect"], created_at=datetime.now(UTC))
+        )
+        session.commit()
+    command = [VISINSPECT, "detector", "train", str(good), "--label-set", "line", "--json"]
+    trained = subprocess.run(
+        [*command, "--by", "carol"], capture_output=True, text=True, env=environment(**env)
+    )
+    assert trained.returncode == 0, trained.stderr
+    answer = json.loads(trained.stdout.strip().splitlines()[-1])
+    assert answer["version"] == 1
+    with Session(engine) as session:
+        head = session.get(HeadRecord, answer["head_id"])
+        assert head is not None
+        assert (head.kind, head.status, head.classes, head.trained_by) == (
+            "detector",
+            "candidate",
+            ["ok"],
+            "carol",
+        )
+        assert head.manifest["training"]["good_images"] == 6
+        events = session.scalars(select(HeadEventRecord.action)).all()
+        assert events == ["trained"]
+    assert (tmp_path / "heads" / "line" / "detector-v1" / "detector.npz").read_bytes() == (
+        head.artifact
+    )
+    refused = subprocess.run(
+        [*command, "--good", "fine"], capture_output=True, text=True, env=environment(**env)
+    )
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout.strip().splitlines()[-1])["error"]["code"] == (
+        "invalid_label_set"
+    )
+    engine.dispose()
