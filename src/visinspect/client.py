@@ -194,11 +194,17 @@ class Client:
         ]
 
     def train_detector(
-        self, label_set: str, good_class: str = "ok", prediction_ids: list[int] | None = None
+        self,
+        label_set: str,
+        good_class: str = "ok",
+        prediction_ids: list[int] | None = None,
+        false_reject: float | None = None,
     ) -> HeadOut:
         """Train the set's next detector version (a candidate) on the kept images of
         `prediction_ids`, or of the predictions labelled `good_class`; it takes seconds."""
-        body = _params(good_class=good_class, prediction_ids=prediction_ids)
+        body = _params(
+            good_class=good_class, prediction_ids=prediction_ids, false_reject=false_reject
+        )
         response = self._http.post(f"/label-sets/{label_set}/detectors", json=body)
         return HeadOut.model_validate(_ok(response))
 

@@ -222,9 +222,15 @@ def test_detectors_from_named_predictions_and_a_broken_one_is_skipped(
     created = line.post("/label-sets", json={"name": name, "classes": ["ok", "bad"]}, headers=KEY)
     assert created.status_code == 201, created.text
     ids = [predict(line, s)["id"] for s in shots(coffee, "good", 6, seed=60)]
-    trained = line.post(f"/label-sets/{name}/detectors", json={"prediction_ids": ids}, headers=KEY)
+    body = {"prediction_ids": ids, "false_reject": 0.05}
+    trained = line.post(f"/label-sets/{name}/detectors", json=body, headers=KEY)
     assert trained.status_code == 201, trained.text
     assert trained.json()["training"]["good_images"] == 6
+    assert trained.json()["training"]["false_reject_target"] == 0.05
+    too_loose = {"prediction_ids": ids, "false_reject": 0.9}
+    assert (
+        line.post(f"/label-sets/{name}/detectors", json=too_loose, headers=KEY).status_code == 422
+    )
     assert line.post(f"/heads/{trained.json()['id']}/promote", headers=KEY).status_code == 200
     answered = predict(line, next(shots(coffee, "good", 1, seed=61)), label_set=name)
     assert answered["anomaly"]["detector"] == name

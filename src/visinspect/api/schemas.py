@@ -634,6 +634,13 @@ class DetectorTrainIn(BaseModel):
         max_length=1000,
         description="Train on these predictions' kept images instead (all of them good parts)",
     )
+    false_reject: float = Field(
+        default=0.01,
+        ge=0.0001,
+        le=0.5,
+        description="The share of good parts the threshold may call anomalous, set on good "
+        "images the bank did not see",
+    )
 
 
 class QueueItemOut(BaseModel):

@@ -325,10 +325,11 @@ class HeadService:
         prediction_ids: Sequence[int],
         by: str | None,
         client_gone: Callable[[], Awaitable[bool]] | None = None,
+        false_reject: float = anomaly.DEFAULT_FALSE_REJECT,
     ) -> HeadRecord:
         """Train the set's next detector version in a `visinspect detector train` child process
         (`_train_in_child`), on the kept images of `prediction_ids`, or of the predictions
-        whose latest label is `good_class`."""
+        whose latest label is `good_class`; its threshold for `false_reject`."""
         current = await self.labels.get(set_name)  # 404 before a process is started
         if good_class not in current.record.classes:
             raise InvalidLabelSet(
@@ -340,6 +341,7 @@ class HeadService:
                 "MODEL_DIR's artifact has no patch graph: rebuild it (`visinspect model build`)"
             )
         command = ["detector", "train", "--label-set", set_name, "--good", good_class, "--json"]
+        command += ["--false-reject", repr(false_reject)]
         if prediction_ids:
             command += ["--predictions", ",".join(str(i) for i in prediction_ids)]
         return await self._train_in_child(set_name, "detector", command, by, client_gone)

@@ -82,7 +82,12 @@ async def train_detector(
     """The training process is stopped when the client leaves before its answer."""
     wanted = body or DetectorTrainIn()
     trained = await heads.train_detector(
-        name, wanted.good_class, wanted.prediction_ids, by, request.is_disconnected
+        name,
+        wanted.good_class,
+        wanted.prediction_ids,
+        by,
+        request.is_disconnected,
+        false_reject=wanted.false_reject,
     )
     return head_out(trained, name)
 
