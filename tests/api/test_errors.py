@@ -35,6 +35,7 @@ EXPECTED = {
     errors.UnknownClass: 422,
     errors.InvalidLabelSet: 422,
     errors.TooFewLabels: 422,
+    errors.TooFewGoodImages: 422,
     errors.BaseModelDiffers: 422,
     errors.InvalidHeadChange: 422,
     errors.TooManyLabelSets: 422,
