@@ -425,24 +425,42 @@ def undecided(
     """The "needs a person" queue: the head's undecided answers that no label of the set
     follows, least confident first (keyset on (confidence, id))."""
     answers = HeadAnswerRecord
+    wanted = [answers.label_set_id == label_set_id, answers.decided.is_(False)]
+    return _unlabelled(session, label_set_id, head_id, wanted, limit, after, descending=False)
+
+
+def _unlabelled(
+    session: Session,
+    label_set_id: int,
+    head_id: int,
+    wanted: list[ColumnElement[bool]],
+    limit: int,
+    after: tuple[float, int] | None,
+    descending: bool,
+) -> list[HeadAnswerRecord]:
+    """The head's answers that match `wanted` and that no label of the set follows, ordered by
+    (confidence, id), ascending or descending, from after the keyset position `after`."""
+    answers = HeadAnswerRecord
     labelled = exists().where(
         LabelRecord.label_set_id == label_set_id,
         LabelRecord.prediction_id == answers.prediction_id,
     )
-    filters: list[ColumnElement[bool]] = [
-        answers.label_set_id == label_set_id,
-        answers.decided.is_(False),
-        answers.head_id == head_id,
-        ~labelled,
-    ]
+    filters = [*wanted, answers.head_id == head_id, ~labelled]
     if after is not None:
-        filters.append(
-            (answers.confidence > after[0])
+        beyond = (
+            (answers.confidence < after[0])
+            | ((answers.confidence == after[0]) & (answers.id < after[1]))
+            if descending
+            else (answers.confidence > after[0])
             | ((answers.confidence == after[0]) & (answers.id > after[1]))
         )
-    statement = (
-        select(answers).where(*filters).order_by(answers.confidence, answers.id).limit(limit)
+        filters.append(beyond)
+    order = (
+        (answers.confidence.desc(), answers.id.desc())
+        if descending
+        else (answers.confidence, answers.id)
     )
+    statement = select(answers).where(*filters).order_by(*order).limit(limit)
     return list(session.scalars(statement))
 
 
@@ -516,25 +534,8 @@ def anomalous(
     """The inspection queue: the detector's anomalous answers that no label of the set follows,
     most anomalous first (keyset on (score, id), both descending: the partial index read
     backwards)."""
-    answers = HeadAnswerRecord
-    labelled = exists().where(
-        LabelRecord.label_set_id == label_set_id,
-        LabelRecord.prediction_id == answers.prediction_id,
-    )
-    filters: list[ColumnElement[bool]] = [
-        answers.head_id == head_id,
-        answers.class_name == "anomalous",
-        ~labelled,
-    ]
-    if after is not None:
-        filters.append(
-            (answers.confidence < after[0])
-            | ((answers.confidence == after[0]) & (answers.id > after[1]))
-        )
-    statement = (
-        select(answers).where(*filters).order_by(answers.confidence.desc(), answers.id).limit(limit)
-    )
-    return list(session.scalars(statement))
+    wanted = [HeadAnswerRecord.class_name == "anomalous"]
+    return _unlabelled(session, label_set_id, head_id, wanted, limit, after, descending=True)
 
 
 def answered_since(session: Session, head_id: int) -> datetime | None:

@@ -187,10 +187,6 @@ class HeadRegistry:
                 self._failed(head.head_id, "apply_failed", str(exc))
         return found
 
-    def failed(self, head_id: int, reason: str, detail: str) -> None:
-        """One log line and the metric for a head or detector that could not answer."""
-        self._failed(head_id, reason, detail)
-
     def _failed(self, head_id: int, reason: str, detail: str) -> None:
         log.error(
             "head.skipped",
@@ -590,34 +586,31 @@ class HeadService:
         """The active detector's anomalous answers not labelled yet in the set, most anomalous
         first: what an inspector looks at first. From the start or a previous page's
         `next_cursor` (InvalidCursor for another)."""
-        after = decode_cursor(cursor, ANOMALY_ORDER) if cursor is not None else None
-        current = await self.labels.get(set_name)
-        active = await self.database.run(teaching.active_head, current.record.id, "detector")
-        if active is None:
-            raise InvalidLabelSet(f"{set_name!r} has no active detector: promote a version first")
-        position = None if after is None else (after.confidence or 0.0, after.id)
-        answers = await self.database.run(
-            teaching.anomalous, current.record.id, active.id, limit + 1, position
-        )
-        page = answers[:limit]
-        more = len(answers) > limit
-        return NeedsAPerson(active, page, encode_cursor(page[-1], ANOMALY_ORDER) if more else None)
+        return await self._queue(set_name, "detector", ANOMALY_ORDER, limit, cursor)
 
     async def queue(self, set_name: str, limit: int, cursor: str | None) -> NeedsAPerson:
         """The active head's "needs a person" answers not labelled yet, least confident first,
         from the start or a previous page's `next_cursor` (InvalidCursor for another)."""
-        after = decode_cursor(cursor, QUEUE_ORDER) if cursor is not None else None
+        return await self._queue(set_name, "classifier", QUEUE_ORDER, limit, cursor)
+
+    async def _queue(
+        self, set_name: str, kind: str, order: str, limit: int, cursor: str | None
+    ) -> NeedsAPerson:
+        """A page of the set's active `kind`'s queue (`_QUEUES`: its query), `limit` answers
+        and the cursor of the next page, if any."""
+        after = decode_cursor(cursor, order) if cursor is not None else None
         current = await self.labels.get(set_name)
-        active = await self.database.run(teaching.active_head, current.record.id, "classifier")
+        active = await self.database.run(teaching.active_head, current.record.id, kind)
         if active is None:
-            raise InvalidLabelSet(f"{set_name!r} has no active head: promote a version first")
+            what = "head" if kind == "classifier" else kind
+            raise InvalidLabelSet(f"{set_name!r} has no active {what}: promote a version first")
         position = None if after is None else (after.confidence or 0.0, after.id)
         answers = await self.database.run(
-            teaching.undecided, current.record.id, active.id, limit + 1, position
+            _QUEUES[kind], current.record.id, active.id, limit + 1, position
         )
         page = answers[:limit]
         more = len(answers) > limit
-        return NeedsAPerson(active, page, encode_cursor(page[-1], QUEUE_ORDER) if more else None)
+        return NeedsAPerson(active, page, encode_cursor(page[-1], order) if more else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,6 +651,8 @@ def _detector_quality(
 MAP_MAX_PX = 1024  # a heat map PNG's longer side at most (a 28 x 28 grid has no more detail)
 QUEUE_ORDER = "needs_a_person"  # what the queue's cursors name: no other page's cursor fits
 ANOMALY_ORDER = "most_anomalous"  # the inspection queue's
+# Each kind's queue: a classifier's undecided answers, a detector's anomalous ones.
+_QUEUES = {"classifier": teaching.undecided, "detector": teaching.anomalous}
 
 
 @dataclass(frozen=True, slots=True)
