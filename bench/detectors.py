@@ -13,7 +13,6 @@ machine, each round, the paired and the medians' ratios of throughput, p50 and C
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import tempfile
@@ -24,9 +23,8 @@ import httpx
 from PIL import Image
 
 from bench.defects import product, shots
-from bench.heads import _cpu, _order, _report
-from bench.load import MULTIPART, Endpoint, cell, free_port, fresh_database, multipart_body, server
-from bench.overhead import server_pid
+from bench.heads import arguments, jpeg_of, measure_rounds, report
+from bench.load import MULTIPART, Endpoint, free_port, fresh_database, multipart_body, server
 from visinspect.offline.photos import skimage_data
 
 REFRESH_S = 0.5
@@ -35,11 +33,7 @@ GOOD_SHOTS = 20
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10, help="per round")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds (even: ABBA)")
-    parser.add_argument("--concurrency", type=int, default=8)
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     photos = skimage_data()
     assert photos is not None, "scikit-image's photos are needed (the model extra)"
     coffee = product(photos / "coffee.png")
@@ -54,30 +48,15 @@ def main() -> None:
         }
         with server([".venv/bin/visinspect", "serve", "--port", str(port)], env, port) as base:
             detector = _teach(base, coffee)
-            upload = _jpeg(next(shots(coffee, "good", 1, seed=7)).jpeg, (640, 480))
+            shot = next(shots(coffee, "good", 1, seed=7))
+            upload = jpeg_of(io.BytesIO(shot.jpeg), (640, 480))
             body = multipart_body(upload, Path(folder), "part")
             endpoint = Endpoint(base, "/predict", {"640x480": body}, MULTIPART)
-            pid = server_pid(port)
-            rounds = []
-            for number in range(args.rounds):
-                for condition in _order(number, CONDITIONS):
-                    _set(base, condition, detector)
-                    before = _cpu(pid)
-                    result = cell(endpoint, "640x480", args.concurrency, args.seconds, condition)
-                    spent = _cpu(pid) - before
-                    rounds.append(
-                        {
-                            "condition": condition,
-                            "throughput": round(result.throughput, 2),
-                            "p50_ms": round(result.p50, 2),
-                            "p99_ms": round(result.p99, 2),
-                            "ok": result.ok,
-                            "requests": result.requests,
-                            "cpu_ms_per_request": round(spent / result.ok * 1000, 3),
-                        }
-                    )
-    report = _report(rounds, args, "detector", "throughput ratio >= 0.8", "detector")
-    print(json.dumps(report, indent=2))
+            rounds = measure_rounds(
+                endpoint, port, args, CONDITIONS, lambda c: _set(base, c, detector)
+            )
+    measured = report(rounds, args, "detector", "throughput ratio >= 0.8", "detector")
+    print(json.dumps(measured, indent=2))
 
 
 def _teach(base: str, coffee: Image.Image) -> int:
@@ -102,12 +81,6 @@ def _set(base: str, condition: str, detector: int) -> None:
             action = "promote" if wanted == "active" else "retire"
             client.post(f"/heads/{detector}/{action}").raise_for_status()
     time.sleep(REFRESH_S * 4)  # every process has reloaded
-
-
-def _jpeg(data: bytes, size: tuple[int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").resize(size).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 if __name__ == "__main__":

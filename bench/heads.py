@@ -20,7 +20,9 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import httpx
 from PIL import Image
@@ -38,11 +40,7 @@ REFRESH_S = 0.5
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10, help="per round")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds (even: ABBA)")
-    parser.add_argument("--concurrency", type=int, default=8)
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     photos = skimage_data()
     assert photos is not None, "scikit-image's photos are needed (the model extra)"
     with tempfile.TemporaryDirectory() as folder, fresh_database() as url:
@@ -55,28 +53,56 @@ def main() -> None:
         }
         with server([".venv/bin/visinspect", "serve", "--port", str(port)], env, port) as base:
             v1, v2 = _teach(base, photos)
-            body = multipart_body(_jpeg(photos / "coffee.png", (640, 480)), Path(folder), "coffee")
+            body = multipart_body(
+                jpeg_of(photos / "coffee.png", (640, 480)), Path(folder), "coffee"
+            )
             endpoint = Endpoint(base, "/predict", {"640x480": body}, MULTIPART)
-            pid = server_pid(port)
-            rounds = []
-            for number in range(args.rounds):
-                for condition in _order(number):
-                    _set(base, condition, v1, v2)
-                    before = _cpu(pid)
-                    result = cell(endpoint, "640x480", args.concurrency, args.seconds, condition)
-                    spent = _cpu(pid) - before
-                    rounds.append(
-                        {
-                            "condition": condition,
-                            "throughput": round(result.throughput, 2),
-                            "p50_ms": round(result.p50, 2),
-                            "p99_ms": round(result.p99, 2),
-                            "ok": result.ok,
-                            "requests": result.requests,
-                            "cpu_ms_per_request": round(spent / result.ok * 1000, 3),
-                        }
-                    )
-    print(json.dumps(_report(rounds, args), indent=2))
+            conditions = ("none", "active+shadow")
+            rounds = measure_rounds(
+                endpoint, port, args, conditions, lambda c: _set(base, c, v1, v2)
+            )
+    print(json.dumps(report(rounds, args), indent=2))
+
+
+def arguments(description: str | None) -> argparse.ArgumentParser:
+    """The options of a run of ABBA rounds (`measure_rounds`)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seconds", type=float, default=10, help="per round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds (even: ABBA)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    return parser
+
+
+def measure_rounds(
+    endpoint: Endpoint,
+    port: int,
+    args: argparse.Namespace,
+    conditions: tuple[str, str],
+    set_condition: Callable[[str], None],
+) -> list[dict[str, object]]:
+    """`args.rounds` rounds of both conditions in ABBA order (`_order`), each `hey` at
+    `args.concurrency` for `args.seconds` once `set_condition` made it so: throughput,
+    latency and the CPU a request cost the machine (`_cpu`)."""
+    pid = server_pid(port)
+    rounds: list[dict[str, object]] = []
+    for number in range(args.rounds):
+        for condition in _order(number, conditions):
+            set_condition(condition)
+            before = _cpu(pid)
+            result = cell(endpoint, "640x480", args.concurrency, args.seconds, condition)
+            spent = _cpu(pid) - before
+            rounds.append(
+                {
+                    "condition": condition,
+                    "throughput": round(result.throughput, 2),
+                    "p50_ms": round(result.p50, 2),
+                    "p99_ms": round(result.p99, 2),
+                    "ok": result.ok,
+                    "requests": result.requests,
+                    "cpu_ms_per_request": round(spent / result.ok * 1000, 3),
+                }
+            )
+    return rounds
 
 
 def _cpu(pid: int) -> float:
@@ -126,13 +152,14 @@ def _set(base: str, condition: str, v1: int, v2: int) -> None:
     time.sleep(REFRESH_S * 4)  # every process has reloaded
 
 
-def _jpeg(path: Path, size: tuple[int, int]) -> bytes:
+def jpeg_of(source: Path | IO[bytes], size: tuple[int, int]) -> bytes:
+    """The image at `source` (a path or a file) as a JPEG of `size`, quality 90."""
     buffer = io.BytesIO()
-    Image.open(path).convert("RGB").resize(size).save(buffer, "JPEG", quality=90)
+    Image.open(source).convert("RGB").resize(size).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
-def _report(
+def report(
     rounds: list[dict[str, object]],
     args: argparse.Namespace,
     with_them: str = "active+shadow",
