@@ -13,7 +13,6 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +32,9 @@ from visinspect.inference.anomaly import (
 )
 from visinspect.inference.artifact import ArtifactError
 from visinspect.inference.preprocess import frame_of
-from visinspect.offline.detectors import GoodImages, train_detector
+from visinspect.offline.detectors import GoodImages, read_files, train_detector
 
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING_MATCHED = 0, 1, 2
-
-
-@dataclass(frozen=True, slots=True)
-class _Loaded:
-    extractor: PatchExtractor
-    patches_sha256: str
-    model_name: str
 
 
 def train(settings: Settings, args: argparse.Namespace) -> int:
@@ -55,9 +47,14 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     started = _start(settings, args, err)
     if isinstance(started, int):
         return started
-    files, loaded = started
+    files, extractor = started
     began = time.perf_counter()
-    frames, refused = _frames(settings, loaded.extractor, files, err, args.no_progress)
+    with progress_bar(err, args.no_progress) as progress:
+        task = progress.add_task("reading good images", total=len(files))
+        read = read_files(
+            files, extractor, settings.max_image_pixels, lambda: progress.advance(task)
+        )
+    frames, refused = read.pixels, read.refused
     if len(frames) < anomaly.MIN_GOOD_IMAGES:
         err.print(
             f"visinspect: {len(frames)} readable good images; a detector needs at least "
@@ -66,9 +63,9 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     with err.status("choosing the bank") as status:
         detector = anomaly.train(
-            loaded.extractor.features(frames),
-            loaded.extractor.patches.frame,
-            loaded.patches_sha256,
+            extractor.features(np.stack(frames)),
+            extractor.patches.frame,
+            extractor.patches.sha256,
             bank_size=args.bank_size,
             false_reject=args.false_reject,
             progress=lambda step: status.update(step),
@@ -83,9 +80,9 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         "method": anomaly.METHOD,
         "sha256": digest,
         "bytes": len(data),
-        "model_name": loaded.model_name,
-        "patch_graph_sha256": loaded.patches_sha256,
-        "patch_graph_precision": loaded.extractor.patches.precision,
+        "model_name": settings.model_arch.value,
+        "patch_graph_sha256": extractor.patches.sha256,
+        "patch_graph_precision": extractor.patches.precision,
         "frame": detector.frame,
         "threshold": detector.threshold,
         "trained_from": [str(f) for f in files if str(f) not in refused],
@@ -172,9 +169,9 @@ def score(settings: Settings, args: argparse.Namespace) -> int:
     started = _start(settings, args, err)
     if isinstance(started, int):
         return started
-    files, loaded = started
+    files, extractor = started
     try:
-        detector = _detector(Path(args.detector), loaded)
+        detector = _detector(Path(args.detector), extractor)
     except (OSError, ValueError, KeyError, DetectorArtifactError) as exc:
         err.print(f"visinspect: cannot use the detector {args.detector}: {exc}")
         return EXIT_FAILED
@@ -186,13 +183,13 @@ def score(settings: Settings, args: argparse.Namespace) -> int:
     for path in files:
         try:
             frame = frame_of(
-                path.read_bytes(), detector.frame, settings.max_image_pixels, loaded.extractor.spec
+                path.read_bytes(), detector.frame, settings.max_image_pixels, extractor.spec
             )
         except (OSError, InvalidImage) as exc:
             table.add_row(str(path), "", "refused", str(exc))
             failed = True
             continue
-        features = loaded.extractor.features(frame.pixels[None])[0]
+        features = extractor.features(frame.pixels[None])[0]
         answer = detector.answer(features, frame.width, frame.height)
         table.add_row(
             str(path),
@@ -210,7 +207,7 @@ def score(settings: Settings, args: argparse.Namespace) -> int:
 
 def _start(
     settings: Settings, args: argparse.Namespace, err: Console
-) -> tuple[list[Path], _Loaded] | int:
+) -> tuple[list[Path], PatchExtractor] | int:
     """The images the arguments name and MODEL_DIR's patch graph, or the exit code saying why
     there is nothing to do."""
     files = expand(args.paths)
@@ -222,42 +219,17 @@ def _start(
     except ArtifactError as exc:
         err.print(f"visinspect: {exc}; {exc.action}")
         return EXIT_FAILED
-    return files, _Loaded(extractor, extractor.patches.sha256, settings.model_arch.value)
+    return files, extractor
 
 
-def _detector(path: Path, loaded: _Loaded) -> Detector:
+def _detector(path: Path, extractor: PatchExtractor) -> Detector:
     """The detector at `path` (.npz), checked against the sha256 in its manifest (.json) and
     against the patch graph this MODEL_DIR serves."""
     manifest = json.loads(path.with_suffix(".json").read_text())
-    if manifest.get("patch_graph_sha256") != loaded.patches_sha256:
+    if manifest.get("patch_graph_sha256") != extractor.patches.sha256:
         raise DetectorArtifactError(
             "it was trained on another patch graph than MODEL_DIR's: train it again"
         )
     return anomaly.unpack(
-        path.with_suffix(".npz").read_bytes(), str(manifest["sha256"]), loaded.extractor.patches
+        path.with_suffix(".npz").read_bytes(), str(manifest["sha256"]), extractor.patches
     )
-
-
-def _frames(
-    settings: Settings,
-    extractor: PatchExtractor,
-    files: list[Path],
-    err: Console,
-    quiet: bool,
-) -> tuple[np.ndarray, dict[str, str]]:
-    side = extractor.patches.frame
-    frames, refused = [], {}
-    with progress_bar(err, quiet) as progress:
-        task = progress.add_task("reading good images", total=len(files))
-        for path in files:
-            try:
-                data = path.read_bytes()
-                frames.append(
-                    frame_of(data, side, settings.max_image_pixels, extractor.spec).pixels
-                )
-            except (OSError, InvalidImage) as exc:
-                refused[str(path)] = str(exc)
-            progress.advance(task)
-    if not frames:
-        return np.empty((0, side, side, 3), np.uint8), refused
-    return np.stack(frames), refused

@@ -169,7 +169,14 @@ def _kept(
     return teaching.labelled_images(session, label_set_id, good_class, MAX_GOOD_IMAGES)
 
 
-def read_files(paths: Iterable[Path], extractor: PatchExtractor, max_pixels: int) -> Frames:
+def read_files(
+    paths: Iterable[Path],
+    extractor: PatchExtractor,
+    max_pixels: int,
+    advance: Callable[[], object] | None = None,
+) -> Frames:
+    """The files' frames; an unreadable file is refused, and said so. `advance` is called after
+    each file (a progress bar)."""
     frames = Frames()
     side = extractor.patches.frame
     for path in paths:
@@ -178,6 +185,8 @@ def read_files(paths: Iterable[Path], extractor: PatchExtractor, max_pixels: int
             frames.pixels.append(frame_of(data, side, max_pixels, extractor.spec).pixels)
         except (OSError, InvalidImage) as exc:
             frames.refused[str(path)] = str(exc)
+        if advance is not None:
+            advance()
     return frames
 
 
