@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from visinspect.cli.classify import expand, progress_bar
+from visinspect.cli.teach import refused
 from visinspect.config import Settings
 from visinspect.db.session import create_db_engine, wait_for_database
 from visinspect.errors import InvalidImage, VisinspectError
@@ -104,7 +104,7 @@ def _train_registered(settings: Settings, args: argparse.Namespace) -> int:
     try:
         source = _good_images(args)
     except ValueError as exc:
-        return _refused(args, "invalid_request", str(exc))
+        return refused(args, "invalid_request", str(exc))
     if args.paths and not source.paths:
         err.print("visinspect: no image matched " + " ".join(args.paths))
         return EXIT_NOTHING_MATCHED
@@ -125,16 +125,16 @@ def _train_registered(settings: Settings, args: argparse.Namespace) -> int:
                 progress=lambda step: status.update(step),
             )
     except MemoryError:  # RLIMIT_AS, as the server sets it (HEAD_TRAIN_MAX_MEMORY_MB)
-        return _refused(
+        return refused(
             args,
             "training_too_large",
             "training needs more memory than this process may use (HEAD_TRAIN_MAX_MEMORY_MB "
             "for the server's trainings)",
         )
     except VisinspectError as exc:
-        return _refused(args, exc.code, exc.message)
+        return refused(args, exc.code, exc.message)
     except ArtifactError as exc:
-        return _refused(args, "model_not_ready", f"{exc}; {exc.action}")
+        return refused(args, "model_not_ready", f"{exc}; {exc.action}")
     finally:
         engine.dispose()
     if args.json:
@@ -154,14 +154,6 @@ def _good_images(args: argparse.Namespace) -> GoodImages:
     if args.paths and ids:
         raise ValueError("name good images either as files or as --predictions, not both")
     return GoodImages(paths=expand(args.paths) if args.paths else [], prediction_ids=ids)
-
-
-def _refused(args: argparse.Namespace, code: str, message: str) -> int:
-    if args.json:
-        print(json.dumps({"error": {"code": code, "message": message}}))
-    else:
-        print(f"visinspect: {code}: {message}", file=sys.stderr)
-    return EXIT_FAILED
 
 
 def score(settings: Settings, args: argparse.Namespace) -> int:

@@ -107,11 +107,7 @@ def head_train(settings: Settings, args: argparse.Namespace) -> int:
                 "(HEAD_TRAIN_MAX_MEMORY_MB for the server's trainings)"
             ) from None
     except VisinspectError as exc:
-        if args.json:
-            print(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
-        else:
-            print(f"visinspect: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_REFUSED
+        return refused(args, exc.code, exc.message)
     finally:
         engine.dispose()
     metrics = head.manifest["metrics"]
@@ -137,6 +133,16 @@ def head_train(settings: Settings, args: argparse.Namespace) -> int:
         )
     console.print(table)
     return EXIT_OK
+
+
+def refused(args: argparse.Namespace, code: str, message: str) -> int:
+    """A training's refusal: one JSON line with --json (what the server reads), else a line on
+    stderr; the exit code EXIT_REFUSED."""
+    if args.json:
+        print(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        print(f"visinspect: {code}: {message}", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 def head_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -465,12 +465,11 @@ def prediction_with_review(
 
 
 def with_detectors(session: Session, records: list[PredictionRecord]) -> None:
-    """Each record given its active detectors' recorded answers (`anomalies`) and the most
-    anomalous of them (`anomaly`), as POST /predict answered them."""
+    """Each record given its active detectors' recorded answers (`anomalies`; `anomaly` is
+    the most anomalous of them), as POST /predict answered them."""
     found = teaching.detector_verdicts(session, [r.id for r in records])
     for record in records:
         record.anomalies = tuple(found.get(record.id, ()))
-        record.anomaly = max(record.anomalies, key=lambda a: a.score, default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,10 +102,15 @@ class PredictionRecord(Base):
     # Not a column either: the active detectors' answers (`inference.anomaly.DetectorAnswer`),
     # stored in head_answers too.
     anomalies: tuple[Any, ...] = ()
-    anomaly: Any = None  # the one of them POST /predict answers with
     # Not a column: all the top-k a prediction just made answers with, when more were asked for
     # than a row keeps (`top_k` holds the first STORED_TOP_K).
     answered: list[dict[str, Any]] | None = None
+
+    @property
+    def anomaly(self) -> Any:
+        """The one of `anomalies` an answer gives: the most anomalous (with `?label_set=`,
+        only that set's detector answered), None without any."""
+        return max(self.anomalies, key=lambda a: a.score, default=None)
 
     __table_args__ = (
         # GET /predictions: newest first, optionally one class or one image.

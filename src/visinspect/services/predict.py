@@ -159,8 +159,6 @@ class PredictService:
             if not answer.shadow and context.label_set in (None, answer.label_set)
         )
         record.anomalies = tuple(a for a in classification.anomalies if not a.served.shadow)
-        # The answer: the named set's detector, or the most anomalous of the active ones.
-        record.anomaly = max(record.anomalies, key=lambda a: a.score, default=None)
         timeline.write_started = time.time_ns()
         stored = await self.writer.store(
             record,
