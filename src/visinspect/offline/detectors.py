@@ -69,7 +69,7 @@ def train_detector(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[int, int]:
     """Train, write and register the set's next detector version: (its id, its version).
-    LabelSetNotFound, InvalidLabelSet (no such good class), PredictionNotFound or TooFewLabels
+    LabelSetNotFound, InvalidLabelSet (no such good class), PredictionNotFound or TooFewGoodImages
     (fewer than MIN_GOOD_IMAGES readable good images) before any training."""
     began = time.perf_counter()
     extractor = open_patch_extractor(settings)
