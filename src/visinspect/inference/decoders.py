@@ -370,7 +370,10 @@ def _serve(connection: multiprocessing.connection.Connection, limits: DecoderLim
     Image.core.set_blocks_max(CACHED_IMAGE_BLOCKS)  # type: ignore[attr-defined]
     run_in_background()  # the server's event loop goes first (capacity.BACKGROUND_NICENESS)
     sandbox = confine(limits.max_decode_bytes + ADDRESS_SPACE_MARGIN)
-    _write_header(connection, {"rss": _resident_bytes(), "sandbox": sandbox})
+    try:
+        _write_header(connection, {"rss": _resident_bytes(), "sandbox": sandbox})
+    except (BrokenPipeError, ConnectionResetError):  # the server left while this one started
+        return  # (a successor spawned as it shut down): stop, quietly, as below
     while True:
         try:
             frame = connection.recv_bytes(maxlength=1) == _FRAME
